@@ -1,0 +1,3 @@
+from clipkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""`clipkd` command line: argv -> explicit arguments -> library calls."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+
+def _cmd_losses(args: argparse.Namespace) -> int:
+    from clipkd.losses import RECIPES, TERMS
+    from clipkd.losses.recipes import GD_WEIGHT
+
+    print("Loss terms (embeddings L2-normalised, y = arange(N), P(.) = projection to the teacher's size):")
+    for name, term in TERMS.items():
+        print(f"  {name:<5} {term.equation}")
+    print("\nRecipes (total = sum of weight x term):")
+    for r in RECIPES.values():
+        weights = " + ".join(f"{w:g}*{k}" for k, w in r.weights.items())
+        mask = f", mask_ratio {r.mask_ratio:g}" if r.mask_ratio else ""
+        print(f"  {r.name:<8} {weights}{mask}  - {r.summary}")
+    print(f"\nGD weight {GD_WEIGHT:g} is calibrated for N=1024, D=512; scale it by (N/1024)^2 * (D/512).")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from clipkd.models import list_models
+
+    names = [m for m in list_models() if args.filter is None or args.filter.lower() in m.lower()]
+    print("\n".join(names))
+    return 0
+
+
+def _cmd_smoke(args: argparse.Namespace) -> int:
+    from clipkd.smoke import run_smoke
+
+    run_smoke(args.recipe, args.student, args.teacher, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clipkd import __version__
+
+    parser = argparse.ArgumentParser(prog="clipkd", description="Distil a large CLIP teacher into a small student.")
+    parser.add_argument("--version", action="version", version=f"clipkd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("losses", help="print every loss term's equation and every recipe's weights").set_defaults(
+        fn=_cmd_losses
+    )
+    p = sub.add_parser("models", help="list model names (open_clip built-ins and clipkd's tiny configs)")
+    p.add_argument("filter", nargs="?", default=None)
+    p.set_defaults(fn=_cmd_models)
+    p = sub.add_parser("smoke", help="a one-minute distillation run on drawn shapes with tiny models")
+    p.add_argument("--recipe", default="clipkd")
+    p.add_argument("--student", default="clipkd-tiny-vit")
+    p.add_argument("--teacher", default="clipkd-tiny-teacher")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_cmd_smoke)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``clipkd`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"clipkd: error: {exc}", file=sys.stderr)
+        return 2

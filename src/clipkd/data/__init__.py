@@ -1,0 +1,1 @@
+"""Data: image-text samples with one view per side (student and teacher)."""

@@ -1,0 +1,63 @@
+"""Teacher + student + loss, wired for one distillation step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+import torch
+
+from clipkd.losses.combine import DistillLoss
+from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
+from clipkd.models.student import DistillStudent, StudentOutput
+from clipkd.models.teacher import FrozenTeacher
+
+
+@dataclass
+class DistillBatch:
+    """One batch with a view per side: each side's own preprocessing and own tokenizer."""
+
+    student_images: torch.Tensor
+    student_text: TextBatch
+    teacher_images: torch.Tensor
+    teacher_text: TextBatch
+
+    def __len__(self) -> int:
+        return int(self.student_images.shape[0])
+
+
+@dataclass
+class Distiller:
+    """The objects of a distillation run. ``student`` is the only module that trains."""
+
+    teacher: FrozenTeacher
+    student: DistillStudent
+    loss: DistillLoss
+    mask_ratio: float = 0.0
+
+    def embed(
+        self, batch: DistillBatch, generator: Optional[torch.Generator] = None
+    ) -> tuple[StudentOutput, Optional[Embeddings]]:
+        """Teacher embeddings (skipped when no active term needs them), then the student's."""
+        t = self.teacher(batch.teacher_images, batch.teacher_text) if self.loss.needs_teacher else None
+        s = self.student(batch.student_images, batch.student_text, t, self.mask_ratio, generator)
+        return s, t
+
+    def __call__(self, batch: DistillBatch, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        """``{"loss": total, <term>: value}`` for one batch."""
+        return self.loss(*self.embed(batch, generator))
+
+
+def build_distiller(
+    student: ClipEncoder,
+    teacher: ClipEncoder,
+    weights: Mapping[str, float],
+    mask_ratio: float = 0.0,
+) -> Distiller:
+    """Freeze ``teacher``, wrap ``student`` with exactly the heads the weighted terms need."""
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    loss = DistillLoss(weights)
+    frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
+    module = DistillStudent(student, frozen.embed_dim, loss.needs)
+    return Distiller(frozen, module, loss, mask_ratio)

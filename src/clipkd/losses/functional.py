@@ -1,0 +1,174 @@
+"""Pure tensor formulas of the CLIP-KD objectives (Yang et al., CVPR 2024).
+
+Conventions shared by every function here:
+
+* embeddings are L2-normalised, shape ``[N, D]``; row ``i`` of the image batch and row ``i``
+  of the text batch form a positive pair, so the targets are ``y = arange(N)``;
+* ``scale`` arguments are multipliers (``exp`` of a logit scale), a float or a 0-d tensor;
+* ``CE`` is cross-entropy averaged over rows and every softmax is row-wise;
+* teacher arguments never receive gradient: they are detached here;
+* low-precision inputs (bfloat16, float16) are computed in float32, float64 stays float64, so the
+  N x N softmaxes keep their accuracy; the result has the computation dtype.
+
+Each formula is written once; the term modules in :mod:`clipkd.losses.terms` only pick inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+
+Scale = Union[float, torch.Tensor]
+
+__all__ = ["clip_loss", "crd_loss", "fd_loss", "icl_loss", "gd_loss", "afd_loss", "contrastive_grads"]
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _prep(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    dtype = _compute_dtype(*tensors)
+    return [t.to(dtype) for t in tensors]
+
+
+def _teacher(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    return [t.detach() for t in tensors]
+
+
+def _as_scale(scale: Scale, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(scale, torch.Tensor):
+        return scale.to(device=like.device, dtype=like.dtype).reshape(())
+    return torch.tensor(float(scale), device=like.device, dtype=like.dtype)
+
+
+def _targets(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(n, device=device)
+
+
+def _two_way_ce(logits: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
+    y = _targets(logits.shape[0], logits.device)
+    return 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits_t, y))
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: Scale) -> torch.Tensor:
+    """Symmetric InfoNCE, the task loss.
+
+    ``L = 1/2 [ CE(s * img @ txt^T, y) + CE(s * txt @ img^T, y) ]``
+    """
+    img, txt = _prep(img, txt)
+    s = _as_scale(scale, img)
+    logits = s * img @ txt.T
+    return _two_way_ce(logits, logits.T)
+
+
+def _kl_rows(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target) || softmax(logits)), summed over columns, averaged over rows."""
+    log_p = F.log_softmax(target_logits, dim=1)
+    log_q = F.log_softmax(logits, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+
+
+def crd_loss(
+    s_img: torch.Tensor,
+    s_txt: torch.Tensor,
+    s_scale: Scale,
+    t_img: torch.Tensor,
+    t_txt: torch.Tensor,
+    t_scale: Scale,
+) -> torch.Tensor:
+    """Contrastive relational distillation: match the teacher's image-text similarity distributions.
+
+    ``S = s_s * s_img @ s_txt^T``, ``T = s_t * t_img @ t_txt^T``;
+    ``L = 1/2 [ KL(softmax(T) || softmax(S)) + KL(softmax(T^T) || softmax(S^T)) ]``
+    with KL summed over columns and averaged over rows.
+    """
+    t_img, t_txt = _teacher(t_img, t_txt)
+    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, t_img, t_txt)
+    if isinstance(t_scale, torch.Tensor):
+        t_scale = t_scale.detach()
+    s_logits = _as_scale(s_scale, s_img) * s_img @ s_txt.T
+    t_logits = _as_scale(t_scale, t_img) * t_img @ t_txt.T
+    return 0.5 * (_kl_rows(t_logits, s_logits) + _kl_rows(t_logits.T, s_logits.T))
+
+
+def fd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor) -> torch.Tensor:
+    """Feature distillation: mean squared error to the teacher's embeddings.
+
+    ``L = mean((s_img - t_img)^2) + mean((s_txt - t_txt)^2)``, means over all N*D elements.
+    """
+    t_img, t_txt = _teacher(t_img, t_txt)
+    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, t_img, t_txt)
+    return F.mse_loss(s_img, t_img) + F.mse_loss(s_txt, t_txt)
+
+
+def icl_loss(
+    s_img: torch.Tensor,
+    s_txt: torch.Tensor,
+    t_img: torch.Tensor,
+    t_txt: torch.Tensor,
+    scale: Scale,
+) -> torch.Tensor:
+    """Interactive contrastive learning: student anchors against the teacher's other modality.
+
+    ``L = 1/2 [ CE(c * s_img @ t_txt^T, y) + CE(c * s_txt @ t_img^T, y) ]``
+    """
+    t_img, t_txt = _teacher(t_img, t_txt)
+    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, t_img, t_txt)
+    c = _as_scale(scale, s_img)
+    return _two_way_ce(c * s_img @ t_txt.T, c * s_txt @ t_img.T)
+
+
+def contrastive_grads(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Closed-form gradients of the two halves of the contrastive loss w.r.t. the embeddings.
+
+    With ``V = img``, ``T = txt``, ``P = softmax(s V T^T)``, ``Q = softmax(s T V^T)``:
+    ``G1 = s/N (P - I) T`` (dL_i2t/dV), ``G2 = s/N (P - I)^T V`` (dL_i2t/dT),
+    ``G3 = s/N (Q - I) V`` (dL_t2i/dT), ``G4 = s/N (Q - I)^T T`` (dL_t2i/dV).
+    Memory is O(N^2 + N*D): only P and Q are materialised.
+    """
+    n = img.shape[0]
+    eye = torch.eye(n, device=img.device, dtype=img.dtype)
+    logits = scale * img @ txt.T
+    p_minus_i = torch.softmax(logits, dim=1) - eye
+    q_minus_i = torch.softmax(logits.T, dim=1) - eye
+    c = scale / n
+    return (c * p_minus_i @ txt, c * p_minus_i.T @ img, c * q_minus_i @ img, c * q_minus_i.T @ txt)
+
+
+def gd_loss(
+    s_img: torch.Tensor,
+    s_txt: torch.Tensor,
+    s_scale: Scale,
+    t_img: torch.Tensor,
+    t_txt: torch.Tensor,
+    t_scale: Scale,
+) -> torch.Tensor:
+    """Gradient distillation: match the teacher's contrastive gradients w.r.t. its embeddings.
+
+    ``L = sum_k mean((G_k(student) - G_k(teacher))^2)`` for the four closed-form gradients
+    ``G_k`` of :func:`contrastive_grads`, each computed with that model's own scale.
+    Differentiable for the student; never builds an N x D x N tensor.
+    """
+    t_img, t_txt = _teacher(t_img, t_txt)
+    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, t_img, t_txt)
+    if isinstance(t_scale, torch.Tensor):
+        t_scale = t_scale.detach()
+    g_s = contrastive_grads(s_img, s_txt, _as_scale(s_scale, s_img))
+    with torch.no_grad():
+        g_t = contrastive_grads(t_img, t_txt, _as_scale(t_scale, t_img))
+    return sum(F.mse_loss(a, b) for a, b in zip(g_s, g_t))
+
+
+def afd_loss(fused_img: torch.Tensor, fused_txt: torch.Tensor, scale: Scale) -> torch.Tensor:
+    """Augmented feature distillation: the task loss on teacher-augmented (fused) embeddings.
+
+    ``fused = normalise(phi([proj(student); teacher]))`` is built by the student's fusion heads;
+    ``L = clip_loss(fused_img, fused_txt, c)``.
+    """
+    return clip_loss(fused_img, fused_txt, scale)

@@ -1,0 +1,12 @@
+"""Encoders (teacher and student), the frozen-teacher wrapper, the trainable student module, masking."""
+
+from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
+from clipkd.models.open_clip_adapter import OpenClipEncoder, create_open_clip_encoder, list_models, register_config
+from clipkd.models.state_dict import read_state_dict
+from clipkd.models.student import DistillStudent, StudentOutput
+from clipkd.models.teacher import FrozenTeacher
+
+__all__ = [
+    "ClipEncoder", "Embeddings", "TextBatch", "OpenClipEncoder", "create_open_clip_encoder", "list_models",
+    "register_config", "read_state_dict", "DistillStudent", "StudentOutput", "FrozenTeacher",
+]

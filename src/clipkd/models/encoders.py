@@ -1,0 +1,101 @@
+"""The one interface clipkd needs from anything CLIP-like.
+
+An encoder maps images and tokenised text into one embedding space and carries everything needed to feed
+it: its own train/eval image preprocessing, its own tokenizer, its input resolution and its embedding size.
+Teacher and student are separate encoder objects, so they never have to share any of these.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Callable, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clipkd.models.masking import pixel_patch_mask
+
+TextBatch = Union[torch.Tensor, Mapping[str, torch.Tensor]]
+"""What a tokenizer returns: token ids ``[N, L]``, or a mapping of tensors (e.g. ids + attention mask)."""
+
+Preprocess = Callable[..., torch.Tensor]
+Tokenizer = Callable[[Sequence[str]], TextBatch]
+
+INIT_LOGIT_SCALE = math.log(1 / 0.07)
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+def clamped_scale(log_scale: torch.Tensor, max_log: float = MAX_LOGIT_SCALE) -> torch.Tensor:
+    """``exp(min(log_scale, max_log))``: a learnable temperature applied as CLIP applies its own."""
+    return log_scale.clamp(max=max_log).exp()
+
+
+@dataclass
+class Embeddings:
+    """Normalised image and text embeddings of one batch, with the model's scale multiplier."""
+
+    img: torch.Tensor
+    txt: torch.Tensor
+    scale: torch.Tensor
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Embeddings":
+        """Apply ``fn`` to every per-sample tensor (e.g. a cross-process gather); scales are kept."""
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if _is_batched(f.name)})
+
+
+def _is_batched(name: str) -> bool:
+    return not name.endswith("scale")
+
+
+class ClipEncoder(nn.Module, abc.ABC):
+    """Base class of every CLIP-like encoder used as teacher or student.
+
+    Subclasses set ``embed_dim``, ``image_size`` (H, W), ``preprocess_train``, ``preprocess_val``,
+    ``tokenizer`` and a ``logit_scale`` parameter (log of the multiplier), and implement the two towers.
+    """
+
+    embed_dim: int
+    image_size: tuple[int, int]
+    preprocess_train: Preprocess
+    preprocess_val: Preprocess
+    tokenizer: Tokenizer
+    logit_scale: nn.Parameter
+
+    @abc.abstractmethod
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Image embeddings ``[N, embed_dim]`` of a preprocessed batch ``[N, 3, H, W]``."""
+
+    @abc.abstractmethod
+    def encode_text(self, text: TextBatch, normalize: bool = True) -> torch.Tensor:
+        """Text embeddings ``[N, embed_dim]`` of a tokenised batch."""
+
+    def encode_image_masked(
+        self, images: torch.Tensor, ratio: float, generator: Optional[torch.Generator] = None
+    ) -> torch.Tensor:
+        """Normalised embeddings of masked images (MFD). Default: zero a random ``ratio`` of pixel patches.
+
+        Towers that can drop tokens (open_clip ViTs) override this to really skip the masked compute.
+        """
+        if ratio <= 0:
+            return self.encode_image(images)
+        return self.encode_image(pixel_patch_mask(images, ratio, generator=generator))
+
+    def tokenize(self, texts: Sequence[str]) -> TextBatch:
+        """Tokenise captions with this encoder's own tokenizer."""
+        return self.tokenizer(list(texts))
+
+    def scale(self) -> torch.Tensor:
+        """The logit-scale multiplier ``exp(logit_scale)``, clamped to at most 100."""
+        return clamped_scale(self.logit_scale)
+
+    def embed(self, images: torch.Tensor, text: TextBatch) -> Embeddings:
+        """Both towers at once, normalised, with the scale."""
+        return Embeddings(self.encode_image(images), self.encode_text(text), self.scale())
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """L2-normalise rows."""
+    return F.normalize(x, dim=-1)

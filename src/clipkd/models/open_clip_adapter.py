@@ -1,0 +1,169 @@
+"""open_clip models as clipkd encoders: built-in names, model-config JSON files, pretrained tags, checkpoints.
+
+Timm image towers (MobileViT, EfficientNet, ResNet, MobileNetV3 ... as in the paper's students) come through
+open_clip's own timm support: a model config whose ``vision_cfg`` names a ``timm_model_name``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import open_clip
+import torch
+from open_clip.model import resize_pos_embed
+from open_clip.transformer import VisionTransformer
+
+from clipkd.models.encoders import ClipEncoder, TextBatch
+from clipkd.models.masking import vit_token_drop
+from clipkd.models.state_dict import read_state_dict
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+_PREPROCESS: dict[str, dict[str, Any]] = {}
+
+
+def register_config(path: Union[str, Path], name: Optional[str] = None) -> str:
+    """Register a model-config JSON with open_clip under ``name`` (default: the file stem); return the name.
+
+    Accepts a plain open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``) or the
+    ``open_clip_config.json`` layout (``{"model_cfg": ..., "preprocess_cfg": ...}``), whose preprocessing
+    (mean, std, interpolation, resize mode) is then used for this model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model config not found: {path}")
+    cfg = json.loads(path.read_text())
+    model_cfg = cfg.get("model_cfg", cfg)
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if key not in model_cfg:
+            raise ValueError(f"{path}: not an open_clip model config (missing '{key}')")
+    name = name or path.stem
+    # open_clip keeps its registry in this dict; add_model_config() only takes the plain layout.
+    open_clip.factory._MODEL_CONFIGS[name] = model_cfg
+    _PREPROCESS[name] = dict(cfg.get("preprocess_cfg", {}))
+    return name
+
+
+def _register_builtin() -> None:
+    if not _PREPROCESS.keys() >= {p.stem for p in CONFIG_DIR.glob("*.json")}:
+        for path in sorted(CONFIG_DIR.glob("*.json")):
+            register_config(path)
+
+
+def list_models() -> list[str]:
+    """All model names open_clip knows, including clipkd's tiny configs."""
+    _register_builtin()
+    return open_clip.list_models()
+
+
+def _resolve_model_name(model: str) -> str:
+    """A registered model name, or the path of a JSON model config (registered on the fly)."""
+    _register_builtin()
+    if model.endswith(".json"):
+        return register_config(model, name=f"file:{Path(model).resolve()}")
+    return model
+
+
+class OpenClipEncoder(ClipEncoder):
+    """An open_clip ``CLIP``/``CustomTextCLIP`` behind the :class:`ClipEncoder` interface."""
+
+    def __init__(self, model: torch.nn.Module, preprocess_train, preprocess_val, tokenizer, name: str):
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.preprocess_train = preprocess_train
+        self.preprocess_val = preprocess_val
+        self.tokenizer = tokenizer
+        self.image_size = tuple(getattr(model.visual, "image_size", (224, 224)))  # type: ignore[assignment]
+        with torch.no_grad():
+            self.embed_dim = int(model.text_projection.shape[1]) if _has_text_proj(model) else _probe_dim(model)
+
+    @property
+    def logit_scale(self) -> torch.nn.Parameter:  # type: ignore[override]
+        return self.model.logit_scale
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        return self.model.encode_image(images, normalize=normalize)
+
+    def encode_text(self, text: TextBatch, normalize: bool = True) -> torch.Tensor:
+        return self.model.encode_text(text, normalize=normalize)
+
+    def encode_image_masked(self, images, ratio, generator=None):
+        visual = self.model.visual
+        if ratio <= 0 or not isinstance(visual, VisionTransformer):
+            return super().encode_image_masked(images, ratio, generator)
+        with vit_token_drop(visual, ratio, generator):
+            return self.encode_image(images)
+
+
+def _has_text_proj(model: torch.nn.Module) -> bool:
+    proj = getattr(model, "text_projection", None)
+    return isinstance(proj, torch.Tensor) and proj.ndim == 2
+
+
+def _probe_dim(model: torch.nn.Module) -> int:
+    size = tuple(getattr(model.visual, "image_size", (224, 224)))
+    was_training = model.training
+    model.eval()
+    out = model.encode_image(torch.zeros(1, 3, *size))
+    model.train(was_training)
+    return int(out.shape[-1])
+
+
+def load_weights(model: torch.nn.Module, checkpoint: Union[str, Path]) -> None:
+    """Load an open_clip model's weights from any supported checkpoint layout (strict, clear errors)."""
+    state = read_state_dict(checkpoint)
+    if "logit_scale" in state and state["logit_scale"].shape != model.logit_scale.shape:
+        state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
+    resize_pos_embed(state, model)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{checkpoint}: weights do not match the model "
+            f"(missing {len(missing)}: {missing[:5]}; unexpected {len(unexpected)}: {unexpected[:5]})"
+        )
+
+
+def create_open_clip_encoder(
+    model: str,
+    pretrained: Optional[str] = None,
+    *,
+    image_mean: Optional[Sequence[float]] = None,
+    image_std: Optional[Sequence[float]] = None,
+    aug_cfg: Optional[Mapping[str, Any]] = None,
+    device: Union[str, torch.device] = "cpu",
+    cache_dir: Optional[str] = None,
+) -> OpenClipEncoder:
+    """Build an open_clip model as a clipkd encoder.
+
+    ``model`` is an open_clip model name (built-in, clipkd's tiny configs, ``hf-hub:``/``local-dir:``) or the
+    path of a model-config JSON. ``pretrained`` is an open_clip pretrained tag (downloads from the hub), a
+    checkpoint path in any layout :func:`read_state_dict` accepts, or ``None`` for random initialisation.
+    """
+    name = _resolve_model_name(model)
+    pp = {**_PREPROCESS.get(name, {})}
+    pp.update({k: v for k, v in (("mean", image_mean), ("std", image_std)) if v is not None})
+    checkpoint = pretrained if pretrained and Path(pretrained).is_file() else None
+    tag = None if checkpoint else pretrained
+    if tag and not open_clip.get_pretrained_cfg(name, tag):
+        known = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f"'{tag}' is neither a checkpoint file nor a pretrained tag of {name} (tags: {known})")
+    oc_model, train_tf, val_tf = open_clip.create_model_and_transforms(
+        name,
+        pretrained=tag,
+        image_mean=pp.get("mean"),
+        image_std=pp.get("std"),
+        image_interpolation=pp.get("interpolation"),
+        image_resize_mode=pp.get("resize_mode"),
+        aug_cfg=dict(aug_cfg) if aug_cfg else None,
+        pretrained_text=False,
+        cache_dir=cache_dir,
+    )
+    if checkpoint:
+        load_weights(oc_model, checkpoint)
+    encoder = OpenClipEncoder(oc_model, train_tf, val_tf, open_clip.get_tokenizer(name), name=model)
+    return encoder.to(device)
