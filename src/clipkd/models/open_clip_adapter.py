@@ -6,6 +6,7 @@ open_clip's own timm support: a model config whose ``vision_cfg`` names a ``timm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -64,7 +65,9 @@ def _resolve_model_name(model: str) -> str:
     """A registered model name, or the path of a JSON model config (registered on the fly)."""
     _register_builtin()
     if model.endswith(".json"):
-        return register_config(model, name=f"file:{Path(model).resolve()}")
+        path = Path(model).resolve()
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]  # open_clip names may hold no '/' or ':'
+        return register_config(path, name=f"{path.stem}-{digest}")
     return model
 
 

@@ -1,0 +1,47 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from clipkd.models.open_clip_adapter import create_open_clip_encoder  # noqa: E402
+
+STUDENT = "clipkd-tiny-vit"  # 32 px, ctx 32, embed 256, OpenAI normalisation
+TEACHER = "clipkd-tiny-teacher"  # 48 px, ctx 24, embed 384, ImageNet normalisation, bilinear
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_encoder(name: str, seed: int = 0, **kwargs):
+    torch.manual_seed(seed)
+    return create_open_clip_encoder(name, **kwargs)
+
+
+@pytest.fixture
+def student_encoder():
+    return make_encoder(STUDENT, seed=1)
+
+
+@pytest.fixture
+def teacher_encoder():
+    return make_encoder(TEACHER, seed=2)
+
+
+def random_batch(student, teacher, n: int = 8, seed: int = 0):
+    """A DistillBatch where each side has its own resolution and tokenizer."""
+    from clipkd.distill import DistillBatch
+
+    g = torch.Generator().manual_seed(seed)
+    captions = [f"a photo of object number {i} in colour {i % 3}" for i in range(n)]
+    return DistillBatch(
+        student_images=torch.randn(n, 3, *student.image_size, generator=g),
+        student_text=student.tokenize(captions),
+        teacher_images=torch.randn(n, 3, *teacher.image_size, generator=g),
+        teacher_text=teacher.tokenize(captions),
+    )

@@ -1,0 +1,132 @@
+"""Terms, combiner and recipes on real tiny encoders; parametrized over the registries."""
+
+import copy
+
+import pytest
+import torch
+
+from clipkd.distill import build_distiller
+from clipkd.losses import RECIPES, TERMS, DistillLoss, get_recipe
+from clipkd.losses.recipes import GD_WEIGHT, gd_weight_for
+from clipkd.losses import functional as LF
+from conftest import STUDENT, TEACHER, make_encoder, random_batch
+
+HEADS = {  # which student parameters each term must train (besides the encoder)
+    "task": [],
+    "crd": [],
+    "fd": ["proj_img", "proj_txt"],
+    "icl": ["proj_img", "proj_txt", "icl_logit_scale"],
+    "gd": ["proj_img", "proj_txt"],
+    "afd": ["proj_img", "proj_txt", "afd_fuse_img", "afd_fuse_txt", "afd_logit_scale"],
+}
+
+
+def test_every_registered_term_is_covered_here():
+    assert set(TERMS) == set(HEADS)
+
+
+def _params(module, prefix):
+    return [p for n, p in module.named_parameters() if n == prefix or n.startswith(prefix + ".")]
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_term_trains_student_and_its_heads_only(name, student_encoder, teacher_encoder):
+    d = build_distiller(student_encoder, teacher_encoder, {name: 1.0})
+    batch = random_batch(student_encoder, teacher_encoder)
+    out = d(batch)
+    assert set(out) == {"loss", name} and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    for head in HEADS[name]:
+        params = _params(d.student, head)
+        assert params, f"{name}: head {head} missing"
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params), f"{name}: {head} got no grad"
+    for head in {h for hs in HEADS.values() for h in hs} - set(HEADS[name]):
+        assert getattr(d.student, head) is None, f"{name}: unneeded head {head} was created"
+    enc_grads = [p.grad for p in d.student.encoder.parameters() if p.grad is not None]
+    assert enc_grads and any(g.abs().sum() > 0 for g in enc_grads)
+    assert all(p.grad is None for p in d.teacher.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_teacher_unchanged_after_optimizer_steps(name, student_encoder, teacher_encoder):
+    d = build_distiller(student_encoder, teacher_encoder, {"task": 1.0, name: 1.0})
+    before = copy.deepcopy(d.teacher.state_dict())
+    opt = torch.optim.AdamW(d.student.parameters(), lr=1e-2)
+    d.teacher.train()
+    for step in range(2):
+        out = d(random_batch(student_encoder, teacher_encoder, seed=step))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert not d.teacher.training
+    for k, v in d.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_combiner_weighted_sum_and_zero_weight_skipped(student_encoder, teacher_encoder):
+    loss = DistillLoss({"task": 1.0, "fd": 3.0, "crd": 0.0, "gd": 0})
+    assert set(loss.terms) == {"task", "fd"}
+    d = build_distiller(student_encoder, teacher_encoder, {"task": 1.0, "fd": 3.0, "crd": 0.0})
+    out = d(random_batch(student_encoder, teacher_encoder))
+    assert "crd" not in out
+    assert out["loss"].item() == pytest.approx(out["task"].item() + 3.0 * out["fd"].item(), rel=1e-6)
+
+
+def test_baseline_does_not_run_teacher(student_encoder, teacher_encoder, monkeypatch):
+    d = build_distiller(student_encoder, teacher_encoder, {"task": 1.0})
+    monkeypatch.setattr(d.teacher.encoder, "embed", lambda *a: pytest.fail("teacher ran for the baseline"))
+    d(random_batch(student_encoder, teacher_encoder))
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [({"nope": 1.0}, "unknown loss term"), ({"task": -1.0}, "'task'"), ({"task": float("nan")}, "finite"),
+     ({"task": 0.0}, "at least one")],
+)
+def test_combiner_rejects_bad_weights(weights, message):
+    with pytest.raises(ValueError, match=message):
+        DistillLoss(weights)
+
+
+def test_unknown_recipe_message():
+    with pytest.raises(KeyError, match="unknown recipe 'nope'"):
+        get_recipe("nope")
+
+
+def test_recipes_match_the_paper():
+    assert RECIPES["clipkd"].weights == {"task": 1.0, "crd": 1.0, "icl": 1.0, "fd": 2000.0}
+    assert RECIPES["mfd"].weights == RECIPES["fd"].weights and RECIPES["mfd"].mask_ratio == 0.75
+    assert RECIPES["baseline"].weights == {"task": 1.0}
+    assert set(RECIPES) == {"baseline", "crd", "fd", "mfd", "gd", "icl", "afd", "clipkd"}
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+@pytest.mark.parametrize("student_name", [STUDENT, "clipkd-tiny-mobilenet"])
+def test_every_recipe_one_step_heterogeneous(recipe, student_name, teacher_encoder):
+    """Teacher and student differ in embedding size, tokenizer context, resolution and normalisation."""
+    student = make_encoder(student_name, seed=3)
+    assert student.embed_dim != teacher_encoder.embed_dim and student.image_size != teacher_encoder.image_size
+    r = get_recipe(recipe)
+    d = build_distiller(student, teacher_encoder, r.weights, r.mask_ratio)
+    opt = torch.optim.AdamW(d.student.parameters(), lr=1e-3)
+    batch = random_batch(student, teacher_encoder, n=6)
+    assert batch.student_text.shape[1] != batch.teacher_text.shape[1]
+    out = d(batch, torch.Generator().manual_seed(0))
+    opt.zero_grad()
+    out["loss"].backward()
+    opt.step()
+    assert torch.isfinite(out["loss"]) and set(r.weights) <= set(out)
+
+
+def test_gd_weight_calibration():
+    """lambda*GD is of the order of the task loss at a typical start (N=1024, D=512)."""
+    n, d = 1024, 512
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    noisy = lambda: torch.nn.functional.normalize(base + 0.1 * torch.randn(n, d, generator=g), dim=1)  # noqa: E731
+    t_img, t_txt = noisy(), noisy()
+    s_img = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    s_txt = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    ratio = GD_WEIGHT * LF.gd_loss(s_img, s_txt, 1 / 0.07, t_img, t_txt, 100.0) / LF.clip_loss(s_img, s_txt, 1 / 0.07)
+    assert 0.2 < ratio.item() < 5.0
+    assert gd_weight_for(1024, 512) == GD_WEIGHT and gd_weight_for(512, 512) == GD_WEIGHT / 4
