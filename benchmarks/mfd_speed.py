@@ -49,6 +49,20 @@ def _step(encoder, images: torch.Tensor, masked: bool, gen: torch.Generator) -> 
     return time.perf_counter() - t0
 
 
+def _seq_lens(encoder, images: torch.Tensor, gen: torch.Generator) -> tuple[int, int]:
+    """Sequence length the ViT's transformer receives, unmasked and masked (checks the tokens really drop)."""
+    seen = []
+    transformer = encoder.model.visual.transformer
+    handle = transformer.register_forward_pre_hook(lambda mod, inp: seen.append(inp[0].shape[1]))
+    try:
+        with torch.no_grad():
+            encoder.encode_image(images)
+            encoder.encode_image_masked(images, RATIO, gen)
+    finally:
+        handle.remove()
+    return seen[0], seen[1]
+
+
 def bench(name: str, args, device: torch.device) -> dict:
     torch.manual_seed(args.seed)
     encoder = create_open_clip_encoder(name, device=device).train()
@@ -68,6 +82,7 @@ def bench(name: str, args, device: torch.device) -> dict:
     if hasattr(visual, "grid_size"):
         gh, gw = visual.grid_size
         info["tokens"] = gh * gw
+        info["seq_len"] = _seq_lens(encoder, images[:2], gen)
     return {"name": name, "full": times[False], "masked": times[True], **info}
 
 
@@ -113,7 +128,8 @@ def main() -> None:
     if "tokens" in vit:
         keep = vit["tokens"] - int(RATIO * vit["tokens"])
         print(f"{vit['name']}: {vit['image_size'][0]} px, {vit['tokens']} patch tokens + class token; "
-              f"masked: {keep} + 1 tokens ({(keep + 1) / (vit['tokens'] + 1):.3f} of the sequence)")
+              f"masked: {keep} + 1 tokens ({(keep + 1) / (vit['tokens'] + 1):.3f} of the sequence); "
+              f"sequence length seen by the transformer: unmasked {vit['seq_len'][0]}, masked {vit['seq_len'][1]}")
     if len(results) > 1:
         print(f"{results[1]['name']}: pixel masking: no compute saving expected (ratio {results[1]['ratio']:.3f})")
     print()
