@@ -39,6 +39,20 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from clipkd.config import load_config
+    from clipkd.engine.trainer import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    result = Trainer(cfg, resume=args.resume).fit()
+    last = result.history[-1] if result.history else {}
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
+    print(f"done: step {result.step} in {result.run_dir}" + (f"; last {summary}" if summary else ""))
+    if result.skipped:
+        print(f"skipped records: {result.skipped}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipkd import __version__
 
@@ -51,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list model names (open_clip built-ins and clipkd's tiny configs)")
     p.add_argument("filter", nargs="?", default=None)
     p.set_defaults(fn=_cmd_models)
+    p = sub.add_parser("train", help="distil a student on image-text data (YAML config + key=value overrides)")
+    p.add_argument("--config", "-c", default=None, help="run YAML (see configs/)")
+    p.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in the run directory")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
+    p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("smoke", help="a one-minute distillation run on drawn shapes with tiny models")
     p.add_argument("--recipe", default="clipkd")
     p.add_argument("--student", default="clipkd-tiny-vit")
@@ -64,9 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``clipkd`` console script."""
+    from clipkd.errors import USER_ERRORS
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
         print(f"clipkd: error: {exc}", file=sys.stderr)
         return 2

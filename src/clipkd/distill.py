@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Union
 
 import torch
 
@@ -24,6 +24,17 @@ class DistillBatch:
 
     def __len__(self) -> int:
         return int(self.student_images.shape[0])
+
+    def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "DistillBatch":
+        """The batch on ``device``; images shared by both sides stay shared."""
+        move = lambda x: x.to(device, non_blocking=non_blocking)  # noqa: E731
+        s_img = move(self.student_images)
+        t_img = s_img if self.teacher_images is self.student_images else move(self.teacher_images)
+        return DistillBatch(s_img, _map_text(self.student_text, move), t_img, _map_text(self.teacher_text, move))
+
+
+def _map_text(text: TextBatch, fn) -> TextBatch:
+    return fn(text) if isinstance(text, torch.Tensor) else {k: fn(v) for k, v in text.items()}
 
 
 @dataclass

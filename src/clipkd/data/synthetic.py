@@ -49,3 +49,43 @@ def shape_samples(count: int, size: int = 64, seed: int = 0) -> Iterator[ShapeSa
         caption = rng.choice(TEMPLATES).format(c=c, s=s, b=b)
         label = colours.index(c) * len(SHAPES) + SHAPES.index(s)
         yield ShapeSample(_draw(s, COLOURS[c], BACKGROUNDS[b], size, rng), caption, label)
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_shards(out_dir, count: int, per_shard: int = 64, size: int = 64, seed: int = 0) -> list[str]:
+    """Write ``count`` shape samples as webdataset shards (``jpg`` + ``txt``); return the shard paths."""
+    import webdataset as wds
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pattern = str(out / "shard-%05d.tar")
+    with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
+        for i, s in enumerate(shape_samples(count, size=size, seed=seed)):
+            sink.write({"__key__": f"{i:08d}", "jpg": _jpeg(s.image), "txt": s.caption, "cls": str(s.label)})
+    return sorted(str(p) for p in out.glob("shard-*.tar"))
+
+
+def write_csv(out_dir, count: int, size: int = 64, seed: int = 0, separator: str = ",") -> str:
+    """Write ``count`` shape samples as JPEG files plus a CSV (``filepath``, ``title``); return the CSV path."""
+    import csv
+    from pathlib import Path
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    path = out / ("data.tsv" if separator == "\t" else "data.csv")
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=separator)
+        writer.writerow(["filepath", "title"])
+        for i, s in enumerate(shape_samples(count, size=size, seed=seed)):
+            name = f"images/{i:06d}.jpg"
+            (out / name).write_bytes(_jpeg(s.image))
+            writer.writerow([name, s.caption])
+    return str(path)

@@ -1,0 +1,189 @@
+"""The validated run configuration: YAML file + dotted CLI overrides -> one typed, checked object.
+
+Everything is checked before any compute: unknown keys, wrong types, unknown loss or recipe names and
+out-of-range values raise :class:`ConfigError` with one message naming every offending field.
+The resolved configuration is saved in the run directory and inside each checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from clipkd.errors import ConfigError
+from clipkd.losses.combine import validate_weights
+from clipkd.losses.recipes import RECIPES, get_recipe
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """A teacher or student: open_clip name or model-config JSON, and where its weights come from."""
+
+    model: str
+    pretrained: Optional[str] = Field(None, description="open_clip pretrained tag, checkpoint path, or null (random)")
+    image_mean: Optional[tuple[float, float, float]] = None
+    image_std: Optional[tuple[float, float, float]] = None
+
+
+class DistillConfig(_Strict):
+    recipe: str = "clipkd"
+    weights: Optional[dict[str, float]] = Field(None, description="replaces the recipe's weights when set")
+    mask_ratio: Optional[float] = Field(None, ge=0.0, lt=1.0, description="replaces the recipe's mask ratio")
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, v: str) -> str:
+        if v not in RECIPES:
+            raise ValueError(f"unknown recipe '{v}' (known: {', '.join(RECIPES)})")
+        return v
+
+    @field_validator("weights")
+    @classmethod
+    def _known_terms(cls, v: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+        return None if v is None else validate_weights(v)
+
+    def resolved(self) -> tuple[dict[str, float], float]:
+        """The loss weights and mask ratio this run uses."""
+        recipe = get_recipe(self.recipe)
+        weights = self.weights if self.weights is not None else recipe.weights
+        mask = self.mask_ratio if self.mask_ratio is not None else recipe.mask_ratio
+        return dict(weights), float(mask)
+
+
+class DataConfig(_Strict):
+    format: Literal["webdataset", "csv"]
+    train: Union[str, list[str]] = Field(description="shard URLs (brace-expanded) or the CSV path")
+    num_samples: Optional[int] = Field(None, gt=0, description="samples per epoch (webdataset); counted if unset")
+    shuffle_buffer: int = Field(1000, ge=1)
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str = ","
+    root: Optional[str] = Field(None, description="CSV image paths are relative to this (default: the CSV's folder)")
+    batch_size: int = Field(128, gt=0, description="per process")
+    workers: int = Field(2, ge=0)
+    crop_scale: Optional[tuple[float, float]] = Field((0.9, 1.0), description="shared random-resized-crop scale")
+    max_skip_fraction: float = Field(0.1, ge=0.0, le=1.0)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, v):
+        if v is not None and not (0.0 < v[0] <= v[1] <= 1.0):
+            raise ValueError("crop_scale must satisfy 0 < low <= high <= 1")
+        return v
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(10000, ge=0)
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="max global grad norm; null disables")
+    epochs: Optional[int] = Field(None, gt=0)
+    steps: Optional[int] = Field(None, gt=0, description="total optimizer steps; overrides epochs")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("betas must be in [0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _budget(self):
+        if self.epochs is None and self.steps is None:
+            raise ValueError("set optim.epochs or optim.steps")
+        return self
+
+
+class CheckpointConfig(_Strict):
+    every_steps: int = Field(1000, gt=0)
+    keep_last: int = Field(3, gt=0)
+
+
+class LoggingConfig(_Strict):
+    every_steps: int = Field(10, gt=0)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class EvalConfig(_Strict):
+    every_steps: Optional[int] = Field(None, gt=0, description="also runs at the end when any eval is configured")
+    val_data: Optional[DataConfig] = Field(None, description="held-out pairs for the distillation val loss")
+    val_batches: int = Field(10, gt=0)
+
+
+class TrainConfig(_Strict):
+    run_dir: str
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    teacher: ModelConfig
+    student: ModelConfig
+    distill: DistillConfig = DistillConfig()
+    data: DataConfig
+    optim: OptimConfig
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    logging: LoggingConfig = LoggingConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.path=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{key}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def validate_config(raw: dict[str, Any]) -> TrainConfig:
+    """Validate a nested dict into a :class:`TrainConfig` or raise :class:`ConfigError`."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err)) from None
+
+
+def load_config(path: Union[str, Path, None], overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML file (or start empty), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    return validate_config(apply_overrides(raw, overrides))
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved configuration as YAML."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Training engine: optimizer and schedule, precision, checkpoints, logging, the training loop."""

@@ -1,0 +1,53 @@
+"""Config -> library objects. The only place that reads :class:`~clipkd.config.TrainConfig` sections."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from clipkd.config import DataConfig, ModelConfig, TrainConfig
+from clipkd.data.sources import CsvSource, ShardSource, Source
+from clipkd.data.stream import DistillStream
+from clipkd.data.views import PairedViews
+from clipkd.distill import Distiller, build_distiller
+from clipkd.models.encoders import ClipEncoder
+from clipkd.models.open_clip_adapter import create_open_clip_encoder
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_encoder(mc: ModelConfig) -> ClipEncoder:
+    return create_open_clip_encoder(mc.model, mc.pretrained, image_mean=mc.image_mean, image_std=mc.image_std)
+
+
+def build_distiller_from_config(cfg: TrainConfig) -> Distiller:
+    """Teacher (frozen) and student (with the heads the configured terms need)."""
+    weights, mask_ratio = cfg.distill.resolved()
+    torch.manual_seed(cfg.seed)  # identical initialisation for the same seed (and on every rank)
+    teacher = build_encoder(cfg.teacher)
+    student = build_encoder(cfg.student)
+    return build_distiller(student, teacher, weights, mask_ratio)
+
+
+def build_source(dc: DataConfig) -> Source:
+    if dc.format == "csv":
+        if not isinstance(dc.train, str):
+            raise ValueError("data.train: a CSV source takes one file path")
+        return CsvSource(dc.train, dc.csv_img_key, dc.csv_caption_key, dc.csv_separator, dc.root)
+    return ShardSource(dc.train, dc.shuffle_buffer, dc.num_samples)
+
+
+def build_stream(dc: DataConfig, distiller: Distiller, seed: int, augment: bool = True, rank: int = 0,
+                 world_size: int = 1, batches_per_split: Optional[int] = None) -> DistillStream:
+    """The batch stream for one process, each side with its own views and tokenizer."""
+    views = PairedViews(distiller.student.encoder, distiller.teacher.encoder, dc.crop_scale if augment else None)
+    return DistillStream(build_source(dc), views, dc.batch_size, seed=seed, rank=rank, world_size=world_size,
+                         workers=dc.workers, augment=augment, batches_per_split=batches_per_split)
