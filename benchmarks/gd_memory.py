@@ -19,7 +19,8 @@ tensor at N=1024, D=512. It computes the same loss value and gradients as ``gd_l
 With CUDA available the same variants are also measured on the GPU (in one child process) from
 ``torch.cuda.max_memory_allocated`` minus the memory allocated before the variant.
 
-Usage: python benchmarks/gd_memory.py [--n 1024] [--d 512] [--repeats 3] [--skip-naive] [--skip-cuda]
+Usage: python benchmarks/gd_memory.py [--n 1024] [--d 512] [--repeats 3] [--naive-repeats 1] [--skip-naive]
+       [--skip-cuda]
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # torch and clipkd are imported only inside the child processes. The parent must stay small: on Linux a child's
 # ru_maxrss starts at the peak RSS of the memory map it was exec'ed from (exec folds the old map's high-water
@@ -180,6 +183,29 @@ def child_info(args) -> dict:
             "default_threads": torch.get_num_threads()}
 
 
+def child_tracker(args) -> dict:
+    """Allocator-independent cross-check: peak live tensor bytes (MiB) of task and gd from torch's MemTracker.
+
+    ``torch.distributed._tools.mem_tracker`` is a private API; any failure is reported, not raised.
+    """
+    import torch
+
+    torch.set_num_threads(args.threads)
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+
+        out = {}
+        for v in ("task", "gd"):
+            inputs = make_inputs(args.n, args.d, args.seed)
+            tracker = MemTracker()
+            with tracker:
+                run_variant(v, *inputs)
+            out[v] = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"] / 2**20
+        return {"ok": True, "peak_mib": out}
+    except Exception as e:  # noqa: BLE001
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"[:200]}
+
+
 def child_cuda(args) -> dict:
     """Extra peak GPU memory (MiB) of each variant over its inputs, from the caching allocator's statistics."""
     import torch
@@ -210,10 +236,18 @@ def child_cuda(args) -> dict:
 def spawn(child: str, args, extra: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", child, "--n", str(args.n), "--d", str(args.d),
            "--threads", str(args.threads), "--seed", str(args.seed), "--repeats", str(args.repeats), *extra]
-    proc = subprocess.run(cmd, env={**os.environ, **CHILD_ENV}, capture_output=True, text=True)
+    env = {k: v for k, v in os.environ.items() if k not in CHILD_ENV}
+    if not args.default_malloc:
+        env.update(CHILD_ENV)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"child '{child}' failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _loadavg() -> str:
+    """1/5/15-minute load averages: other processes competing for the cores make timings noisy."""
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -223,13 +257,18 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="fresh processes per variant (default 3)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch threads per child")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--naive-repeats", type=int, default=1,
+                   help="fresh processes for the slow N x D x N reference (default 1; ~40 s each on 2 cores)")
     p.add_argument("--skip-naive", action="store_true", help="skip the N x D x N reference (2 GiB per tensor)")
     p.add_argument("--skip-cuda", action="store_true", help="skip the GPU measurement even if CUDA is available")
-    p.add_argument("--child", choices=(*MEMORY_VARIANTS, "info", "cuda"), help=argparse.SUPPRESS)
+    p.add_argument("--default-malloc", action="store_true",
+                   help="run the children with glibc's default malloc settings instead of CHILD_ENV (comparison)")
+    p.add_argument("--skip-tracker", action="store_true", help="skip the MemTracker live-tensor cross-check")
+    p.add_argument("--child", choices=(*MEMORY_VARIANTS, "info", "cuda", "tracker"), help=argparse.SUPPRESS)
     p.add_argument("--variants", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        fn = {"info": child_info, "cuda": child_cuda}.get(args.child, child_memory)
+        fn = {"info": child_info, "cuda": child_cuda, "tracker": child_tracker}.get(args.child, child_memory)
         print(json.dumps(fn(args)))
         return
 
@@ -239,8 +278,10 @@ def main() -> None:
     print(f"torch {info['torch']}, python {platform.python_version()}, {os.cpu_count()} CPU cores, "
           f"torch.set_num_threads({args.threads}) in each child, CUDA available: {info['cuda']}")
     print(f"N={args.n}, D={args.d}, float32, student scale {S_SCALE:.3f}, teacher scale {T_SCALE:g}; "
-          f"{args.repeats} fresh processes per variant, interleaved; medians")
-    print(f"child malloc env: {' '.join(f'{k}={v}' for k, v in CHILD_ENV.items())}")
+          f"{args.repeats} fresh processes per variant ({args.naive_repeats} for naive), interleaved; medians")
+    print(f"at start: {_loadavg()} (memory figures do not depend on it)")
+    print("child malloc env: " + ("glibc defaults (--default-malloc)" if args.default_malloc
+                                  else " ".join(f"{k}={v}" for k, v in CHILD_ENV.items())))
     if "naive" in variants:
         print(f"naive reference vs gd_loss (float64, N=64, D=32): max rel. diff of loss and grads "
               f"{info['naive_rel_diff']:.1e}")
@@ -249,11 +290,13 @@ def main() -> None:
     print()
 
     rows: dict[str, list[dict]] = {v: [] for v in variants}
-    for r in range(args.repeats):
+    for r in range(max(args.repeats, args.naive_repeats)):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
+            if r >= (args.naive_repeats if v == "naive" else args.repeats):
+                continue
             rows[v].append(spawn(v, args))
-            print(f"  repeat {r + 1}/{args.repeats}  {v:<6} ru_maxrss {rows[v][-1]['rss_peak_kib'] / 1024:8.1f} MiB",
+            print(f"  round {r + 1}  {v:<6} ru_maxrss {rows[v][-1]['rss_peak_kib'] / 1024:8.1f} MiB",
                   flush=True)
     print()
 
@@ -281,6 +324,14 @@ def main() -> None:
         n_extra = peak["naive"] - peak["task"]
         print(f"naive - task (N x D x N reference)               : {n_extra:8.1f} MiB   "
               f"({n_extra / 1024:.2f} GiB)")
+    if not args.skip_tracker:
+        tr = spawn("tracker", args)
+        if tr["ok"]:
+            t_pk = tr["peak_mib"]
+            print(f"cross-check, peak live tensor bytes (torch MemTracker, one process): task {t_pk['task']:.1f} MiB, "
+                  f"gd {t_pk['gd']:.1f} MiB, gd - task {t_pk['gd'] - t_pk['task']:.1f} MiB")
+        else:
+            print(f"cross-check with torch MemTracker unavailable: {tr['error']}")
 
     if info["cuda"] and not args.skip_cuda:
         print()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import time
 
@@ -86,6 +87,48 @@ def bench(name: str, args, device: torch.device) -> dict:
     return {"name": name, "full": times[False], "masked": times[True], **info}
 
 
+
+class OtherLoad:
+    """CPU used by *other* processes while timing: busy time in /proc/stat minus this process's own CPU time.
+
+    Other processes competing for the cores (with OpenMP worker threads spinning at barriers) slow small ops far
+    more than large ones, which skews ratios; this makes such a run visible in the output.
+    """
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.own0 = time.monotonic(), self._busy(), self._own()
+
+    @staticmethod
+    def _busy() -> float:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        except (OSError, ValueError, IndexError):
+            return float("nan")
+
+    @staticmethod
+    def _own() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def cores(self) -> float:
+        """Average number of cores other processes kept busy since construction."""
+        dt = time.monotonic() - self.t0
+        return max(0.0, (self._busy() - self.busy0) - (self._own() - self.own0)) / dt if dt > 0 else float("nan")
+
+    def report(self) -> str:
+        c = self.cores()
+        warn = "  WARNING: other processes competed for the CPU; timings may be skewed, rerun on a quiet machine" \
+            if c > 0.25 else ""
+        return f"other processes' CPU use during the timings: {c:.2f} cores{warn}"
+
+
+def _loadavg() -> str:
+    """1/5/15-minute load averages: other processes competing for the cores make timings noisy."""
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=128, help="images per batch (default 128)")
@@ -106,8 +149,10 @@ def main() -> None:
           f"torch.set_num_threads({args.threads}), device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"batch {args.batch}, {args.warmup} warm-up + {args.repeats} timed runs per variant, interleaved; medians")
+    print(f"at start: {_loadavg()}")
     print()
 
+    monitor = OtherLoad()
     results = [bench(args.vit, args, device)]
     if not args.skip_cnn:
         results.append(bench(args.cnn, args, device))
@@ -132,6 +177,7 @@ def main() -> None:
               f"sequence length seen by the transformer: unmasked {vit['seq_len'][0]}, masked {vit['seq_len'][1]}")
     if len(results) > 1:
         print(f"{results[1]['name']}: pixel masking: no compute saving expected (ratio {results[1]['ratio']:.3f})")
+    print(f"at end: {_loadavg()}; {monitor.report()}")
     print()
     verdict = "PASS" if vit["ratio"] <= TARGET else "FAIL"
     print(f"{verdict}: ViT masked/unmasked forward+backward time = {vit['ratio']:.3f} (target <= {TARGET})")

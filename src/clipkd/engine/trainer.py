@@ -141,8 +141,12 @@ class Trainer:
         self.consumed += info.consumed - self.position.consumed.get(info.split, 0)
         self.skipped.update(info.skipped)
         self.position.advance(info)
+        self._check_skips(final=False)
+
+    def _check_skips(self, final: bool) -> None:
+        """Abort when the unusable share exceeds the limit (judged from 100 records on, and at the end)."""
         bad, limit = sum(self.skipped.values()), self.cfg.data.max_skip_fraction
-        if self.consumed >= 100 and bad > limit * self.consumed:
+        if (final or self.consumed >= 100) and bad > limit * self.consumed:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items()))
             raise DataQualityError(f"{bad} of {self.consumed} records ({bad / self.consumed:.1%}) were unusable "
                                    f"({reasons}), above data.max_skip_fraction={limit}; check the training data")
@@ -179,6 +183,7 @@ class Trainer:
                         break
                 else:
                     self.position = DataPosition(self.position.epoch + 1)
+            self._check_skips(final=True)
             self._maybe_eval(logger, final=True)
             if self._saved_step != self.step:
                 self.save()
@@ -192,11 +197,11 @@ class Trainer:
 
     def _scalars(self) -> dict[str, float]:
         s = self.student
-        out = {"lr": self.optimizer.param_groups[0]["lr"], "logit_scale": float(s.encoder.scale())}
+        out = {"lr": self.optimizer.param_groups[0]["lr"], "logit_scale": s.encoder.scale().item()}
         for name in ("icl_logit_scale", "afd_logit_scale"):
             p = getattr(s, name)
             if p is not None:
-                out[name.replace("_logit", "")] = float(p.exp())
+                out[name.replace("_logit", "")] = p.detach().exp().item()
         return out
 
     def _maybe_eval(self, logger: MetricLogger, final: bool = False) -> None:
