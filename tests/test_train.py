@@ -138,3 +138,14 @@ def test_student_learns_and_teacher_frozen(data_dir, tmp_path):
     result = trainer.fit()
     assert result.history[-1]["fd"] < result.history[0]["fd"]
     assert all(torch.equal(v, before[k]) for k, v in trainer.distiller.teacher.state_dict().items())
+
+
+def test_same_seed_same_run(data_dir, tmp_path):
+    a = _fit(base_overrides(tmp_path / "a", data_dir, **{"optim.steps": 3, "distill.recipe": "mfd"}))
+    b = _fit(base_overrides(tmp_path / "b", data_dir, **{"optim.steps": 3, "distill.recipe": "mfd"}))
+    assert a.history == b.history
+
+
+def test_fp16_with_grad_scaler_runs(data_dir, tmp_path):
+    result = _fit(base_overrides(tmp_path / "h", data_dir, **{"precision": "fp16", "optim.steps": 2}))
+    assert result.step == 2

@@ -170,11 +170,11 @@ class Trainer:
                     seen += len(batch)
                     result.history.append(values)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}")
                     if self.step % self.cfg.logging.every_steps == 0 or self.step == self.total_steps:
                         rate = seen / max(time.perf_counter() - tick, 1e-9)
                         logger.log(self.step, {**values, **self._scalars(), "samples_per_s": rate,
                                                "skipped": sum(self.skipped.values())})
+                        bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}")
                         tick, seen = time.perf_counter(), 0
                     self._maybe_eval(logger)
                     if self.step % self.cfg.checkpoint.every_steps == 0:
