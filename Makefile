@@ -28,6 +28,8 @@ bench: setup
 	$(PY) benchmarks/mfd_speed.py
 	$(PY) benchmarks/loss_overhead.py
 	$(PY) benchmarks/gd_calibration.py
+	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/data_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

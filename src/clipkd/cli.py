@@ -20,7 +20,7 @@ def _cmd_losses(args: argparse.Namespace) -> int:
         weights = " + ".join(f"{w:g}*{k}" for k, w in r.weights.items())
         mask = f", mask_ratio {r.mask_ratio:g}" if r.mask_ratio else ""
         print(f"  {r.name:<8} {weights}{mask}  - {r.summary}")
-    print(f"\nGD weight {GD_WEIGHT:g} is calibrated for N=1024, D=512; scale it by (N/1024)^2 * (D/512).")
+    print(f"\nGD weight {GD_WEIGHT:g} is calibrated for N=1024, D=512; for other sizes use gd_weight_for(N, D) = {GD_WEIGHT:g} * (N/1024)^2 * (D/512) * ln(N)/ln(1024).")
     return 0
 
 

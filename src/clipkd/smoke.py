@@ -55,13 +55,13 @@ def run_smoke(
     log: Optional[Callable[[str], None]] = print,
 ) -> list[dict[str, float]]:
     """Fit a tiny teacher, then distil a tiny student with ``recipe``; return each step's loss values."""
+    rec = get_recipe(recipe)  # validate before any compute
     torch.manual_seed(seed)
     teacher = create_open_clip_encoder(teacher_model)
     student = create_open_clip_encoder(student_model)
     samples = list(shape_samples(batch_size * 4, seed=seed))
     batches = [make_batch(samples[i : i + batch_size], student, teacher) for i in range(0, len(samples), batch_size)]
     t_losses = fit_teacher(teacher, batches, teacher_steps)
-    rec = get_recipe(recipe)
     distiller = build_distiller(student, teacher, rec.weights, rec.mask_ratio)
     opt = torch.optim.AdamW(distiller.student.parameters(), lr=1e-3, weight_decay=0.1)
     gen = torch.Generator().manual_seed(seed)

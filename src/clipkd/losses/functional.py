@@ -130,15 +130,13 @@ def contrastive_grads(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor)
     With ``V = img``, ``T = txt``, ``P = softmax(s V T^T)``, ``Q = softmax(s T V^T)``:
     ``G1 = s/N (P - I) T`` (dL_i2t/dV), ``G2 = s/N (P - I)^T V`` (dL_i2t/dT),
     ``G3 = s/N (Q - I) V`` (dL_t2i/dT), ``G4 = s/N (Q - I)^T T`` (dL_t2i/dV).
-    Memory is O(N^2 + N*D): only P and Q are materialised.
+    Computed as ``s/N (P T - T)`` etc.: the only N x N tensors are the logits, P and Q (O(N^2 + N*D) memory).
     """
-    n = img.shape[0]
-    eye = torch.eye(n, device=img.device, dtype=img.dtype)
+    c = scale / img.shape[0]
     logits = scale * img @ txt.T
-    p_minus_i = torch.softmax(logits, dim=1) - eye
-    q_minus_i = torch.softmax(logits.T, dim=1) - eye
-    c = scale / n
-    return (c * p_minus_i @ txt, c * p_minus_i.T @ img, c * q_minus_i @ img, c * q_minus_i.T @ txt)
+    p = torch.softmax(logits, dim=1)
+    q = torch.softmax(logits.T, dim=1)
+    return (c * (p @ txt - txt), c * (p.T @ img - img), c * (q @ img - img), c * (q.T @ txt - txt))
 
 
 def gd_loss(

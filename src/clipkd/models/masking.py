@@ -86,6 +86,6 @@ def pixel_patch_mask(
         return images
     noise = torch.rand(n, total, generator=generator, device=generator.device if generator else "cpu")
     drop = noise.argsort(dim=1)[:, :masked]
-    keep = torch.ones(n, total, dtype=images.dtype).scatter_(1, drop, 0.0).to(images.device)
+    keep = torch.ones(n, total, dtype=images.dtype, device=drop.device).scatter_(1, drop, 0.0).to(images.device)
     grid = keep.view(n, 1, gh, gw).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
     return images * grid[:, :, :h, :w]
