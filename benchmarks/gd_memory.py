@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+from _common import _loadavg
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # torch and clipkd are imported only inside the child processes. The parent must stay small: on Linux a child's
@@ -243,11 +245,6 @@ def spawn(child: str, args, extra: tuple[str, ...] = ()) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"child '{child}' failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _loadavg() -> str:
-    """1/5/15-minute load averages: other processes competing for the cores make timings noisy."""
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from _common import OtherLoad, _loadavg  # noqa: E402
 
 from clipkd.models.open_clip_adapter import create_open_clip_encoder  # noqa: E402
 
@@ -86,47 +87,6 @@ def bench(name: str, args, device: torch.device) -> dict:
         info["seq_len"] = _seq_lens(encoder, images[:2], gen)
     return {"name": name, "full": times[False], "masked": times[True], **info}
 
-
-
-class OtherLoad:
-    """CPU used by *other* processes while timing: busy time in /proc/stat minus this process's own CPU time.
-
-    Other processes competing for the cores (with OpenMP worker threads spinning at barriers) slow small ops far
-    more than large ones, which skews ratios; this makes such a run visible in the output.
-    """
-
-    def __init__(self) -> None:
-        self.t0, self.busy0, self.own0 = time.monotonic(), self._busy(), self._own()
-
-    @staticmethod
-    def _busy() -> float:
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-            return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
-        except (OSError, ValueError, IndexError):
-            return float("nan")
-
-    @staticmethod
-    def _own() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
-
-    def cores(self) -> float:
-        """Average number of cores other processes kept busy since construction."""
-        dt = time.monotonic() - self.t0
-        return max(0.0, (self._busy() - self.busy0) - (self._own() - self.own0)) / dt if dt > 0 else float("nan")
-
-    def report(self) -> str:
-        c = self.cores()
-        warn = "  WARNING: other processes competed for the CPU; timings may be skewed, rerun on a quiet machine" \
-            if c > 0.25 else ""
-        return f"other processes' CPU use during the timings: {c:.2f} cores{warn}"
-
-
-def _loadavg() -> str:
-    """1/5/15-minute load averages: other processes competing for the cores make timings noisy."""
-    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:

@@ -1,6 +1,5 @@
 """Data sources, paired views and the stream: formats, skip-and-count, splits, shared crops."""
 
-import io
 import json
 
 import pytest

@@ -9,7 +9,7 @@ from clipkd.distill import build_distiller
 from clipkd.losses import RECIPES, TERMS, DistillLoss, get_recipe
 from clipkd.losses.recipes import GD_WEIGHT, gd_weight_for
 from clipkd.losses import functional as LF
-from conftest import STUDENT, TEACHER, make_encoder, random_batch
+from conftest import STUDENT, make_encoder, random_batch
 
 HEADS = {  # which student parameters each term must train (besides the encoder)
     "task": [],
