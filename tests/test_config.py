@@ -85,3 +85,14 @@ def test_shipped_configs_validate(name):
     assert cfg.optim.lr == 1e-3
     if name.startswith("paper"):
         assert cfg.data.batch_size == 128 and cfg.optim.epochs == 32 and cfg.optim.warmup_steps == 10000
+
+
+def test_preflight_names_missing_files_and_unknown_models(tmp_path, capsys):
+    args = ["train", f"run_dir={tmp_path / 'r'}", "teacher.model=no-such-model", "student.model=clipkd-tiny-vit",
+            "data.format=webdataset", f"data.train={tmp_path}/shard-{{000..002}}.tar", "optim.steps=1",
+            f"student.pretrained={tmp_path}/missing.pt"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "teacher.model: unknown model 'no-such-model'" in err
+    assert "data.train: 3 of 3 shards not found" in err and "student.pretrained: checkpoint file not found" in err
+    assert not (tmp_path / "r").exists()

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from clipkd.config import DataConfig, ModelConfig, TrainConfig
-from clipkd.data.sources import CsvSource, ShardSource, Source
+from clipkd.data.sources import CsvSource, ShardSource, Source, expand_shards
 from clipkd.data.stream import DistillStream
 from clipkd.data.views import PairedViews
 from clipkd.distill import Distiller, build_distiller
 from clipkd.models.encoders import ClipEncoder
-from clipkd.models.open_clip_adapter import create_open_clip_encoder
+from clipkd.errors import ConfigError
+from clipkd.models.open_clip_adapter import create_open_clip_encoder, list_models
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,6 +24,40 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: cuda requested but no CUDA device is available")
     return torch.device(name)
+
+
+def _check_model(field: str, mc: ModelConfig) -> list[str]:
+    name = mc.model
+    if name.endswith(".json"):
+        return [] if Path(name).is_file() else [f"{field}.model: model config file not found: {name}"]
+    if name.startswith(("hf-hub:", "local-dir:")) or name in list_models():
+        return []
+    return [f"{field}.model: unknown model '{name}' (see `clipkd models`)"]
+
+
+def _check_data(field: str, dc: DataConfig) -> list[str]:
+    if dc.format == "csv":
+        return [] if Path(str(dc.train)).is_file() else [f"{field}.train: CSV file not found: {dc.train}"]
+    try:
+        shards = expand_shards(dc.train)
+    except ValueError as exc:
+        return [f"{field}.train: {exc}"]
+    local = [s for s in shards if "://" not in s and not s.startswith("pipe:")]
+    missing = [s for s in local if not Path(s).is_file()]
+    return [f"{field}.train: {len(missing)} of {len(shards)} shards not found (first: {missing[0]})"] if missing else []
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Checks that need the filesystem or the model registry, before anything is built or loaded."""
+    problems = _check_model("teacher", cfg.teacher) + _check_model("student", cfg.student)
+    problems += _check_data("data", cfg.data)
+    if cfg.eval.val_data is not None:
+        problems += _check_data("eval.val_data", cfg.eval.val_data)
+    for field, mc in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if mc.pretrained and ("/" in mc.pretrained or "." in mc.pretrained) and not Path(mc.pretrained).is_file():
+            problems.append(f"{field}.pretrained: checkpoint file not found: {mc.pretrained}")
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def build_encoder(mc: ModelConfig) -> ClipEncoder:

@@ -24,7 +24,7 @@ from clipkd.config import TrainConfig, dump_config
 from clipkd.data.stream import BatchInfo, DataPosition, make_loader
 from clipkd.engine import checkpoint as ckpt
 from clipkd.errors import DataQualityError
-from clipkd.engine.builders import build_distiller_from_config, build_stream, resolve_device
+from clipkd.engine.builders import build_distiller_from_config, build_stream, preflight, resolve_device
 from clipkd.engine.hooks import EvalHook, ValLossHook
 from clipkd.engine.logger import MetricLogger
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer, create_scheduler
@@ -64,6 +64,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, hooks: Sequence[EvalHook] = (), resume: Optional[str] = None):
         self.cfg = cfg
+        preflight(cfg)
         self.run_dir = Path(cfg.run_dir)
         self.device = resolve_device(cfg.device)
         random.seed(cfg.seed)
