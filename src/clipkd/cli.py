@@ -52,6 +52,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from clipkd.eval.command import run_eval
+
+    return run_eval(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from clipkd.eval.report import write_report
+
+    table, chart = write_report(args.results, args.out)
+    print(table.read_text())
+    print(f"wrote {table} and {chart}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipkd import __version__
 
@@ -69,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in the run directory")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
     p.set_defaults(fn=_cmd_train)
+    p = sub.add_parser("eval", help="zero-shot / retrieval benchmarks and distillation diagnostics")
+    from clipkd.eval.command import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(fn=_cmd_eval)
+    p = sub.add_parser("report", help="result JSONs -> markdown table + bar chart")
+    p.add_argument("results", nargs="+", help="result JSON files (clip_benchmark layout)")
+    p.add_argument("--out", default=".", help="folder for report.md and report.png")
+    p.set_defaults(fn=_cmd_report)
     p = sub.add_parser("smoke", help="a one-minute distillation run on drawn shapes with tiny models")
     p.add_argument("--recipe", default="clipkd")
     p.add_argument("--student", default="clipkd-tiny-vit")

@@ -113,10 +113,41 @@ class LoggingConfig(_Strict):
     progress: bool = True
 
 
+class BenchmarkSpec(_Strict):
+    """One evaluation benchmark: zero-shot classification or image-text retrieval on a local dataset."""
+
+    name: str
+    task: Literal["zeroshot", "retrieval"]
+    format: Literal["folder", "csv", "webdataset", "karpathy"] = Field(
+        description="zeroshot: folder | csv | webdataset; retrieval: karpathy | csv | webdataset")
+    path: Union[str, list[str]]
+    root: Optional[str] = Field(None, description="image root for csv/karpathy paths (default: the file's folder)")
+    classnames: Optional[str] = Field(None, description="file (one per line), 'imagenet', or null: folder names")
+    templates: Optional[str] = Field(None, description="file (one per line, '{}' = class name), 'imagenet', "
+                                                       "'imagenet-simple', or null: '{}'")
+    image_key: str = "filepath"
+    label_key: str = Field("label", description="csv label column / webdataset class-index key (e.g. cls)")
+    caption_key: str = "title"
+    separator: str = ","
+    split: Optional[str] = Field("test", description="karpathy split to use (null: all images)")
+    first_caption_only: bool = Field(False, description="the official CLIP-KD protocol: first caption per image")
+    batch_size: int = Field(256, gt=0)
+    workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _format_fits_task(self):
+        allowed = {"zeroshot": {"folder", "csv", "webdataset"}, "retrieval": {"karpathy", "csv", "webdataset"}}
+        if self.format not in allowed[self.task]:
+            raise ValueError(f"format '{self.format}' is not available for task '{self.task}' "
+                             f"(use one of {sorted(allowed[self.task])})")
+        return self
+
+
 class EvalConfig(_Strict):
     every_steps: Optional[int] = Field(None, gt=0, description="also runs at the end when any eval is configured")
     val_data: Optional[DataConfig] = Field(None, description="held-out pairs for the distillation val loss")
     val_batches: int = Field(10, gt=0)
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="zero-shot / retrieval benchmarks")
 
 
 class TrainConfig(_Strict):

@@ -24,6 +24,7 @@ from clipkd.config import TrainConfig, dump_config
 from clipkd.data.stream import BatchInfo, DataPosition, make_loader
 from clipkd.engine import checkpoint as ckpt
 from clipkd.errors import DataQualityError
+from clipkd.eval.runner import BenchmarkHook
 from clipkd.engine.builders import build_distiller_from_config, build_stream, preflight, resolve_device
 from clipkd.engine.hooks import EvalHook, ValLossHook
 from clipkd.engine.logger import MetricLogger
@@ -89,10 +90,11 @@ class Trainer:
 
     def _config_hooks(self) -> list[EvalHook]:
         ec = self.cfg.eval
-        if ec.val_data is None:
-            return []
-        stream = build_stream(ec.val_data, self.distiller, self.cfg.seed, augment=False)
-        return [ValLossHook(stream, ec.val_batches, self.device)]
+        hooks: list[EvalHook] = [BenchmarkHook(spec, self.device) for spec in ec.benchmarks]
+        if ec.val_data is not None:
+            stream = build_stream(ec.val_data, self.distiller, self.cfg.seed, augment=False)
+            hooks.append(ValLossHook(stream, ec.val_batches, self.device))
+        return hooks
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def _state(self) -> dict:

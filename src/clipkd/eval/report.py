@@ -1,0 +1,164 @@
+"""Tables and charts from clip_benchmark-style result files.
+
+Each JSON file holds one evaluation::
+
+    {"dataset": str, "model": str, "pretrained": str | None,
+     "task": "zeroshot_classification" | "zeroshot_retrieval", "metrics": {name: float}}
+
+Metric values are fractions; tables and charts show them as percentages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+__all__ = ["load_results", "markdown_table", "bar_chart", "write_report"]
+
+REQUIRED_KEYS = ("dataset", "model", "pretrained", "task", "metrics")
+MISSING = "–"
+PathLike = Union[str, Path]
+Column = tuple[str, str]  # (dataset, metric)
+
+
+def _load_one(path: Path) -> dict:
+    """Read and validate one result file; errors name the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read a JSON result ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing} (required: {list(REQUIRED_KEYS)})")
+    for key in ("dataset", "model", "task"):
+        if not isinstance(data[key], str):
+            raise ValueError(f"{path}: '{key}' must be a string, got {data[key]!r}")
+    if data["pretrained"] is not None and not isinstance(data["pretrained"], str):
+        raise ValueError(f"{path}: 'pretrained' must be a string or null, got {data['pretrained']!r}")
+    metrics = data["metrics"]
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path}: 'metrics' must be an object, got {type(metrics).__name__}")
+    for name, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{path}: metric '{name}' must be a number, got {value!r}")
+    return {**data, "metrics": {k: float(v) for k, v in metrics.items()}}
+
+
+def load_results(paths: Sequence[PathLike]) -> list[dict]:
+    """Load clip_benchmark-style result files, in the given order."""
+    return [_load_one(Path(p)) for p in paths]
+
+
+def _label(result: dict) -> str:
+    pretrained = result.get("pretrained")
+    return f"{result['model']} ({pretrained})" if pretrained else result["model"]
+
+
+def _collect(
+    results: list[dict], metrics: Optional[Sequence[str]]
+) -> tuple[list[str], list[Column], dict[tuple[str, Column], float]]:
+    """Row labels, columns and ``{(label, column): value}``, in order of first appearance.
+
+    With ``metrics`` only those metric names are kept, in that order within each dataset. A later
+    result for the same model, dataset and metric replaces an earlier one.
+    """
+    labels: list[str] = []
+    per_dataset: dict[str, list[str]] = {}
+    values: dict[tuple[str, Column], float] = {}
+    for result in results:
+        label, dataset = _label(result), result["dataset"]
+        if label not in labels:
+            labels.append(label)
+        names = per_dataset.setdefault(dataset, [])
+        for name, value in result["metrics"].items():
+            if metrics is not None and name not in metrics:
+                continue
+            if name not in names:
+                names.append(name)
+            values[(label, (dataset, name))] = float(value)
+    columns: list[Column] = []
+    for dataset, names in per_dataset.items():
+        if metrics is not None:
+            names = [m for m in metrics if m in names]
+        columns.extend((dataset, name) for name in names)
+    return labels, columns, values
+
+
+def _percent(value: Optional[float]) -> str:
+    return MISSING if value is None else f"{100.0 * value:.2f}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(results: list[dict], metrics: Optional[Sequence[str]] = None) -> str:
+    """A Markdown table: one row per model, one column per (dataset, metric), values in %."""
+    if not results:
+        raise ValueError("no results to tabulate")
+    labels, columns, values = _collect(results, metrics)
+    header = ["Model"] + [f"{dataset} {metric}" for dataset, metric in columns]
+    lines = [
+        "| " + " | ".join(_cell(h) for h in header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * len(columns)) + "|",
+    ]
+    for label in labels:
+        cells = [_cell(label)] + [_percent(values.get((label, col))) for col in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(
+    results: list[dict],
+    path: PathLike,
+    metrics: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> Path:
+    """Grouped bar chart (one group per (dataset, metric), one bar per model, in %) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not results:
+        raise ValueError("no results to plot")
+    labels, columns, values = _collect(results, metrics)
+    group_width = max(0.8, 0.25 * len(labels))  # inches per (dataset, metric) group
+    fig = Figure(figsize=(min(40.0, max(6.0, 2.0 + group_width * len(columns))), 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(labels))
+    for i, label in enumerate(labels):
+        xs, heights = [], []
+        for j, col in enumerate(columns):
+            value = values.get((label, col))
+            if value is not None and math.isfinite(value):
+                xs.append(j - 0.4 + width * (i + 0.5))
+                heights.append(100.0 * value)
+        bars = ax.bar(xs, heights, width=width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=6)
+    ax.set_xticks(range(len(columns)), [f"{d}\n{m}" for d, m in columns], fontsize=7)
+    ax.set_ylabel("%")
+    ax.set_title(title or "Evaluation results")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png", dpi=120)
+    return out
+
+
+def write_report(paths: Sequence[PathLike], out_dir: PathLike) -> tuple[Path, Path]:
+    """Write ``report.md`` (the table) and ``report.png`` (the chart) into ``out_dir``."""
+    results = load_results(paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md_path = out / "report.md"
+    md_path.write_text(markdown_table(results), encoding="utf-8")
+    png_path = bar_chart(results, out / "report.png")
+    return md_path, png_path

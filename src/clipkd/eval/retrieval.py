@@ -1,0 +1,43 @@
+"""Image-text retrieval: embed every image and caption, then recall@K in both directions (chunked)."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader
+
+from clipkd.eval.datasets import CaptionedImages
+from clipkd.eval.retrieval_metrics import first_caption_only, retrieval_recall
+from clipkd.eval.zeroshot import embed_images
+from clipkd.models.encoders import ClipEncoder
+
+
+@torch.no_grad()
+def embed_captions(encoder: ClipEncoder, captions: Sequence[str], device: Union[str, torch.device],
+                   batch_size: int = 256) -> torch.Tensor:
+    """Normalised text embeddings, tokenised with the encoder's own tokenizer, in batches."""
+    out = []
+    for i in range(0, len(captions), batch_size):
+        tokens = encoder.tokenize(captions[i : i + batch_size])
+        tokens = tokens.to(device) if isinstance(tokens, torch.Tensor) else {k: v.to(device) for k, v in tokens.items()}
+        out.append(encoder.encode_text(tokens).float())
+    return torch.cat(out)
+
+
+def evaluate_retrieval(encoder: ClipEncoder, data: CaptionedImages, device: Union[str, torch.device] = "cpu",
+                       batch_size: int = 256, workers: int = 0, first_caption: bool = False,
+                       ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Recall@K both ways. Standard protocol: every caption is a query and an image succeeds if any of its
+    captions is retrieved. ``first_caption=True``: only each image's first caption (the official CLIP-KD code)."""
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        loader = DataLoader(data.image_dataset(encoder.preprocess_val), batch_size=batch_size, num_workers=workers)
+        img, _ = embed_images(encoder, loader, device)
+        keep = first_caption_only(data.text_to_image) if first_caption else torch.arange(len(data.captions))
+        captions = [data.captions[i] for i in keep.tolist()]
+        txt = embed_captions(encoder, captions, device, batch_size)
+    finally:
+        encoder.train(was_training)
+    return retrieval_recall(img, txt, data.text_to_image[keep].to(img.device), ks=ks)

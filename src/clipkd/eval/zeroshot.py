@@ -1,0 +1,83 @@
+"""Zero-shot classification: class embeddings from prompt templates, then top-1/top-5/mean per-class recall.
+
+The classifier is open_clip's own ``build_zero_shot_classifier`` (each class: the mean of its L2-normalised
+prompt embeddings, re-normalised); logits are ``100 * cosine``. It can be cached on disk, keyed by the model
+and the prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+from open_clip import build_zero_shot_classifier
+from torch.utils.data import DataLoader
+
+from clipkd.models.encoders import ClipEncoder
+
+
+def _prompt_text(template) -> str:
+    return template("{}") if callable(template) else str(template)
+
+
+def classifier_cache_path(cache_dir: Union[str, Path], model_key: str, classnames: Sequence[str],
+                          templates: Sequence) -> Path:
+    """Where the classifier for this model and these prompts is cached."""
+    blob = json.dumps([model_key, list(classnames), [_prompt_text(t) for t in templates]])
+    return Path(cache_dir) / f"zeroshot-{hashlib.sha256(blob.encode()).hexdigest()[:20]}.pt"
+
+
+@torch.no_grad()
+def zeroshot_classifier(encoder: ClipEncoder, classnames: Sequence[str], templates: Sequence,
+                        device: Union[str, torch.device] = "cpu", classes_per_batch: int = 10,
+                        cache_dir: Optional[Union[str, Path]] = None, model_key: Optional[str] = None) -> torch.Tensor:
+    """``[D, C]`` class embeddings; loaded from / saved to ``cache_dir`` when it and ``model_key`` are given."""
+    path = classifier_cache_path(cache_dir, model_key, classnames, templates) if cache_dir and model_key else None
+    if path is not None and path.is_file():
+        return torch.load(path, map_location=device, weights_only=True)
+    was_training = encoder.training
+    encoder.eval()
+    weights = build_zero_shot_classifier(encoder, encoder.tokenizer, list(classnames), list(templates),
+                                         num_classes_per_batch=classes_per_batch, device=device)
+    encoder.train(was_training)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(weights.cpu(), tmp)
+        tmp.replace(path)
+    return weights
+
+
+@torch.no_grad()
+def embed_images(encoder: ClipEncoder, loader: DataLoader, device: Union[str, torch.device]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image embeddings and targets of every batch of ``loader``."""
+    feats, targets = [], []
+    for images, target in loader:
+        feats.append(encoder.encode_image(images.to(device, non_blocking=True)).float())
+        targets.append(torch.as_tensor(target))
+    return torch.cat(feats), torch.cat(targets).to(device)
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
+    """top-1, top-5 accuracy and mean per-class recall (classes absent from ``targets`` are left out)."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit1 = top[:, 0] == targets
+    hit5 = (top == targets[:, None]).any(dim=1)
+    recalls = [hit1[targets == c].float().mean() for c in range(num_classes) if (targets == c).any()]
+    return {"acc1": hit1.float().mean().item(), "acc5": hit5.float().mean().item(),
+            "mean_per_class_recall": torch.stack(recalls).mean().item()}
+
+
+def zeroshot_evaluate(encoder: ClipEncoder, loader: DataLoader, classifier: torch.Tensor,
+                      device: Union[str, torch.device] = "cpu") -> dict[str, float]:
+    """Zero-shot metrics of ``encoder`` on ``loader`` (images, class index) with ``classifier`` [D, C]."""
+    was_training = encoder.training
+    encoder.eval()
+    feats, targets = embed_images(encoder, loader, device)
+    encoder.train(was_training)
+    logits = 100.0 * feats @ classifier.to(feats)
+    return classification_metrics(logits, targets, classifier.shape[1])
