@@ -30,6 +30,7 @@ bench: setup
 	$(PY) benchmarks/gd_calibration.py
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/data_throughput.py
+	$(PY) benchmarks/zeroshot_throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

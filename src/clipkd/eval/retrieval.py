@@ -13,7 +13,7 @@ from clipkd.eval.zeroshot import embed_images
 from clipkd.models.encoders import ClipEncoder
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_captions(encoder: ClipEncoder, captions: Sequence[str], device: Union[str, torch.device],
                    batch_size: int = 256) -> torch.Tensor:
     """Normalised text embeddings, tokenised with the encoder's own tokenizer, in batches."""

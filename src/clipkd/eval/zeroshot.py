@@ -51,7 +51,7 @@ def zeroshot_classifier(encoder: ClipEncoder, classnames: Sequence[str], templat
     return weights
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_images(encoder: ClipEncoder, loader: DataLoader, device: Union[str, torch.device]) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised image embeddings and targets of every batch of ``loader``."""
     feats, targets = [], []
