@@ -35,6 +35,7 @@ class DistillConfig(_Strict):
     recipe: str = "clipkd"
     weights: Optional[dict[str, float]] = Field(None, description="replaces the recipe's weights when set")
     mask_ratio: Optional[float] = Field(None, ge=0.0, lt=1.0, description="replaces the recipe's mask ratio")
+    teacher_cache: Optional[str] = Field(None, description="teacher embeddings per sample key (no augmentation)")
 
     @field_validator("recipe")
     @classmethod
@@ -163,6 +164,13 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _cache_without_augmentation(self):
+        if self.distill.teacher_cache and self.data.crop_scale is not None:
+            raise ValueError("distill.teacher_cache needs data.crop_scale: null (cached embeddings describe the "
+                             "un-augmented image; augmentation replay is not supported yet)")
+        return self
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Union
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
 import torch
 
@@ -11,6 +11,9 @@ from clipkd.losses.combine import DistillLoss
 from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
 from clipkd.models.student import DistillStudent, StudentOutput
 from clipkd.models.teacher import FrozenTeacher
+
+if TYPE_CHECKING:
+    from clipkd.cache import TeacherCache
 
 
 @dataclass
@@ -21,6 +24,7 @@ class DistillBatch:
     student_text: TextBatch
     teacher_images: torch.Tensor
     teacher_text: TextBatch
+    keys: Optional[list[str]] = None
 
     def __len__(self) -> int:
         return int(self.student_images.shape[0])
@@ -30,7 +34,8 @@ class DistillBatch:
         move = lambda x: x.to(device, non_blocking=non_blocking)  # noqa: E731
         s_img = move(self.student_images)
         t_img = s_img if self.teacher_images is self.student_images else move(self.teacher_images)
-        return DistillBatch(s_img, _map_text(self.student_text, move), t_img, _map_text(self.teacher_text, move))
+        return DistillBatch(s_img, _map_text(self.student_text, move), t_img, _map_text(self.teacher_text, move),
+                            self.keys)
 
 
 def _map_text(text: TextBatch, fn) -> TextBatch:
@@ -45,12 +50,21 @@ class Distiller:
     student: DistillStudent
     loss: DistillLoss
     mask_ratio: float = 0.0
+    teacher_cache: Optional["TeacherCache"] = None
+
+    def teacher_embeddings(self, batch: DistillBatch) -> Embeddings:
+        """From the cache when there is one (by sample key), else a teacher forward."""
+        if self.teacher_cache is not None:
+            if batch.keys is None:
+                raise ValueError("a teacher cache needs sample keys in the batch")
+            return self.teacher_cache.lookup(batch.keys, batch.student_images.device)
+        return self.teacher(batch.teacher_images, batch.teacher_text)
 
     def embed(
         self, batch: DistillBatch, generator: Optional[torch.Generator] = None
     ) -> tuple[StudentOutput, Optional[Embeddings]]:
         """Teacher embeddings (skipped when no active term needs them), then the student's."""
-        t = self.teacher(batch.teacher_images, batch.teacher_text) if self.loss.needs_teacher else None
+        t = self.teacher_embeddings(batch) if self.loss.needs_teacher else None
         s = self.student(batch.student_images, batch.student_text, t, self.mask_ratio, generator)
         return s, t
 

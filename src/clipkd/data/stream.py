@@ -127,7 +127,9 @@ class DistillStream(IterableDataset):
         except Exception:  # noqa: BLE001 - any decoder failure means the same: skip and count
             return "bad_image"
         rng = random.Random(f"clipkd-aug:{self.seed}:{epoch}:{split}:{index}") if self.augment else None
-        return self.views(image, raw.caption, rng)
+        views = self.views(image, raw.caption, rng)
+        views.key = raw.key
+        return views
 
     def _collate(self, views: Sequence[SampleViews]) -> DistillBatch:
         s_img = torch.stack([v.student_image for v in views])
@@ -137,6 +139,7 @@ class DistillStream(IterableDataset):
             student_text=collate_text([v.student_text for v in views]),
             teacher_images=s_img if same else torch.stack([v.teacher_image for v in views]),
             teacher_text=collate_text([v.teacher_text for v in views]),
+            keys=[v.key for v in views],
         )
 
 

@@ -43,6 +43,7 @@ class SampleViews:
     student_text: TextBatch
     teacher_text: TextBatch
     crop: Optional[CropBox]
+    key: str = ""
 
 
 def _first(tokens: TextBatch) -> TextBatch:

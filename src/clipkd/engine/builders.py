@@ -14,7 +14,7 @@ from clipkd.data.views import PairedViews
 from clipkd.distill import Distiller, build_distiller
 from clipkd.models.encoders import ClipEncoder
 from clipkd.errors import ConfigError
-from clipkd.models.open_clip_adapter import create_open_clip_encoder, list_models
+from clipkd.models.factory import create_encoder, known_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,7 +30,7 @@ def _check_model(field: str, mc: ModelConfig) -> list[str]:
     name = mc.model
     if name.endswith(".json"):
         return [] if Path(name).is_file() else [f"{field}.model: model config file not found: {name}"]
-    if name.startswith(("hf-hub:", "local-dir:")) or name in list_models():
+    if known_model(name):
         return []
     return [f"{field}.model: unknown model '{name}' (see `clipkd models`)"]
 
@@ -56,12 +56,14 @@ def preflight(cfg: TrainConfig) -> None:
     for field, mc in (("teacher", cfg.teacher), ("student", cfg.student)):
         if mc.pretrained and ("/" in mc.pretrained or "." in mc.pretrained) and not Path(mc.pretrained).is_file():
             problems.append(f"{field}.pretrained: checkpoint file not found: {mc.pretrained}")
+    if cfg.distill.teacher_cache and not Path(cfg.distill.teacher_cache).is_file():
+        problems.append(f"distill.teacher_cache: file not found: {cfg.distill.teacher_cache}")
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def build_encoder(mc: ModelConfig) -> ClipEncoder:
-    return create_open_clip_encoder(mc.model, mc.pretrained, image_mean=mc.image_mean, image_std=mc.image_std)
+    return create_encoder(mc.model, mc.pretrained, image_mean=mc.image_mean, image_std=mc.image_std)
 
 
 def build_distiller_from_config(cfg: TrainConfig) -> Distiller:

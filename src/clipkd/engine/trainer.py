@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clipkd.cache import TeacherCache
 from clipkd.config import TrainConfig, dump_config
 from clipkd.data.stream import BatchInfo, DataPosition, make_loader
 from clipkd.engine import checkpoint as ckpt
@@ -71,6 +72,8 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.distiller = build_distiller_from_config(cfg)
+        if cfg.distill.teacher_cache:
+            self.distiller.teacher_cache = TeacherCache.load(cfg.distill.teacher_cache)
         self.distiller.teacher.to(self.device)
         self.student = self.distiller.student.to(self.device)
         self.stream = build_stream(cfg.data, self.distiller, cfg.seed)

@@ -85,10 +85,11 @@ def _checkpoint(run: str, explicit: Optional[str]) -> Path:
 def load_encoder(args: argparse.Namespace):
     """The encoder to evaluate, and its (model, pretrained) labels."""
     from clipkd.engine.builders import build_encoder
+    from clipkd.models.factory import create_encoder
     from clipkd.models.open_clip_adapter import create_open_clip_encoder
 
     if args.model:
-        return create_open_clip_encoder(args.model, args.pretrained), args.model, args.pretrained
+        return create_encoder(args.model, args.pretrained), args.model, args.pretrained
     cfg = _run_config(args.run)
     if args.side == "teacher":
         return build_encoder(cfg.teacher), cfg.teacher.model, cfg.teacher.pretrained

@@ -1,0 +1,1 @@
+"""Small self-contained demo data sets for trying clipkd end to end."""
