@@ -7,18 +7,25 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup fmnist demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev,demo]' $(TORCH_PIN)
 	touch $@
 
-setup: $(VENV)/.installed
+# The demo's images: Fashion-MNIST from Debian's package (or pass --source DIR to `clipkd demo`).
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+fmnist:
+	@test -f $(FMNIST) || ! command -v apt-get >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; }
+
+setup: $(VENV)/.installed fmnist
 
 demo: setup
-	$(VENV)/bin/clipkd smoke
+	$(VENV)/bin/clipkd demo --out runs/demo
 
 test: setup
 	$(PY) -m pytest -q

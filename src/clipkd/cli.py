@@ -67,6 +67,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from clipkd.demo.run import run_demo
+
+    run_demo(Path(args.out), quick=args.quick, source=Path(args.source) if args.source else None, seed=args.seed)
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipkd import __version__
 
@@ -93,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", nargs="+", help="result JSON files (clip_benchmark layout)")
     p.add_argument("--out", default=".", help="folder for report.md and report.png")
     p.set_defaults(fn=_cmd_report)
+    p = sub.add_parser("demo", help="the whole story offline: real teacher, Fashion-MNIST, baseline vs clipkd")
+    p.add_argument("--out", default="runs/demo", help="output folder (data, teacher and runs are cached here)")
+    p.add_argument("--quick", action="store_true", help="reduced version (< 3 minutes)")
+    p.add_argument("--source", help="folder with the Fashion-MNIST idx files (default: Debian's package)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_cmd_demo)
     p = sub.add_parser("smoke", help="a one-minute distillation run on drawn shapes with tiny models")
     p.add_argument("--recipe", default="clipkd")
     p.add_argument("--student", default="clipkd-tiny-vit")

@@ -1,0 +1,84 @@
+"""The demo teacher: frozen pretrained towers, heads trained contrastively (LiT) on the demo's training split.
+
+The towers are frozen, so their features are computed once per training pair; the heads train on those
+features in seconds, and the same features give the teacher-embedding cache the students train against.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from tqdm import tqdm
+
+from clipkd.cache import TeacherCache
+from clipkd.data.sources import RawSample, ShardSource, open_image
+from clipkd.losses.functional import clip_loss
+from clipkd.models.composite import CompositeEncoder, create_lit_encoder, save_heads
+
+log = logging.getLogger(__name__)
+
+
+def read_records(shards: Sequence[str]) -> list[RawSample]:
+    """Every record of the shards, keyed exactly as the training stream keys them."""
+    src = ShardSource(list(shards))
+    return [r for r in src._records(list(shards), 0, 1) if r.error is None and r.image is not None]
+
+
+@torch.inference_mode()
+def tower_features(enc: CompositeEncoder, records: Sequence[RawSample], batch: int = 128):
+    """Frozen-tower features of every (image, caption): ``[N, 1280]``, ``[N, 384]``."""
+    img, txt = [], []
+    for i in tqdm(range(0, len(records), batch), desc="teacher features", leave=False):
+        chunk = records[i : i + batch]
+        images = torch.stack([enc.preprocess_val(open_image(r.image)) for r in chunk])
+        img.append(enc.image_features(images))
+        txt.append(enc.text_features(enc.tokenize([r.caption for r in chunk])))
+    return torch.cat(img), torch.cat(txt)
+
+
+def fit_heads(enc: CompositeEncoder, img_f: torch.Tensor, txt_f: torch.Tensor, steps: int, batch: int = 256,
+              lr: float = 1e-3, seed: int = 0) -> list[float]:
+    """LiT: train the two heads and the logit scale with the CLIP loss on frozen-tower features."""
+    g = torch.Generator().manual_seed(seed)
+    params = [p for p in enc.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
+    losses = []
+    for _ in tqdm(range(steps), desc="teacher heads (LiT)", leave=False):
+        idx = torch.randperm(img_f.shape[0], generator=g)[:batch]
+        img = torch.nn.functional.normalize(enc.image_head(img_f[idx]), dim=-1)
+        txt = torch.nn.functional.normalize(enc.text_head(txt_f[idx]), dim=-1)
+        loss = clip_loss(img, txt, enc.scale())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            enc.logit_scale.clamp_(0, 4.6052)
+        losses.append(loss.item())
+    return losses
+
+
+def build_teacher(out_dir: Path, train_shards: Sequence[str], steps: int, seed: int = 0):
+    """Train (or reuse) the teacher heads and its embedding cache; return (encoder, heads path, cache path)."""
+    out_dir = Path(out_dir)
+    heads, cache, manifest = out_dir / "heads.safetensors", out_dir / "train_cache.safetensors", out_dir / "teacher.json"
+    params = {"shards": [str(s) for s in train_shards], "steps": steps, "seed": seed}
+    if manifest.is_file() and json.loads(manifest.read_text()).get("params") == params and heads.is_file() \
+            and cache.is_file():
+        log.info("reusing the trained teacher in %s", out_dir)
+        return create_lit_encoder(heads=heads), heads, cache
+    torch.manual_seed(seed)
+    enc = create_lit_encoder()
+    records = read_records(train_shards)
+    img_f, txt_f = tower_features(enc, records)
+    losses = fit_heads(enc, img_f, txt_f, steps, seed=seed)
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(enc.image_head(img_f), dim=-1)
+        txt = torch.nn.functional.normalize(enc.text_head(txt_f), dim=-1)
+    save_heads(enc, heads)
+    TeacherCache([r.key for r in records], img, txt, enc.scale().item()).save(cache)
+    manifest.write_text(json.dumps({"params": params, "loss_first": losses[0], "loss_last": losses[-1]}, indent=2))
+    return enc, heads, cache
