@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -87,15 +86,19 @@ def benchmarks(data_dir: Path, data: dict) -> list[Benchmark]:
 
 
 def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed: int = 0,
-             log: Callable[[str], None] = print) -> dict:
-    """Run the whole story; write report.json, report.md and plots under ``out``; return the report."""
+             log: Callable[[str], None] = print, work: Optional[Path] = None) -> dict:
+    """Run the whole story; write report.json, report.md and plots under ``out``; return the report.
+
+    The shards and the trained teacher are cached under ``work`` (default ``out``) and reused.
+    """
     _offline()
     out, size = Path(out), SIZES["quick" if quick else "full"]
+    work = Path(work) if work is not None else out
     started = time.perf_counter()
-    data_dir = out / "data" / ("quick" if quick else "full")
+    data_dir = work / "data" / ("quick" if quick else "full")
     data = prepare_dataset(data_dir, source, train=size["train"], val=size["val"], test=size["test"], seed=0)
     log(f"data: {size['train']} train / {size['val']} val / {size['test']} test pairs in {data_dir}")
-    teacher, heads, cache = build_teacher(out / "teacher" / ("quick" if quick else "full"), data["train"],
+    teacher, heads, cache = build_teacher(work / "teacher" / ("quick" if quick else "full"), data["train"],
                                           size["teacher_steps"])
     benches = benchmarks(data_dir, data)
     report: dict = {"teacher": evaluate(teacher, benches)}
@@ -115,6 +118,3 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
     log(table)
     return report
 
-
-def main_json(out: Path) -> dict:
-    return json.loads((Path(out) / "report.json").read_text())
