@@ -68,11 +68,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import os
     from pathlib import Path
 
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):  # before any hub import
-        os.environ.setdefault(var, "1")
+    from clipkd.offline import set_offline
+
+    set_offline()  # before anything imports a hub client
     from clipkd.demo.run import run_demo
 
     run_demo(Path(args.out), quick=args.quick, source=Path(args.source) if args.source else None, seed=args.seed)

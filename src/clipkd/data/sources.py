@@ -143,6 +143,10 @@ class ShardSource:
             self._len = count_shard_samples(self.shards)
         return self._len
 
+    def records(self) -> Iterator[RawSample]:
+        """Every record of every shard once, in shard order (no shuffling, no splitting)."""
+        return self._records(self.shards, 0, 1)
+
     def _records(self, shards: Sequence[str], split: int, stride: int) -> Iterator[RawSample]:
         errors: list[str] = []
 

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,6 +23,7 @@ from clipkd.eval.runner import Benchmark
 from clipkd.models.composite import LIT_NAME
 from clipkd.models.encoders import ClipEncoder
 from clipkd.models.open_clip_adapter import create_open_clip_encoder
+from clipkd.offline import set_offline
 
 STUDENT = "clipkd-tiny-vit"
 SIZES = {
@@ -33,11 +33,6 @@ SIZES = {
 METRICS = {"zeroshot_top1": "acc1", "zeroshot_top5": "acc5", "mean_per_class_recall": "mean_per_class_recall",
            "t2i_r1": "image_retrieval_recall@1", "t2i_r5": "image_retrieval_recall@5",
            "i2t_r1": "text_retrieval_recall@1", "i2t_r5": "text_retrieval_recall@5"}
-
-
-def _offline() -> None:
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-        os.environ.setdefault(var, "1")
 
 
 def student_config(out: Path, recipe: str, data: dict, heads: Path, cache: Path, size: dict, seed: int) -> dict:
@@ -91,7 +86,7 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
 
     The shards and the trained teacher are cached under ``work`` (default ``out``) and reused.
     """
-    _offline()
+    set_offline()
     out, size = Path(out), SIZES["quick" if quick else "full"]
     work = Path(work) if work is not None else out
     started = time.perf_counter()

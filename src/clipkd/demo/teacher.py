@@ -24,8 +24,7 @@ log = logging.getLogger(__name__)
 
 def read_records(shards: Sequence[str]) -> list[RawSample]:
     """Every record of the shards, keyed exactly as the training stream keys them."""
-    src = ShardSource(list(shards))
-    return [r for r in src._records(list(shards), 0, 1) if r.error is None and r.image is not None]
+    return [r for r in ShardSource(list(shards)).records() if r.error is None and r.image is not None]
 
 
 @torch.inference_mode()
