@@ -47,21 +47,27 @@ def _rng(*parts: int) -> random.Random:
     return random.Random("clipkd:" + ":".join(map(str, parts)))
 
 
+def read_csv_rows(path: Path, separator: str, keys: Sequence[str]) -> list[dict]:
+    """All rows of a CSV/TSV as dicts; clear errors for a missing file or missing columns."""
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=separator)
+        missing = [k for k in keys if k not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: column(s) {missing} not found (columns: {reader.fieldnames})")
+        return list(reader)
+
+
 class CsvSource:
     """CSV/TSV with an image-path column and a caption column; paths relative to ``root`` (or absolute)."""
 
     def __init__(self, path: Union[str, Path], img_key: str = "filepath", caption_key: str = "title",
                  separator: str = ",", root: Union[str, Path, None] = None):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"CSV file not found: {self.path}")
         root = Path(root) if root is not None else self.path.parent
-        with self.path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter=separator)
-            missing = [k for k in (img_key, caption_key) if k not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{self.path}: column(s) {missing} not found (columns: {reader.fieldnames})")
-            self.rows = [(root / r[img_key], r[caption_key]) for r in reader]
+        rows = read_csv_rows(self.path, separator, (img_key, caption_key))
+        self.rows = [(root / r[img_key], r[caption_key]) for r in rows]
         if not self.rows:
             raise ValueError(f"{self.path}: no rows")
 

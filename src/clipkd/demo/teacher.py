@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from clipkd.cache import TeacherCache
+from clipkd.engine.optim import clamp_logit_scales
 from clipkd.data.sources import RawSample, ShardSource, open_image
 from clipkd.losses.functional import clip_loss
 from clipkd.models.composite import CompositeEncoder, create_lit_encoder, save_heads
@@ -54,8 +55,7 @@ def fit_heads(enc: CompositeEncoder, img_f: torch.Tensor, txt_f: torch.Tensor, s
         opt.zero_grad()
         loss.backward()
         opt.step()
-        with torch.no_grad():
-            enc.logit_scale.clamp_(0, 4.6052)
+        clamp_logit_scales(enc)
         losses.append(loss.item())
     return losses
 

@@ -8,7 +8,6 @@ captions (``txt``: one per line; ``json``: a list or ``{"captions": [...]}``).
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from clipkd.data.sources import IMAGE_KEYS, expand_shards, open_image
+from clipkd.data.sources import IMAGE_KEYS, expand_shards, open_image, read_csv_rows
 
 PathLike = Union[str, Path]
 
@@ -61,7 +60,7 @@ def zeroshot_dataset(fmt: str, path: Union[str, list[str]], *, root: Optional[st
         return LabelledImages([Path(p) for p, _ in folder.samples], list(folder.targets),
                               [c.replace("_", " ") for c in folder.classes])
     if fmt == "csv":
-        rows = _csv_rows(Path(str(path)), separator, (image_key, label_key))
+        rows = read_csv_rows(Path(str(path)), separator, (image_key, label_key))
         base = Path(root) if root else Path(str(path)).parent
         labels = [int(r[label_key]) for r in rows]
         return LabelledImages([base / r[image_key] for r in rows], labels, [str(i) for i in range(max(labels) + 1)])
@@ -76,17 +75,6 @@ def zeroshot_dataset(fmt: str, path: Union[str, list[str]], *, root: Optional[st
             raise ValueError(f"{path}: no sample with an image and a '{label_key}' key")
         return LabelledImages(items, labels, [str(i) for i in range(max(labels) + 1)])
     raise ValueError(f"unknown zero-shot dataset format '{fmt}'")
-
-
-def _csv_rows(path: Path, separator: str, keys: Sequence[str]) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=separator)
-        missing = [k for k in keys if k not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: column(s) {missing} not found (columns: {reader.fieldnames})")
-        return list(reader)
 
 
 def _shard_samples(urls: Union[str, list[str]]):
@@ -127,7 +115,7 @@ def retrieval_dataset(fmt: str, path: Union[str, list[str]], *, root: Optional[s
     if fmt == "karpathy":
         return _karpathy(Path(str(path)), Path(root) if root else Path(str(path)).parent, split)
     if fmt == "csv":
-        rows = _csv_rows(Path(str(path)), separator, (image_key, caption_key))
+        rows = read_csv_rows(Path(str(path)), separator, (image_key, caption_key))
         base = Path(root) if root else Path(str(path)).parent
         grouped: dict[str, list[str]] = {}
         for r in rows:
