@@ -75,7 +75,7 @@ def test_resume_continues_exactly(fmt, recipe, workers, data_dir, tmp_path):
         assert a == b  # bit-exact on CPU
     fa = torch.load(tmp_path / "full" / "checkpoints" / "step_00000007" / "train_state.pt", weights_only=False)
     fb = torch.load(part / "checkpoints" / "step_00000007" / "train_state.pt", weights_only=False)
-    assert fa["position"] == fb["position"]
+    assert fa["ranks"][0]["position"] == fb["ranks"][0]["position"]
 
 
 def test_resume_latest_without_checkpoint_starts_fresh(data_dir, tmp_path):

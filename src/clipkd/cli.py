@@ -38,12 +38,31 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_argv(args: argparse.Namespace) -> list[str]:
+    """The `clipkd train` arguments of this call, without --nproc (what each worker process runs)."""
+    argv = ["train"] + (["--config", args.config] if args.config else [])
+    return argv + (["--resume", args.resume] if args.resume else []) + list(args.overrides)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from clipkd.config import load_config
-    from clipkd.engine.trainer import Trainer
+    from clipkd.engine.distributed import init_distributed, launch_local, launched_by_torchrun, shutdown
 
     cfg = load_config(args.config, args.overrides)
-    result = Trainer(cfg, resume=args.resume).fit()
+    if args.nproc > 1 and not launched_by_torchrun():
+        from clipkd.engine.builders import preflight
+
+        preflight(cfg)  # report config problems once, here, not once per worker
+        return launch_local(args.nproc, _train_argv(args))
+    from clipkd.engine.trainer import Trainer
+
+    env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
+    try:
+        result = Trainer(cfg, resume=args.resume, env=env).fit()
+    finally:
+        shutdown()
+    if not env.is_main:
+        return 0
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
     print(f"done: step {result.step} in {result.run_dir}" + (f"; last {summary}" if summary else ""))
@@ -95,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="distil a student on image-text data (YAML config + key=value overrides)")
     p.add_argument("--config", "-c", default=None, help="run YAML (see configs/)")
     p.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in the run directory")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
     p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("eval", help="zero-shot / retrieval benchmarks and distillation diagnostics")

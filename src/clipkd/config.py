@@ -88,6 +88,8 @@ class OptimConfig(_Strict):
     grad_clip: Optional[float] = Field(1.0, gt=0, description="max global grad norm; null disables")
     epochs: Optional[int] = Field(None, gt=0)
     steps: Optional[int] = Field(None, gt=0, description="total optimizer steps; overrides epochs")
+    accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step, exact (GradCache): global "
+                                                  "batch = data.batch_size x accum_steps x processes")
 
     @field_validator("betas")
     @classmethod
@@ -101,6 +103,13 @@ class OptimConfig(_Strict):
         if self.epochs is None and self.steps is None:
             raise ValueError("set optim.epochs or optim.steps")
         return self
+
+
+class DistributedConfig(_Strict):
+    """Multi-process training (under torchrun); ignored in a single process."""
+
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    timeout_minutes: float = Field(60, gt=0, description="how long a collective waits (covers rank-0 evaluation)")
 
 
 class CheckpointConfig(_Strict):
@@ -161,6 +170,7 @@ class TrainConfig(_Strict):
     distill: DistillConfig = DistillConfig()
     data: DataConfig
     optim: OptimConfig
+    distributed: DistributedConfig = DistributedConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()

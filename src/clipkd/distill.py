@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
 
 import torch
 
@@ -60,12 +60,24 @@ class Distiller:
             return self.teacher_cache.lookup(batch.keys, batch.student_images.device)
         return self.teacher(batch.teacher_images, batch.teacher_text)
 
+    def teacher_for(self, batch: DistillBatch) -> Optional[Embeddings]:
+        """The teacher's embeddings of ``batch`` when an active term needs them, else None."""
+        return self.teacher_embeddings(batch) if self.loss.needs_teacher else None
+
     def embed(
-        self, batch: DistillBatch, generator: Optional[torch.Generator] = None
+        self,
+        batch: DistillBatch,
+        generator: Optional[torch.Generator] = None,
+        student: Optional[Callable[..., StudentOutput]] = None,
+        teacher: Optional[Embeddings] = None,
     ) -> tuple[StudentOutput, Optional[Embeddings]]:
-        """Teacher embeddings (skipped when no active term needs them), then the student's."""
-        t = self.teacher_embeddings(batch) if self.loss.needs_teacher else None
-        s = self.student(batch.student_images, batch.student_text, t, self.mask_ratio, generator)
+        """Teacher embeddings (skipped when no active term needs them), then the student's.
+
+        ``student``: what runs the student forward (e.g. its DDP wrapper; default ``self.student``).
+        ``teacher``: the teacher's embeddings when already computed for this batch.
+        """
+        t = teacher if teacher is not None else self.teacher_for(batch)
+        s = (student or self.student)(batch.student_images, batch.student_text, t, self.mask_ratio, generator)
         return s, t
 
     def __call__(self, batch: DistillBatch, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:

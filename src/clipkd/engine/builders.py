@@ -17,13 +17,13 @@ from clipkd.errors import ConfigError
 from clipkd.models.factory import create_encoder, known_model
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU. CUDA means GPU ``local_rank`` (one GPU per process)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: cuda requested but no CUDA device is available")
-    return torch.device(name)
+    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
 def _check_model(field: str, mc: ModelConfig) -> list[str]:

@@ -34,6 +34,16 @@ class MetricLogger:
             self._tb.close()
 
 
+class NullLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(run_dir: Union[str, Path], prefix: Optional[str] = None) -> list[dict]:
     """The logged records of a run (optionally only those holding keys with ``prefix``)."""
     path = Path(run_dir) / "metrics.jsonl"

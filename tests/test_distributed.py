@@ -1,0 +1,155 @@
+"""Global-batch exactness: 2 processes (gloo) and gradient accumulation equal one big batch; torchrun runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipkd.cli import main as cli_main
+from clipkd.data.synthetic import write_shards
+from clipkd.distill import DistillBatch
+from clipkd.engine.checkpoint import list_checkpoints
+from clipkd.engine.distributed import DistEnv
+from clipkd.engine.gradcache import GlobalBatchStep
+from clipkd.engine.logger import read_metrics
+from clipkd.engine.trainer import Trainer
+from dist_worker import GLOBAL, config, global_batch, one_step, rows
+
+TESTS = Path(__file__).parent
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist-data")
+    write_shards(root, 64, per_shard=32, size=48)
+    return root
+
+
+def _torchrun(*args, nproc=2, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["values"].keys() == b["values"].keys()
+    for name in a["values"]:
+        assert a["values"][name] == pytest.approx(b["values"][name], rel=TOL, abs=TOL), name
+    for name, p in a["params"].items():
+        torch.testing.assert_close(p, b["params"][name], rtol=TOL, atol=TOL, msg=name)
+    assert a["grads"].keys() == b["grads"].keys()
+    for name, g in a["grads"].items():
+        scale = b["grads"][name].abs().max().item()
+        torch.testing.assert_close(g, b["grads"][name], rtol=1e-4, atol=TOL * max(scale, 1e-3), msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(shards, tmp_path_factory):
+    """One process, one batch of all GLOBAL samples, one step; plus the initial parameters."""
+    trainer = Trainer(config(tmp_path_factory.mktemp("ref"), shards))
+    init = {k: v.detach().clone() for k, v in trainer.student.state_dict().items()}
+    return one_step(trainer, DistEnv()), init
+
+
+def test_reference_step_changes_every_trained_tensor(reference):
+    ref, init = reference
+    assert set(ref["values"]) == {"loss", "task", "crd", "fd", "icl", "gd", "afd"}
+    moved = [k for k in init if not torch.allclose(init[k], ref["params"][k], atol=1e-4)]
+    assert len(moved) > 0.9 * len(init)  # the comparison below is not between untouched weights
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_accumulation_equals_one_big_batch(accum, reference, shards, tmp_path):
+    trainer = Trainer(config(tmp_path, shards, accum=accum))
+    _assert_same(one_step(trainer, DistEnv()), reference[0])
+
+
+def test_two_processes_equal_one_process(reference, shards, tmp_path):
+    """2 ranks x batch 8, and 2 ranks x 2 micro-batches of 4, each equal one process with batch 16."""
+    _torchrun(str(TESTS / "dist_worker.py"), str(tmp_path), str(shards))
+    results = torch.load(tmp_path / "dist.pt", weights_only=False)
+    for accum in (1, 2):
+        _assert_same(results[accum], reference[0])
+
+
+def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in trainer.student.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("teacher", ["clipkd-tiny-teacher", "clipkd-tiny-vit"])
+def test_gradcache_replays_masks_and_matches_one_graph(teacher, shards, tmp_path):
+    """MFD masks are drawn per micro-batch; the replay must use the same ones (and equal sizes alias heads)."""
+    trainer = Trainer(config(tmp_path, shards, accum=4, teacher=teacher, mask_ratio=0.5))
+    batch = global_batch(trainer)
+    micro = [rows(batch, 4 * k, 4 * (k + 1)) for k in range(4)]
+    gen_state = trainer.mask_gen.get_state()
+    trainer.grad_step(micro, trainer.mask_gen)
+    cached, after = _grads(trainer), trainer.mask_gen.get_state()
+    trainer.student.zero_grad(set_to_none=True)
+    trainer.mask_gen.set_state(gen_state)
+    d = trainer.distiller  # the direct way: one graph over all micro-batches
+    outs = [d.embed(b, trainer.mask_gen) for b in micro]
+    s = outs[0][0].map(lambda _: None)
+    for name in ("img", "txt", "img_proj", "txt_proj", "afd_img", "afd_txt"):
+        setattr(s, name, torch.cat([getattr(o[0], name) for o in outs]))
+    t = outs[0][1].map(lambda _: None)
+    t.img, t.txt = torch.cat([o[1].img for o in outs]), torch.cat([o[1].txt for o in outs])
+    d.loss(s, t)["loss"].backward()
+    direct = _grads(trainer)
+    assert torch.equal(trainer.mask_gen.get_state(), after)
+    assert cached.keys() == direct.keys()
+    for name in direct:
+        torch.testing.assert_close(cached[name], direct[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_step_rejects_empty_group(shards, tmp_path):
+    trainer = Trainer(config(tmp_path, shards))
+    with pytest.raises(ValueError, match="at least one micro-batch"):
+        GlobalBatchStep(trainer.distiller, trainer.student, DistEnv(), trainer.device)([])
+
+
+def test_resume_with_other_process_count_is_refused(shards, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [f"run_dir={run}", "seed=0", "device=cpu", "teacher.model=clipkd-tiny-teacher",
+            "student.model=clipkd-tiny-vit", "data.format=webdataset",
+            f"data.train={shards}/shard-{{00000..00001}}.tar", "data.batch_size=8", "data.workers=0",
+            "optim.warmup_steps=0", "optim.steps=1", "logging.progress=false", "logging.tensorboard=false"]
+    assert cli_main(["train", *args]) == 0
+    assert cli_main(["train", "--resume", "latest", *args, "optim.steps=2", "data.workers=1"]) == 2
+    assert "written by 1 process(es) with data.workers=0" in capsys.readouterr().err
+
+
+def test_cli_nproc_two_writes_one_run_and_resumes_exactly(shards, tmp_path):
+    """`clipkd train --nproc 2`: one checkpoint folder, one log, rank 0 only; resume equals an unbroken run."""
+    def args(run, steps):
+        return [f"run_dir={run}", "seed=0", "device=cpu", "teacher.model=clipkd-tiny-teacher",
+                "student.model=clipkd-tiny-vit", "distill.recipe=clipkd", "data.format=webdataset",
+                f"data.train={shards}/shard-{{00000..00001}}.tar", "data.batch_size=4", "data.workers=1",
+                "data.shuffle_buffer=8", "optim.warmup_steps=1", f"optim.steps={steps}", "optim.accum_steps=2",
+                "checkpoint.every_steps=2", "logging.every_steps=1", "logging.progress=false"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, part = tmp_path / "full", tmp_path / "part"
+    cmd = [sys.executable, "-m", "clipkd", "train", "--nproc", "2"]
+    for run, steps, extra in ((full, 3, []), (part, 2, []), (part, 3, ["--resume", "latest"])):
+        done = subprocess.run(cmd + extra + args(run, steps), env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        assert done.stdout.count("done: step") == 1  # only rank 0 reports
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "part"]
+    assert sorted(p.name for p in full.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "tensorboard"]
+    assert [p.name for p in list_checkpoints(full)] == ["step_00000002", "step_00000003"]
+    assert len(list((full / "tensorboard").iterdir())) == 1
+    rows_full = read_metrics(full, "train")
+    assert [r["step"] for r in rows_full] == [1, 2, 3]  # one line per step: one writer
+    state = torch.load(list_checkpoints(full)[-1] / "train_state.pt", weights_only=False)
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    assert state["ranks"][0]["position"]["consumed"].keys() != state["ranks"][1]["position"]["consumed"].keys()
+    resumed = read_metrics(part, "train")[-1]
+    assert resumed["step"] == 3
+    for key in ("train/loss", "train/task", "train/crd", "train/icl", "train/fd"):
+        assert resumed[key] == rows_full[-1][key], key
