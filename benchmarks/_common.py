@@ -14,7 +14,8 @@ class OtherLoad:
     more than large ones, which skews ratios; this makes such a run visible in the output.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, children: bool = False) -> None:
+        self.children = children  # count the CPU of this process's (waited-for) children as its own
         self.t0, self.busy0, self.own0 = time.monotonic(), self._busy(), self._own()
 
     @staticmethod
@@ -26,10 +27,9 @@ class OtherLoad:
         except (OSError, ValueError, IndexError):
             return float("nan")
 
-    @staticmethod
-    def _own() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        return r.ru_utime + r.ru_stime
+    def _own(self) -> float:
+        whos = [resource.RUSAGE_SELF] + ([resource.RUSAGE_CHILDREN] if self.children else [])
+        return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, whos))
 
     def cores(self) -> float:
         """Average number of cores other processes kept busy since construction."""

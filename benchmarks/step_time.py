@@ -2,7 +2,7 @@
 
 Measures, side by side and interleaved, on the tiny models at batch 128:
   A. one `clipkd`-recipe training step (teacher forward + student forward + all terms + backward + AdamW),
-     through the real Trainer.train_step;
+     through the Trainer's own GlobalBatchStep (split at the embeddings; one process, K=1);
   B. a student-only CLIP step (student forward + CLIP loss + backward + AdamW), and
   C. a teacher forward (no grad).
 Target: median(A) / (median(B) + median(C)) <= 1.05.
@@ -20,6 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from clipkd.distill import DistillBatch, build_distiller  # noqa: E402
+from clipkd.engine.distributed import DistEnv  # noqa: E402
+from clipkd.engine.gradcache import GlobalBatchStep  # noqa: E402
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer  # noqa: E402
 from clipkd.losses.functional import clip_loss  # noqa: E402
 from clipkd.models import create_open_clip_encoder  # noqa: E402
@@ -47,10 +49,11 @@ def main() -> None:
     opt = create_optimizer(d.student, 1e-4, 0.1, (0.9, 0.98), 1e-6)
     d.student.train()
 
+    grad_step = GlobalBatchStep(d, d.student, DistEnv(), torch.device("cpu"))
+
     def distill_step():
-        out = d(batch)
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        grad_step([batch])
         torch.nn.utils.clip_grad_norm_(d.student.parameters(), 1.0)
         opt.step()
         clamp_logit_scales(d.student)

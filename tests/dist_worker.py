@@ -25,10 +25,10 @@ WORDS = ["red", "blue", "green", "circle", "square", "small", "large", "a", "pho
 
 
 def config(run_dir, data_dir, accum: int = 1, teacher: str = "clipkd-tiny-teacher", mask_ratio: float = 0.0,
-           **extra):
+           student: str = "clipkd-tiny-vit", **extra):
     items = {
         "run_dir": str(run_dir), "seed": 0, "device": "cpu",
-        "teacher.model": teacher, "student.model": "clipkd-tiny-vit",
+        "teacher.model": teacher, "student.model": student,
         "distill.weights": ALL_TERMS, "distill.mask_ratio": mask_ratio,
         "data.format": "webdataset", "data.train": str(Path(data_dir) / "shard-{00000..00001}.tar"),
         "data.batch_size": 4, "data.workers": 0, "optim.warmup_steps": 0, "optim.steps": 1,

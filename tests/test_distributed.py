@@ -1,5 +1,6 @@
 """Global-batch exactness: 2 processes (gloo) and gradient accumulation equal one big batch; torchrun runs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,13 +11,12 @@ import torch
 
 from clipkd.cli import main as cli_main
 from clipkd.data.synthetic import write_shards
-from clipkd.distill import DistillBatch
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.engine.distributed import DistEnv
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
-from dist_worker import GLOBAL, config, global_batch, one_step, rows
+from dist_worker import config, global_batch, one_step, rows
 
 TESTS = Path(__file__).parent
 TOL = 1e-5
@@ -108,6 +108,24 @@ def test_gradcache_replays_masks_and_matches_one_graph(teacher, shards, tmp_path
         torch.testing.assert_close(cached[name], direct[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(shards, tmp_path):
+    trainer = Trainer(config(tmp_path, shards, accum=2, student="clipkd-tiny-mobilenet"))
+    student = trainer.student
+    before = {n: b.clone() for n, b in student.named_buffers()}
+    assert any("running_mean" in n for n in before)
+    batch = global_batch(trainer)
+    micro = [rows(batch, 0, 8), rows(batch, 8, 16)]
+    trainer.grad_step(micro, trainer.mask_gen)
+    after = {n: b.clone() for n, b in student.named_buffers()}
+    with torch.no_grad():  # reference: each micro-batch seen once
+        for n, b in student.named_buffers():
+            b.copy_(before[n])
+        for b in micro:
+            trainer.distiller.embed(b)
+    for n, b in student.named_buffers():
+        torch.testing.assert_close(after[n], b, msg=n)
+
+
 def test_step_rejects_empty_group(shards, tmp_path):
     trainer = Trainer(config(tmp_path, shards))
     with pytest.raises(ValueError, match="at least one micro-batch"):
@@ -153,3 +171,13 @@ def test_cli_nproc_two_writes_one_run_and_resumes_exactly(shards, tmp_path):
     assert resumed["step"] == 3
     for key in ("train/loss", "train/task", "train/crd", "train/icl", "train/fd"):
         assert resumed[key] == rows_full[-1][key], key
+
+
+def test_scaling_benchmark_runs_under_torchrun(tmp_path):
+    """The GPU-ready benchmark script stays runnable: 2 CPU processes, global batch with accumulation."""
+    script = TESTS.parent / "benchmarks" / "scaling.py"
+    done = _torchrun(str(script), "--mode", "global", "--accum", "2", "--batch", "4", "--steps", "1", "--warmup", "0")
+    line = [x for x in done.stdout.splitlines() if x.startswith("{")]
+    assert len(line) == 1  # rank 0 reports
+    report = json.loads(line[0])
+    assert report["world_size"] == 2 and report["global_batch"] == 16 and report["samples_per_s"] > 0

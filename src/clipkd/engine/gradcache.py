@@ -15,7 +15,8 @@ split at the embeddings (the GradCache approach, Gao et al. 2021):
 Exactness: every rank holds the same ``dL/d(embeddings)``; rank ``r`` back-propagates its own rows times
 ``W``, and DDP's average over ranks divides by ``W`` again, so the parameters get exactly ``dL/dtheta``.
 The scales (logit scales) are not per-sample: their gradient is already the full one on every rank and is
-applied once, with the last micro-batch, unscaled. DDP synchronises only on the last micro-batch.
+applied once, with the last micro-batch, unscaled. DDP synchronises only on the last micro-batch. Buffers
+(BatchNorm running statistics) are restored after step 1, so each micro-batch updates them once.
 """
 
 from __future__ import annotations
@@ -73,6 +74,16 @@ def _concat(outs: Sequence[Embeddings]) -> Embeddings:
     return merged
 
 
+def _snapshot_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.clone() for name, b in module.named_buffers()}
+
+
+def _restore_buffers(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, b in module.named_buffers():
+            b.copy_(saved[name])
+
+
 @dataclass
 class _RngSnapshot:
     cpu: torch.Tensor
@@ -125,7 +136,10 @@ class GlobalBatchStep:
         if not micro_batches:
             raise ValueError("a step needs at least one micro-batch")
         replay = len(micro_batches) > 1
+        buffers = _snapshot_buffers(self.distiller.student) if replay else None
         cached = [self._embed(b, generator, keep_graph=not replay) for b in micro_batches]
+        if buffers:  # the replay updates running statistics (BatchNorm) once per micro-batch, not twice
+            _restore_buffers(self.distiller.student, buffers)
         values, sample_grads, scale_grads = self._global_loss(cached)
         for k, (batch, c) in enumerate(zip(micro_batches, cached)):
             last = k == len(micro_batches) - 1
