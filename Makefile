@@ -38,6 +38,7 @@ bench: setup
 	$(PY) benchmarks/step_time.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/zeroshot_throughput.py
+	$(PY) benchmarks/distributed_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
