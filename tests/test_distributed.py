@@ -154,8 +154,10 @@ def test_cli_nproc_two_writes_one_run_and_resumes_exactly(shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, part = tmp_path / "full", tmp_path / "part"
     cmd = [sys.executable, "-m", "clipkd", "train", "--nproc", "2"]
-    for run, steps, extra in ((full, 3, []), (part, 2, []), (part, 3, ["--resume", "latest"])):
-        done = subprocess.run(cmd + extra + args(run, steps), env=env, capture_output=True, text=True, timeout=300)
+    val = [f"eval.val_data={{format: webdataset, train: '{shards}/shard-00000.tar', batch_size: 8, workers: 0}}",
+           "eval.val_batches=1", "eval.every_steps=2"]  # rank 0 evaluates, rank 1 waits at a barrier
+    for run, steps, extra in ((full, 3, val), (part, 2, []), (part, 3, ["--resume", "latest"])):
+        done = subprocess.run(cmd + args(run, steps) + extra, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         assert done.stdout.count("done: step") == 1  # only rank 0 reports
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "part"]
@@ -164,6 +166,7 @@ def test_cli_nproc_two_writes_one_run_and_resumes_exactly(shards, tmp_path):
     assert len(list((full / "tensorboard").iterdir())) == 1
     rows_full = read_metrics(full, "train")
     assert [r["step"] for r in rows_full] == [1, 2, 3]  # one line per step: one writer
+    assert [r["step"] for r in read_metrics(full, "eval/val")] == [2, 3]
     state = torch.load(list_checkpoints(full)[-1] / "train_state.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert state["ranks"][0]["position"]["consumed"].keys() != state["ranks"][1]["position"]["consumed"].keys()
