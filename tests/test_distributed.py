@@ -16,6 +16,7 @@ from clipkd.engine.distributed import DistEnv
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
+from clipkd.errors import DataQualityError
 from dist_worker import config, global_batch, one_step, rows
 
 TESTS = Path(__file__).parent
@@ -184,3 +185,36 @@ def test_scaling_benchmark_runs_under_torchrun(tmp_path):
     assert len(line) == 1  # rank 0 reports
     report = json.loads(line[0])
     assert report["world_size"] == 2 and report["global_batch"] == 16 and report["samples_per_s"] > 0
+
+
+def test_nproc_reports_config_problems_once_before_launching(tmp_path, capsys):
+    args = [f"run_dir={tmp_path}", "teacher.model=clipkd-tiny-teacher", "student.model=clipkd-tiny-vit",
+            "data.format=webdataset", f"data.train={tmp_path}/missing-{{00000..00001}}.tar", "optim.steps=1"]
+    assert cli_main(["train", "--nproc", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("2 of 2 shards not found") == 1
+
+
+class _TwoRanks(DistEnv):
+    """A rank whose partner's counters are ``other`` (what the all-reduce would add)."""
+
+    def __init__(self, other):
+        super().__init__(0, 2, 0)
+        object.__setattr__(self, "other", other)
+
+    def sum(self, values, device):
+        return [a + b for a, b in zip(values, self.other)]
+
+
+@pytest.mark.parametrize("other_bad, raises", [(0, False), (60, True)])
+def test_skip_limit_is_judged_on_all_ranks_records(other_bad, raises, shards, tmp_path):
+    """Each rank decides from the same global counts, so all stop together (no rank left waiting)."""
+    trainer = Trainer(config(tmp_path, shards))
+    trainer.env = _TwoRanks([other_bad, 100])
+    trainer.rank_state.consumed = 100
+    trainer.rank_state.skipped.update({"bad_image": 5})
+    if raises:
+        with pytest.raises(DataQualityError, match=r"65 of 200 records"):
+            trainer._check_skips(final=False)
+    else:
+        assert trainer._check_skips(final=False) == 5
