@@ -149,3 +149,13 @@ def test_same_seed_same_run(data_dir, tmp_path):
 def test_fp16_with_grad_scaler_runs(data_dir, tmp_path):
     result = _fit(base_overrides(tmp_path / "h", data_dir, **{"precision": "fp16", "optim.steps": 2}))
     assert result.step == 2
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_accumulation_under_mixed_precision(precision, data_dir, tmp_path):
+    """K=2 micro-batches per step through autocast (and the fp16 grad scaler); the data advance K per step."""
+    extra = {"precision": precision, "optim.steps": 2, "optim.accum_steps": 2, "data.batch_size": 8}
+    trainer = Trainer(load_config(None, base_overrides(tmp_path / precision, data_dir, **extra)))
+    result = trainer.fit()
+    assert result.step == 2 and trainer.rank_state.position.batches == 4
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
