@@ -162,13 +162,15 @@ class GlobalBatchStep:
         local = _concat([c.student for c in cached])
         rows = _tensor_fields(local, scales=False)
         scalars = _tensor_fields(local, scales=True)
-        gathered = self.env.gather_rows([getattr(local, n) for n in rows])
+        t_local = None if cached[0].teacher is None else _concat([c.teacher for c in cached])
+        t_rows = [] if t_local is None else [t_local.img, t_local.txt]
+        gathered = self.env.gather_rows([getattr(local, n) for n in rows] + t_rows)  # one collective for all
+        teacher = None if t_local is None else replace(t_local, img=gathered[len(rows)], txt=gathered[len(rows) + 1])
         leaves = {n: g.requires_grad_() for n, g in zip(rows, gathered)}
         leaves.update({n: getattr(local, n).detach().requires_grad_() for n in scalars})
         student = replace(local, **leaves)
         for name, target in _aliases(local).items():
             setattr(student, name, leaves[target])
-        teacher = self._gather_teacher([c.teacher for c in cached])
         with self.autocast():
             values = self.distiller.loss(student, teacher)
         order = rows + scalars
@@ -179,13 +181,6 @@ class GlobalBatchStep:
         sample_grads = [(g[self.env.rank * n_local:(self.env.rank + 1) * n_local] * w).split(sizes)
                         for g in grads[:len(rows)]]
         return values, sample_grads, grads[len(rows):]
-
-    def _gather_teacher(self, teachers: Sequence[Optional[Embeddings]]) -> Optional[Embeddings]:
-        if teachers[0] is None:
-            return None
-        local = _concat(teachers)
-        img, txt = self.env.gather_rows([local.img, local.txt])
-        return replace(local, img=img, txt=txt)
 
     # -- 3. backward through the student -------------------------------------------------------------------
     def _backward(self, batch: DistillBatch, c: _Cached, generator: Optional[torch.Generator],
