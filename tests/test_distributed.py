@@ -218,3 +218,9 @@ def test_skip_limit_is_judged_on_all_ranks_records(other_bad, raises, shards, tm
             trainer._check_skips(final=False)
     else:
         assert trainer._check_skips(final=False) == 5
+
+
+def test_nproc_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--nproc", "0"])
+    assert "--nproc: must be >= 1" in capsys.readouterr().err

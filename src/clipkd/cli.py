@@ -99,6 +99,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from clipkd import __version__
 
@@ -114,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="distil a student on image-text data (YAML config + key=value overrides)")
     p.add_argument("--config", "-c", default=None, help="run YAML (see configs/)")
     p.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in the run directory")
-    p.add_argument("--nproc", type=int, default=1,
+    p.add_argument("--nproc", type=_positive_int, default=1,
                    help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
     p.set_defaults(fn=_cmd_train)
