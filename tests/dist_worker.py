@@ -63,7 +63,8 @@ def one_step(trainer: Trainer, env: DistEnv) -> dict:
     per_rank = len(batch) // env.world_size
     micro = per_rank // trainer.accum
     start = env.rank * per_rank
-    micro_batches = [rows(batch, start + k * micro, start + (k + 1) * micro) for k in range(trainer.accum)]
+    micro_batches = [rows(batch, start + k * micro, start + (k + 1) * micro).to(trainer.device)
+                     for k in range(trainer.accum)]
     # AdamW's first update hardly depends on the gradient's scale: compare the raw gradients too
     trainer.grad_step(micro_batches, trainer.mask_gen)
     grads = {k: p.grad.clone() for k, p in trainer.student.named_parameters() if p.grad is not None}

@@ -1,0 +1,21 @@
+#!/bin/bash
+# Everything a lent GPU machine should check, in one short run (about 5 minutes on one H200):
+#   1. the CUDA tests (tests/test_cuda.py: exact accumulation, DDP + NCCL gather path, bf16 training + resume);
+#   2. samples/s and step memory of the paper-sized pair (ViT-B-16 teacher -> ViT-T-16 student, bf16,
+#      clipkd recipe, random weights and inputs) for one batch of B and of 4B, and 4 x B through GradCache.
+# Usage (repo root; clipkd importable or PYTHONPATH=src): bash benchmarks/gpu_session.sh OUT_DIR
+# With several GPUs also run: python benchmarks/distributed_overhead.py --device cuda --nproc N ...
+set -u
+OUT=${1:-gpu-session}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, open_clip, timm; print('torch', torch.__version__, 'open_clip', open_clip.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
+timeout 240 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tail -25 | tee "$OUT/cuda_tests.txt"
+B=${BATCH:-128}
+for cfg in "direct $B 1" "direct $((4 * B)) 1" "global $B 4" "global $B 1"; do
+  set -- $cfg
+  timeout 150 $PY benchmarks/scaling.py --device cuda --student ViT-T-16 --teacher ViT-B-16 --precision bf16 \
+    --mode "$1" --batch "$2" --accum "$3" --steps 10 --warmup 3 2>"$OUT/scaling.err" | tee -a "$OUT/scaling.jsonl"
+done
