@@ -24,6 +24,8 @@ from pathlib import Path
 
 from _common import OtherLoad
 
+from clipkd.engine.distributed import torchrun_command
+
 HERE = Path(__file__).parent
 
 
@@ -34,8 +36,7 @@ def run(args, mode: str, nproc: int, batch: int, accum: int) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if nproc > 1:
         env["OMP_NUM_THREADS"] = str(max(1, args.threads // nproc))
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(HERE / "scaling.py"), *common]
+        cmd = torchrun_command(nproc, [str(HERE / "scaling.py"), *common])
     else:
         cmd = [sys.executable, str(HERE / "scaling.py"), *common, "--threads", str(args.threads)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)

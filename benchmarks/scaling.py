@@ -27,13 +27,12 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 
 from clipkd.distill import DistillBatch, build_distiller  # noqa: E402
-from clipkd.engine.distributed import DistEnv, init_distributed, shutdown  # noqa: E402
+from clipkd.engine.distributed import DistEnv, init_distributed, shutdown, wrap_ddp  # noqa: E402
 from clipkd.engine.gradcache import GlobalBatchStep  # noqa: E402
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer  # noqa: E402
-from clipkd.engine.trainer import _autocast  # noqa: E402
+from clipkd.engine.trainer import autocast as precision_autocast  # noqa: E402
 from clipkd.losses.recipes import get_recipe  # noqa: E402
 from clipkd.models import create_open_clip_encoder  # noqa: E402
 
@@ -88,10 +87,9 @@ def main() -> None:
     d = build_distiller(student, teacher, get_recipe(args.recipe).weights, get_recipe(args.recipe).mask_ratio)
     d.teacher.to(device)
     module = d.student.to(device).train()
-    ddp = DistributedDataParallel(module, device_ids=[env.local_rank] if device.type == "cuda" else None) \
-        if env.active else module
+    ddp = wrap_ddp(module, env, device)
     opt = create_optimizer(module, 1e-4, 0.1, (0.9, 0.98), 1e-6)
-    autocast = lambda: _autocast(device, args.precision)  # noqa: E731
+    autocast = lambda: precision_autocast(device, args.precision)  # noqa: E731
     loss_env = env if args.mode == "global" else DistEnv()
     step_fn = GlobalBatchStep(d, ddp, loss_env, device, autocast)
     micro = [make_batch(student, teacher, args.batch, device, seed=1000 * env.rank + k) for k in range(args.accum)]

@@ -12,7 +12,7 @@ import torch
 from clipkd.cli import main as cli_main
 from clipkd.data.synthetic import write_shards
 from clipkd.engine.checkpoint import list_checkpoints
-from clipkd.engine.distributed import DistEnv
+from clipkd.engine.distributed import DistEnv, torchrun_command
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
@@ -32,8 +32,7 @@ def shards(tmp_path_factory):
 
 def _torchrun(*args, nproc=2, timeout=300):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(torchrun_command(nproc, args), env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -110,6 +111,19 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def wrap_ddp(module: torch.nn.Module, env: DistEnv, device: torch.device):
+    """``module`` in DDP when the group has several processes (its GPU as ``device_ids``), else itself."""
+    if not env.active:
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def torchrun_command(nproc: int, program: Sequence[str]) -> list[str]:
+    """The command that runs ``program`` (a script and its arguments, or ``-m module ...``) as ``nproc``
+    processes on this machine through torchrun."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *program]
+
+
 def launch_local(nproc: int, clipkd_args: Sequence[str]) -> int:
     """Run ``clipkd <clipkd_args>`` as ``nproc`` processes on this machine through torchrun; its exit code.
 
@@ -117,6 +131,4 @@ def launch_local(nproc: int, clipkd_args: Sequence[str]) -> int:
     """
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "clipkd", *clipkd_args]
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(torchrun_command(nproc, ["-m", "clipkd", *clipkd_args]), env=env)

@@ -109,7 +109,7 @@ class _Cached:
 
     student: StudentOutput
     teacher: Optional[Embeddings]
-    rng: _RngSnapshot
+    rng: Optional[_RngSnapshot]  # set when the micro-batch will be embedded again (no graph kept)
 
 
 class GlobalBatchStep:
@@ -151,7 +151,7 @@ class GlobalBatchStep:
     def _embed(self, batch: DistillBatch, generator: Optional[torch.Generator], keep_graph: bool) -> _Cached:
         with self.autocast():
             teacher = self.distiller.teacher_for(batch)
-            rng = _RngSnapshot.take(self.device, generator)
+            rng = None if keep_graph else _RngSnapshot.take(self.device, generator)
             with contextlib.nullcontext() if keep_graph else torch.no_grad():
                 student_fn = self.student_fn if keep_graph else self.distiller.student
                 student, _ = self.distiller.embed(batch, generator, student=student_fn, teacher=teacher)

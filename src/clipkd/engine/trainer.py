@@ -23,7 +23,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from clipkd.cache import TeacherCache
@@ -32,7 +31,7 @@ from clipkd.data.stream import DataPosition, make_loader
 from clipkd.distill import DistillBatch
 from clipkd.engine import checkpoint as ckpt
 from clipkd.engine.builders import build_distiller_from_config, build_stream, preflight, resolve_device
-from clipkd.engine.distributed import DistEnv, current_env
+from clipkd.engine.distributed import DistEnv, current_env, wrap_ddp
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.hooks import EvalHook, ValLossHook
 from clipkd.engine.logger import MetricLogger, NullLogger
@@ -52,7 +51,8 @@ class TrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
+    """The mixed-precision context of ``precision`` (fp32: none)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -79,7 +79,7 @@ class Trainer:
             self.distiller.teacher_cache = TeacherCache.load(cfg.distill.teacher_cache)
         self.distiller.teacher.to(self.device)
         self.student = self.distiller.student.to(self.device)
-        self.student_fn = self._wrap(self.student)
+        self.student_fn = wrap_ddp(self.student, self.env, self.device)
         self.stream = build_stream(cfg.data, self.distiller, cfg.seed, rank=self.env.rank,
                                    world_size=self.env.world_size)
         o = cfg.optim
@@ -89,7 +89,7 @@ class Trainer:
         self.scheduler = create_scheduler(self.optimizer, min(o.warmup_steps, self.total_steps), self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.grad_step = GlobalBatchStep(self.distiller, self.student_fn, self.env, self.device,
-                                         functools.partial(_autocast, self.device, cfg.precision), self.scaler.scale)
+                                         functools.partial(autocast, self.device, cfg.precision), self.scaler.scale)
         self.rank_state = RankState(torch.Generator().manual_seed(mask_seed(cfg.seed, self.env.rank)))
         ec = cfg.eval
         self._eval_enabled = bool(hooks) or bool(ec.benchmarks) or ec.val_data is not None  # same on all ranks
@@ -107,12 +107,6 @@ class Trainer:
     @property
     def mask_gen(self) -> torch.Generator:
         return self.rank_state.mask_gen
-
-    def _wrap(self, module: torch.nn.Module):
-        if not self.env.active:
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=ids)
 
     def _config_hooks(self) -> list[EvalHook]:
         ec = self.cfg.eval
