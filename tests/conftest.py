@@ -13,6 +13,18 @@ STUDENT = "clipkd-tiny-vit"  # 32 px, ctx 32, embed 256, OpenAI normalisation
 TEACHER = "clipkd-tiny-teacher"  # 48 px, ctx 24, embed 384, ImageNet normalisation, bilinear
 
 
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """Generated training data: ``wds/shard-{00000..00002}.tar`` (96 pairs), ``csv/`` (64), ``tsv/`` (40)."""
+    from clipkd.data.synthetic import write_csv, write_shards
+
+    root = tmp_path_factory.mktemp("data")
+    write_shards(root / "wds", 96, per_shard=32, size=48)
+    write_csv(root / "csv", 64, size=48)
+    write_csv(root / "tsv", 40, size=48, separator="\t")
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -18,6 +18,7 @@ from clipkd.config import load_config
 from clipkd.distill import DistillBatch
 from clipkd.engine.distributed import DistEnv, init_distributed, shutdown
 from clipkd.engine.trainer import Trainer
+from test_train import base_overrides
 
 GLOBAL = 16
 ALL_TERMS = {"task": 1.0, "crd": 1.0, "fd": 2000.0, "icl": 1.0, "gd": 1000.0, "afd": 1.0}
@@ -26,16 +27,11 @@ WORDS = ["red", "blue", "green", "circle", "square", "small", "large", "a", "pho
 
 def config(run_dir, data_dir, accum: int = 1, teacher: str = "clipkd-tiny-teacher", mask_ratio: float = 0.0,
            student: str = "clipkd-tiny-vit", **extra):
-    items = {
-        "run_dir": str(run_dir), "seed": 0, "device": "cpu",
-        "teacher.model": teacher, "student.model": student,
-        "distill.weights": ALL_TERMS, "distill.mask_ratio": mask_ratio,
-        "data.format": "webdataset", "data.train": str(Path(data_dir) / "shard-{00000..00001}.tar"),
-        "data.batch_size": 4, "data.workers": 0, "optim.warmup_steps": 0, "optim.steps": 1,
-        "optim.accum_steps": accum, "logging.progress": False, "logging.tensorboard": False,
-    }
-    items.update(extra)
-    return load_config(None, [f"{k}={v}" for k, v in items.items()])
+    """A one-step run with every term active; ``data_dir`` as the ``data_dir`` test fixture lays it out."""
+    items = {"teacher.model": teacher, "student.model": student, "distill.weights": ALL_TERMS,
+             "distill.mask_ratio": mask_ratio, "data.batch_size": 4, "optim.warmup_steps": 0, "optim.steps": 1,
+             "optim.accum_steps": accum, **extra}
+    return load_config(None, base_overrides(run_dir, Path(data_dir), **items))
 
 
 def global_batch(trainer: Trainer, n: int = GLOBAL, seed: int = 123) -> DistillBatch:

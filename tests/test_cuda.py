@@ -11,21 +11,14 @@ import torch
 import torch.distributed as dist
 
 from clipkd.cli import main as cli_main
-from clipkd.data.synthetic import write_shards
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.engine.distributed import DistEnv
 from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
 from dist_worker import config, one_step
+from test_train import base_overrides
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cuda-data")
-    write_shards(root, 64, per_shard=32, size=48)
-    return root
 
 
 @pytest.fixture(autouse=True)
@@ -45,9 +38,9 @@ def _close(a: dict, b: dict, tol: float = 1e-4) -> None:
         torch.testing.assert_close(g, b["grads"][name], rtol=tol, atol=tol * max(scale, 1e-3), msg=name)
 
 
-def test_accumulation_equals_one_big_batch_on_cuda(shards, tmp_path):
-    ref = one_step(Trainer(config(tmp_path / "a", shards, device="cuda")), DistEnv())
-    acc = one_step(Trainer(config(tmp_path / "b", shards, accum=4, device="cuda")), DistEnv())
+def test_accumulation_equals_one_big_batch_on_cuda(data_dir, tmp_path):
+    ref = one_step(Trainer(config(tmp_path / "a", data_dir, device="cuda")), DistEnv())
+    acc = one_step(Trainer(config(tmp_path / "b", data_dir, accum=4, device="cuda")), DistEnv())
     assert ref["grads"]["encoder.model.logit_scale"].is_cuda
     _close(acc, ref)
 
@@ -66,26 +59,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_and_nccl_gather_path(shards, tmp_path):
+def test_ddp_and_nccl_gather_path(data_dir, tmp_path):
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                             timeout=datetime.timedelta(minutes=2))
     try:
-        trainer = Trainer(config(tmp_path / "ddp", shards, accum=2, device="cuda"), env=_GroupOfOne())
+        trainer = Trainer(config(tmp_path / "ddp", data_dir, accum=2, device="cuda"), env=_GroupOfOne())
         assert isinstance(trainer.student_fn, torch.nn.parallel.DistributedDataParallel)
         got = one_step(trainer, trainer.env)
     finally:
         dist.destroy_process_group()
-    ref = one_step(Trainer(config(tmp_path / "ref", shards, device="cuda")), DistEnv())
+    ref = one_step(Trainer(config(tmp_path / "ref", data_dir, device="cuda")), DistEnv())
     _close(got, ref)
 
 
-def test_cli_train_bf16_accumulation_and_resume_on_cuda(shards, tmp_path):
+def test_cli_train_bf16_accumulation_and_resume_on_cuda(data_dir, tmp_path):
     run = tmp_path / "run"
-    args = [f"run_dir={run}", "seed=0", "device=cuda", "precision=bf16", "teacher.model=clipkd-tiny-teacher",
-            "student.model=clipkd-tiny-vit", "distill.recipe=mfd", "data.format=webdataset",
-            f"data.train={shards}/shard-{{00000..00001}}.tar", "data.batch_size=8", "data.workers=1",
-            "optim.warmup_steps=1", "optim.accum_steps=2", "checkpoint.every_steps=2", "logging.every_steps=1",
-            "logging.progress=false"]
+    args = base_overrides(run, data_dir, **{"device": "cuda", "precision": "bf16", "distill.recipe": "mfd",
+                                            "data.batch_size": 8, "data.workers": 1, "optim.warmup_steps": 1,
+                                            "optim.accum_steps": 2})
     assert cli_main(["train", *args, "optim.steps=2"]) == 0
     assert cli_main(["train", "--resume", "latest", *args, "optim.steps=4"]) == 0
     assert [p.name for p in list_checkpoints(run)][-1] == "step_00000004"

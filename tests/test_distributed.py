@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from clipkd.cli import main as cli_main
-from clipkd.data.synthetic import write_shards
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.engine.distributed import DistEnv, torchrun_command
 from clipkd.engine.gradcache import GlobalBatchStep
@@ -18,16 +17,10 @@ from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
 from clipkd.errors import DataQualityError
 from dist_worker import config, global_batch, one_step, rows
+from test_train import base_overrides
 
 TESTS = Path(__file__).parent
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist-data")
-    write_shards(root, 64, per_shard=32, size=48)
-    return root
 
 
 def _torchrun(*args, nproc=2, timeout=300):
@@ -50,9 +43,9 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(shards, tmp_path_factory):
+def reference(data_dir, tmp_path_factory):
     """One process, one batch of all GLOBAL samples, one step; plus the initial parameters."""
-    trainer = Trainer(config(tmp_path_factory.mktemp("ref"), shards))
+    trainer = Trainer(config(tmp_path_factory.mktemp("ref"), data_dir))
     init = {k: v.detach().clone() for k, v in trainer.student.state_dict().items()}
     return one_step(trainer, DistEnv()), init
 
@@ -65,14 +58,14 @@ def test_reference_step_changes_every_trained_tensor(reference):
 
 
 @pytest.mark.parametrize("accum", [2, 4])
-def test_accumulation_equals_one_big_batch(accum, reference, shards, tmp_path):
-    trainer = Trainer(config(tmp_path, shards, accum=accum))
+def test_accumulation_equals_one_big_batch(accum, reference, data_dir, tmp_path):
+    trainer = Trainer(config(tmp_path, data_dir, accum=accum))
     _assert_same(one_step(trainer, DistEnv()), reference[0])
 
 
-def test_two_processes_equal_one_process(reference, shards, tmp_path):
+def test_two_processes_equal_one_process(reference, data_dir, tmp_path):
     """2 ranks x batch 8, and 2 ranks x 2 micro-batches of 4, each equal one process with batch 16."""
-    _torchrun(str(TESTS / "dist_worker.py"), str(tmp_path), str(shards))
+    _torchrun(str(TESTS / "dist_worker.py"), str(tmp_path), str(data_dir))
     results = torch.load(tmp_path / "dist.pt", weights_only=False)
     for accum in (1, 2):
         _assert_same(results[accum], reference[0])
@@ -83,9 +76,9 @@ def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("teacher", ["clipkd-tiny-teacher", "clipkd-tiny-vit"])
-def test_gradcache_replays_masks_and_matches_one_graph(teacher, shards, tmp_path):
+def test_gradcache_replays_masks_and_matches_one_graph(teacher, data_dir, tmp_path):
     """MFD masks are drawn per micro-batch; the replay must use the same ones (and equal sizes alias heads)."""
-    trainer = Trainer(config(tmp_path, shards, accum=4, teacher=teacher, mask_ratio=0.5))
+    trainer = Trainer(config(tmp_path, data_dir, accum=4, teacher=teacher, mask_ratio=0.5))
     batch = global_batch(trainer)
     micro = [rows(batch, 4 * k, 4 * (k + 1)) for k in range(4)]
     gen_state = trainer.mask_gen.get_state()
@@ -108,8 +101,8 @@ def test_gradcache_replays_masks_and_matches_one_graph(teacher, shards, tmp_path
         torch.testing.assert_close(cached[name], direct[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(shards, tmp_path):
-    trainer = Trainer(config(tmp_path, shards, accum=2, student="clipkd-tiny-mobilenet"))
+def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(data_dir, tmp_path):
+    trainer = Trainer(config(tmp_path, data_dir, accum=2, student="clipkd-tiny-mobilenet"))
     student = trainer.student
     before = {n: b.clone() for n, b in student.named_buffers()}
     assert any("running_mean" in n for n in before)
@@ -126,35 +119,30 @@ def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(shards, 
         torch.testing.assert_close(after[n], b, msg=n)
 
 
-def test_step_rejects_empty_group(shards, tmp_path):
-    trainer = Trainer(config(tmp_path, shards))
+def test_step_rejects_empty_group(data_dir, tmp_path):
+    trainer = Trainer(config(tmp_path, data_dir))
     with pytest.raises(ValueError, match="at least one micro-batch"):
         GlobalBatchStep(trainer.distiller, trainer.student, DistEnv(), trainer.device)([])
 
 
-def test_resume_with_other_process_count_is_refused(shards, tmp_path, capsys):
-    run = tmp_path / "run"
-    args = [f"run_dir={run}", "seed=0", "device=cpu", "teacher.model=clipkd-tiny-teacher",
-            "student.model=clipkd-tiny-vit", "data.format=webdataset",
-            f"data.train={shards}/shard-{{00000..00001}}.tar", "data.batch_size=8", "data.workers=0",
-            "optim.warmup_steps=0", "optim.steps=1", "logging.progress=false", "logging.tensorboard=false"]
+def test_resume_with_other_process_count_is_refused(data_dir, tmp_path, capsys):
+    args = base_overrides(tmp_path / "run", data_dir, **{"data.batch_size": 8, "optim.warmup_steps": 0,
+                                                         "optim.steps": 1})
     assert cli_main(["train", *args]) == 0
     assert cli_main(["train", "--resume", "latest", *args, "optim.steps=2", "data.workers=1"]) == 2
     assert "written by 1 process(es) with data.workers=0" in capsys.readouterr().err
 
 
-def test_cli_nproc_two_writes_one_run_and_resumes_exactly(shards, tmp_path):
+def test_cli_nproc_two_writes_one_run_and_resumes_exactly(data_dir, tmp_path):
     """`clipkd train --nproc 2`: one checkpoint folder, one log, rank 0 only; resume equals an unbroken run."""
     def args(run, steps):
-        return [f"run_dir={run}", "seed=0", "device=cpu", "teacher.model=clipkd-tiny-teacher",
-                "student.model=clipkd-tiny-vit", "distill.recipe=clipkd", "data.format=webdataset",
-                f"data.train={shards}/shard-{{00000..00001}}.tar", "data.batch_size=4", "data.workers=1",
-                "data.shuffle_buffer=8", "optim.warmup_steps=1", f"optim.steps={steps}", "optim.accum_steps=2",
-                "checkpoint.every_steps=2", "logging.every_steps=1", "logging.progress=false"]
+        return base_overrides(run, data_dir, **{
+            "distill.recipe": "clipkd", "data.batch_size": 4, "data.workers": 1, "data.shuffle_buffer": 8,
+            "optim.warmup_steps": 1, "optim.steps": steps, "optim.accum_steps": 2, "logging.tensorboard": True})
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, part = tmp_path / "full", tmp_path / "part"
     cmd = [sys.executable, "-m", "clipkd", "train", "--nproc", "2"]
-    val = [f"eval.val_data={{format: webdataset, train: '{shards}/shard-00000.tar', batch_size: 8, workers: 0}}",
+    val = [f"eval.val_data={{format: webdataset, train: '{data_dir}/wds/shard-00000.tar', batch_size: 8, workers: 0}}",
            "eval.val_batches=1", "eval.every_steps=2"]  # rank 0 evaluates, rank 1 waits at a barrier
     for run, steps, extra in ((full, 3, val), (part, 2, []), (part, 3, ["--resume", "latest"])):
         done = subprocess.run(cmd + args(run, steps) + extra, env=env, capture_output=True, text=True, timeout=300)
@@ -206,9 +194,9 @@ class _TwoRanks(DistEnv):
 
 
 @pytest.mark.parametrize("other_bad, raises", [(0, False), (60, True)])
-def test_skip_limit_is_judged_on_all_ranks_records(other_bad, raises, shards, tmp_path):
+def test_skip_limit_is_judged_on_all_ranks_records(other_bad, raises, data_dir, tmp_path):
     """Each rank decides from the same global counts, so all stop together (no rank left waiting)."""
-    trainer = Trainer(config(tmp_path, shards))
+    trainer = Trainer(config(tmp_path, data_dir))
     trainer.env = _TwoRanks([other_bad, 100])
     trainer.rank_state.consumed = 100
     trainer.rank_state.skipped.update({"bad_image": 5})

@@ -12,16 +12,6 @@ from clipkd.config import load_config
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
-from clipkd.data.synthetic import write_csv, write_shards
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    write_shards(root / "wds", 96, per_shard=32, size=48)
-    write_csv(root / "csv", 64, size=48)
-    write_csv(root / "tsv", 40, size=48, separator="\t")
-    return root
 
 
 def base_overrides(run_dir, data_dir, fmt="webdataset", **extra):
