@@ -29,24 +29,8 @@ import torch
 
 from clipkd.distill import DistillBatch, Distiller
 from clipkd.engine.distributed import DistEnv
-from clipkd.models.encoders import Embeddings
+from clipkd.models.encoders import Embeddings, is_batched_field
 from clipkd.models.student import StudentOutput
-
-
-def _is_scale(name: str) -> bool:
-    return name.endswith("scale")
-
-
-def _tensor_fields(out: Embeddings, scales: bool) -> list[str]:
-    """Names of the set tensor fields of ``out`` (per-sample or scalar), one name per distinct tensor."""
-    names, seen = [], set()
-    for f in fields(out):
-        value = getattr(out, f.name)
-        if value is None or _is_scale(f.name) != scales or id(value) in seen:
-            continue
-        seen.add(id(value))
-        names.append(f.name)
-    return names
 
 
 def _aliases(out: Embeddings) -> dict[str, str]:
@@ -59,6 +43,13 @@ def _aliases(out: Embeddings) -> dict[str, str]:
             continue
         alias[f.name] = first.setdefault(id(value), f.name)
     return {k: v for k, v in alias.items() if k != v}
+
+
+def _tensor_fields(out: Embeddings, scales: bool) -> list[str]:
+    """Names of the set tensor fields of ``out`` (scalar or per-sample), one name per distinct tensor."""
+    aliases = _aliases(out)
+    return [f.name for f in fields(out) if getattr(out, f.name) is not None and f.name not in aliases
+            and is_batched_field(f.name) != scales]
 
 
 def _concat(outs: Sequence[Embeddings]) -> Embeddings:
@@ -143,8 +134,7 @@ class GlobalBatchStep:
         values, sample_grads, scale_grads = self._global_loss(cached)
         for k, (batch, c) in enumerate(zip(micro_batches, cached)):
             last = k == len(micro_batches) - 1
-            self._backward(batch, c, generator, [g[k] for g in sample_grads], scale_grads if last else None,
-                           last, replay)
+            self._backward(batch, c, generator, [g[k] for g in sample_grads], scale_grads if last else None, last)
         return {name: v.detach() for name, v in values.items()}
 
     # -- 1. embed ------------------------------------------------------------------------------------------
@@ -184,12 +174,11 @@ class GlobalBatchStep:
 
     # -- 3. backward through the student -------------------------------------------------------------------
     def _backward(self, batch: DistillBatch, c: _Cached, generator: Optional[torch.Generator],
-                  sample_grads: list[torch.Tensor], scale_grads: Optional[list[torch.Tensor]], last: bool,
-                  replay: bool) -> None:
+                  sample_grads: list[torch.Tensor], scale_grads: Optional[list[torch.Tensor]], last: bool) -> None:
         sync = last or not hasattr(self.student_fn, "no_sync")
         with contextlib.nullcontext() if sync else self.student_fn.no_sync():
             student = c.student
-            if replay:  # no graph was kept: embed again with the same randomness
+            if c.rng is not None:  # no graph was kept: embed again with the same randomness
                 c.rng.restore(self.device, generator)
                 with self.autocast():
                     student, _ = self.distiller.embed(batch, generator, student=self.student_fn, teacher=c.teacher)

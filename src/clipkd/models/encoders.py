@@ -43,10 +43,11 @@ class Embeddings:
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Embeddings":
         """Apply ``fn`` to every per-sample tensor (e.g. a cross-process gather); scales are kept."""
-        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if _is_batched(f.name)})
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if is_batched_field(f.name)})
 
 
-def _is_batched(name: str) -> bool:
+def is_batched_field(name: str) -> bool:
+    """Whether an embeddings field holds one row per sample (everything but the ``*scale`` multipliers)."""
     return not name.endswith("scale")
 
 
