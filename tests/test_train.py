@@ -36,7 +36,7 @@ def test_cli_train_writes_checkpoint_logs_and_config(fmt, data_dir, tmp_path, ca
     assert "done: step 4" in capsys.readouterr().out
     ckpts = list_checkpoints(run)
     assert [p.name for p in ckpts] == ["step_00000002", "step_00000004"]
-    assert {f.name for f in ckpts[-1].iterdir()} == {"student.safetensors", "train_state.pt", "config.yaml"}
+    assert {f.name for f in ckpts[-1].iterdir()} == {"student.safetensors", "train_state.pt", "config.yaml", "checksums.json"}
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["student"]["model"] == "clipkd-tiny-vit" and saved["distill"]["recipe"] == "clipkd"
     rows = read_metrics(run, "train")
@@ -63,8 +63,8 @@ def test_resume_continues_exactly(fmt, recipe, workers, data_dir, tmp_path):
     assert resumed.step == 7 and len(resumed.history) == 4
     for a, b in zip(full.history[3:], resumed.history):
         assert a == b  # bit-exact on CPU
-    fa = torch.load(tmp_path / "full" / "checkpoints" / "step_00000007" / "train_state.pt", weights_only=False)
-    fb = torch.load(part / "checkpoints" / "step_00000007" / "train_state.pt", weights_only=False)
+    fa = torch.load(tmp_path / "full" / "checkpoints" / "step_00000007" / "train_state.pt", weights_only=True)
+    fb = torch.load(part / "checkpoints" / "step_00000007" / "train_state.pt", weights_only=True)
     assert fa["ranks"][0]["position"] == fb["ranks"][0]["position"]
 
 

@@ -16,10 +16,13 @@ def _cmd_losses(args: argparse.Namespace) -> int:
         print(f"  {name:<5} {term.equation}")
     print("\nRecipes (total = sum of weight x term):")
     for r in RECIPES.values():
-        weights = " + ".join(f"{w:g}*{k}" for k, w in r.weights.items())
+        weights = " + ".join(f"{'lambda_GD' if k == 'gd' else format(w, 'g')}*{k}" for k, w in r.weights.items())
         mask = f", mask_ratio {r.mask_ratio:g}" if r.mask_ratio else ""
         print(f"  {r.name:<8} {weights}{mask}  - {r.summary}")
-    print(f"\nGD weight {GD_WEIGHT:g} is calibrated for N=1024, D=512; for other sizes use gd_weight_for(N, D) = {GD_WEIGHT:g} * (N/1024)^2 * (D/512) * ln(N)/ln(1024).")
+    print(f"\nlambda_GD = gd_weight_for(N, D) = {GD_WEIGHT:g} * (N/1024)^2 * (D/512) * ln(N)/ln(1024)  "
+          f"({GD_WEIGHT:g} at N=1024, D=512)")
+    print("  N = global batch = data.batch_size x optim.accum_steps x processes, D = the teacher's embedding dim;")
+    print("  the value used is logged (INFO, clipkd.losses.recipes). Explicit distill.weights are used as given.")
     return 0
 
 
@@ -41,7 +44,10 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 def _train_argv(args: argparse.Namespace) -> list[str]:
     """The `clipkd train` arguments of this call, without --nproc (what each worker process runs)."""
     argv = ["train"] + (["--config", args.config] if args.config else [])
-    return argv + (["--resume", args.resume] if args.resume else []) + list(args.overrides)
+    argv += ["--resume", args.resume] if args.resume else []
+    argv += ["--overwrite"] if args.overwrite else []
+    argv += ["--allow-config-change"] if args.allow_config_change else []
+    return argv + list(args.overrides)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -52,22 +58,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and not launched_by_torchrun():
         from clipkd.engine.builders import preflight
 
+        from clipkd.engine.run_dir import check_run_dir
+
         preflight(cfg)  # report config problems once, here, not once per worker
+        check_run_dir(cfg.run_dir, args.resume, args.overwrite)
         return launch_local(args.nproc, _train_argv(args))
     from clipkd.engine.trainer import Trainer
 
     env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
     try:
-        result = Trainer(cfg, resume=args.resume, env=env).fit()
+        result = Trainer(cfg, resume=args.resume, env=env, overwrite=args.overwrite,
+                         allow_config_change=args.allow_config_change).fit()
     finally:
         shutdown()
     if not env.is_main:
+        return 0
+    if result.stopped_by:
+        print(f"stopped by {result.stopped_by} at step {result.step}; checkpoint written; continue with "
+              "--resume latest")
         return 0
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
     print(f"done: step {result.step} in {result.run_dir}" + (f"; last {summary}" if summary else ""))
     if result.skipped:
         print(f"skipped records: {result.skipped}")
+    if result.nonfinite_steps:
+        print(f"optimizer steps skipped for a non-finite loss or gradient: {result.nonfinite_steps}")
     return 0
 
 
@@ -121,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="distil a student on image-text data (YAML config + key=value overrides)")
     p.add_argument("--config", "-c", default=None, help="run YAML (see configs/)")
     p.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in the run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run_dir holds another run: move it aside (to <run_dir>.replaced-<time>) and start anew")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although keys that define the run changed (breaks exact resume; logged)")
     p.add_argument("--nproc", type=_positive_int, default=1,
                    help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")

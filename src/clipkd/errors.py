@@ -1,5 +1,9 @@
 """Errors that reach the user as one clear message (the CLI prints them without a traceback)."""
 
+from __future__ import annotations
+
+from typing import Optional
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the dotted name of each offending field."""
@@ -9,4 +13,23 @@ class DataQualityError(RuntimeError):
     """Too large a share of the training records could not be used."""
 
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, DataQualityError)
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive optimizer steps had a non-finite loss or gradient."""
+
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, DataQualityError, TrainingDiverged)
+
+
+def worker_message(exc: BaseException) -> Optional[str]:
+    """The original message of an exception that a DataLoader worker raised, or None if it is not one.
+
+    torch re-raises a worker's exception as ``type(exc)("Caught X in DataLoader worker process N.\nOriginal
+    Traceback ...\nmodule.X: message")``; this returns ``message`` alone, for a clean one-line error.
+    """
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    if not (text.startswith("Caught ") and "DataLoader worker" in text and "Original Traceback" in text):
+        return None
+    cls = type(exc)
+    name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
+    head, sep, message = text.rpartition(f"\n{name}: ")
+    return message.strip() if sep else None

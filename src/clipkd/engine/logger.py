@@ -10,7 +10,9 @@ from typing import Mapping, Optional, Union
 class MetricLogger:
     """Append ``{"step": ..., <name>: value}`` lines to ``metrics.jsonl``; mirror scalars to TensorBoard."""
 
-    def __init__(self, run_dir: Union[str, Path], tensorboard: bool = True):
+    def __init__(self, run_dir: Union[str, Path], tensorboard: bool = True, purge_step: Optional[int] = None):
+        """``purge_step``: on resume, TensorBoard drops the events logged from this step on (``metrics.jsonl`` is
+        truncated by :func:`clipkd.engine.run_dir.truncate_metrics`)."""
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
@@ -18,7 +20,7 @@ class MetricLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"), purge_step=purge_step)
 
     def log(self, step: int, metrics: Mapping[str, float], prefix: str = "train") -> None:
         record = {"step": step, **{f"{prefix}/{k}": float(v) for k, v in metrics.items()}}

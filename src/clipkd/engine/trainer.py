@@ -7,7 +7,10 @@ frozen teacher is not wrapped). One optimizer step consumes ``optim.accum_steps`
 
 Resuming restores the student, optimizer, scheduler, grad scaler, step and, per rank, the data position
 (per-split raw record counters), RNG states and counters, so a resumed run continues with the same losses
-as an uninterrupted one (bit-exact on CPU).
+as an uninterrupted one (bit-exact on CPU). Faults: a non-finite loss or gradient skips the optimizer step on
+every rank alike (``optim.max_nonfinite_steps`` consecutive ones stop the run); SIGTERM/SIGINT stop after the
+current step with a checkpoint; a run folder holding another run is refused; a resume from an older checkpoint
+moves the newer ones aside and drops their log rows.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.hooks import EvalHook, ValLossHook
 from clipkd.engine.logger import MetricLogger, NullLogger
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer, create_scheduler
+from clipkd.engine.config_diff import breaking_changes
+from clipkd.engine.preemption import StopRequest
 from clipkd.engine.rank_state import RankState, mask_seed, pick_rank_state
-from clipkd.errors import DataQualityError
+from clipkd.engine.run_dir import check_run_dir, move_aside, truncate_metrics
+from clipkd.errors import ConfigError, DataQualityError, TrainingDiverged
 from clipkd.eval.runner import BenchmarkHook
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,18 @@ class TrainResult:
     step: int
     history: list[dict[str, float]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    nonfinite_steps: int = 0
+    stopped_by: Optional[str] = None  # the signal that pre-empted the run, if any
+
+
+@dataclass
+class StepAgreement:
+    """What all ranks agree on after computing a step's gradients (one all-reduce)."""
+
+    nonfinite: bool
+    stop: bool
+    bad_records: int
+    consumed: int
 
 
 def autocast(device: torch.device, precision: str):
@@ -62,14 +80,18 @@ class Trainer:
     """Distil ``cfg.teacher`` into ``cfg.student`` on ``cfg.data``; see :class:`~clipkd.config.TrainConfig`.
 
     ``env``: the process group this process belongs to (default: the one initialised, or a single process).
+    ``resume``: ``latest`` or a checkpoint folder. ``overwrite``: move a run already in ``run_dir`` aside.
+    ``allow_config_change``: resume even when the config differs in keys that break exactness (logged).
     """
 
     def __init__(self, cfg: TrainConfig, hooks: Sequence[EvalHook] = (), resume: Optional[str] = None,
-                 env: Optional[DistEnv] = None):
+                 env: Optional[DistEnv] = None, overwrite: bool = False, allow_config_change: bool = False):
         self.cfg = cfg
         self.env = env or current_env()
         preflight(cfg)
         self.run_dir = Path(cfg.run_dir)
+        self.allow_config_change = allow_config_change
+        self._prepare_run_dir(resume, overwrite)
         self.device = resolve_device(cfg.device, self.env.local_rank)
         random.seed(cfg.seed + self.env.rank)
         np.random.seed(cfg.seed + self.env.rank)
@@ -95,7 +117,11 @@ class Trainer:
         self._eval_enabled = bool(hooks) or bool(ec.benchmarks) or ec.val_data is not None  # same on all ranks
         self.hooks = (list(hooks) + self._config_hooks()) if self.env.is_main else []
         self.step = 0
+        self.nonfinite_total = self.nonfinite_streak = 0
+        self.stop_request = StopRequest()
+        self.agreed = StepAgreement(False, False, 0, 0)
         self._saved_step = self._eval_step = -1
+        self._resumed = False
         if resume:
             self._resume(resume)
 
@@ -112,28 +138,53 @@ class Trainer:
         ec = self.cfg.eval
         hooks: list[EvalHook] = [BenchmarkHook(spec, self.device) for spec in ec.benchmarks]
         if ec.val_data is not None:
-            stream = build_stream(ec.val_data, self.distiller, self.cfg.seed, augment=False)
-            hooks.append(ValLossHook(stream, ec.val_batches, self.device))
+            hooks.append(ValLossHook.from_config(ec.val_data, self.distiller, self.device, ec.val_batches))
         return hooks
 
-    # -- checkpoints ---------------------------------------------------------------------------------------
+    # -- the run folder and checkpoints --------------------------------------------------------------------
+    def _prepare_run_dir(self, resume: Optional[str], overwrite: bool) -> None:
+        """Rank 0: refuse a folder holding another run, move it aside on ``overwrite``, clean crash left-overs."""
+        check_run_dir(self.run_dir, resume, overwrite)
+        if self.env.is_main:
+            if overwrite and (moved := move_aside(self.run_dir)):
+                log.warning("--overwrite: moved the run that was in %s to %s", self.run_dir, moved)
+            for action in ckpt.clean_leftovers(self.run_dir):
+                log.warning("checkpoint left-over of an interrupted write: %s", action)
+        self.env.barrier()
+
+    def _state(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "world_size": self.env.world_size,
+                "workers": self.cfg.data.workers, "nonfinite": [self.nonfinite_total, self.nonfinite_streak]}
+
     def save(self) -> Optional[Path]:
         """Write a checkpoint (rank 0, with every rank's own state); collective: all ranks must call it."""
         self._saved_step = self.step
         ranks = self.env.gather_objects(self.rank_state.to_dict())
         if not self.env.is_main:
             return None
-        state = {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "world_size": self.env.world_size,
-                 "workers": self.cfg.data.workers, "ranks": ranks}
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.student, state, dump_config(self.cfg),
-                                    self.cfg.checkpoint.keep_last)
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.student, {**self._state(), "ranks": ranks},
+                                    dump_config(self.cfg), self.cfg.checkpoint.keep_last)
+
+    def _check_config(self, path: Path) -> None:
+        changes = breaking_changes(ckpt.read_config(path), self.cfg.model_dump(mode="json"))
+        if not changes:
+            return
+        listing = "\n".join(f"  {c}" for c in changes)
+        if not self.allow_config_change:
+            raise ConfigError(f"checkpoint {path} was written with another config; resuming would not continue "
+                              f"the same run:\n{listing}\nrevert these keys, or pass --allow-config-change if "
+                              "you mean to change them")
+        log.warning("--allow-config-change: resuming %s with changed keys:\n%s", path, listing)
 
     def _resume(self, resume: str) -> None:
         path = ckpt.resolve_resume(resume, self.run_dir)
         if path is None:
             log.info("no checkpoint in %s: starting from scratch", self.run_dir)
+            if self.env.is_main:
+                truncate_metrics(self.run_dir, 0)  # rows of a run that never checkpointed: logged anew
             return
+        self._check_config(path)
         state = ckpt.load_checkpoint(path, self.student)
         mine = pick_rank_state(state, self.env.rank, self.env.world_size, self.cfg.data.workers, str(path))
         self.optimizer.load_state_dict(state["optimizer"])
@@ -141,29 +192,85 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.rank_state.load(mine)
         self.step = self._saved_step = state["step"]
+        self.nonfinite_total, self.nonfinite_streak = state["nonfinite"]
+        self._resumed = True
+        if self.env.is_main:
+            self._forget_after(self.step)
+        self.env.barrier()
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _forget_after(self, step: int) -> None:
+        """Rank 0: checkpoints and log rows newer than the resumed step belong to an abandoned future."""
+        moved = ckpt.abandon_after(self.run_dir, step)
+        if moved:
+            log.warning("resuming at step %d: moved %d newer checkpoint(s) aside to %s; --resume latest will "
+                        "not return to them", step, len(moved), moved[0].parent)
+        dropped = truncate_metrics(self.run_dir, step)
+        if dropped:
+            log.warning("resuming at step %d: dropped %d metrics.jsonl row(s) logged after it", step, dropped)
 
     # -- one step ------------------------------------------------------------------------------------------
     def train_step(self, micro_batches: Sequence[DistillBatch]) -> dict[str, float]:
-        """Global-batch loss over the micro-batches of all ranks, gradients, clip, AdamW step, schedule, clamp."""
+        """Global-batch loss over the micro-batches of all ranks, gradients, clip, AdamW step, schedule, clamp.
+
+        A non-finite loss or gradient on any rank skips the update on every rank: parameters, buffers, optimizer
+        moments, scheduler and grad scaler stay as they were (``self.agreed.nonfinite`` tells).
+        """
         self.optimizer.zero_grad(set_to_none=True)
+        buffers = {k: b.clone() for k, b in self.student.named_buffers()}
+        scaler_state = self.scaler.state_dict()
         batches = [b.to(self.device, non_blocking=True) for b in micro_batches]
         out = self.grad_step(batches, self.mask_gen)
+        norm = self._grad_norm()
+        finite_grads = self.scaler.is_enabled() or bool(torch.isfinite(norm))  # fp16: the scaler's business
+        self.agreed = self._agree(not (bool(torch.isfinite(out["loss"])) and finite_grads))
+        if self.agreed.nonfinite:
+            self._undo_step(buffers, scaler_state)
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            clamp_logit_scales(self.student)
+            self.nonfinite_streak = 0
+        return {k: v.item() for k, v in out.items()}
+
+    def _grad_norm(self) -> torch.Tensor:
+        """Global gradient norm, clipped to ``optim.grad_clip`` when set (unscaled first under fp16)."""
+        params = [p for p in self.student.parameters() if p.grad is not None]
         if self.cfg.optim.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        clamp_logit_scales(self.student)
-        return {k: v.item() for k, v in out.items()}
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
+
+    def _agree(self, nonfinite: bool) -> StepAgreement:
+        """One all-reduce: any rank non-finite, any rank asked to stop, unusable and consumed records of all."""
+        rs = self.rank_state
+        bad, stop, skipped, consumed = self.env.sum(
+            [float(nonfinite), float(self.stop_request.requested), sum(rs.skipped.values()), rs.consumed], self.device)
+        return StepAgreement(bad > 0, stop > 0, int(skipped), int(consumed))
+
+    def _undo_step(self, buffers: dict[str, torch.Tensor], scaler_state: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in self.student.named_buffers():
+                b.copy_(buffers[name])
+        if self.scaler.is_enabled():
+            self.scaler.update()  # resets the per-step unscale bookkeeping...
+            self.scaler.load_state_dict(scaler_state)  # ...and the scale as it was
+        self.nonfinite_total += 1
+        self.nonfinite_streak += 1
+        log.warning("non-finite loss or gradient: optimizer step %d skipped (%d in a row)", self.step + 1,
+                    self.nonfinite_streak)
 
     def _check_skips(self, final: bool) -> int:
         """Abort (on every rank at once) when the unusable share of all ranks' records exceeds the limit.
 
         Judged from 100 records on, and at the end. Returns the number of unusable records of all ranks.
         """
-        bad, consumed = self.env.sum([sum(self.rank_state.skipped.values()), self.rank_state.consumed], self.device)
+        bad, consumed = self.agreed.bad_records, self.agreed.consumed
+        if final:
+            bad, consumed = self.env.sum([sum(self.rank_state.skipped.values()), self.rank_state.consumed],
+                                         self.device)
         limit = self.cfg.data.max_skip_fraction
         if (final or consumed >= 100) and bad > limit * consumed:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rank_state.skipped.items()))
@@ -171,6 +278,15 @@ class Trainer:
                                    f"(this process: {reasons}), above data.max_skip_fraction={limit}; "
                                    "check the training data")
         return int(bad)
+
+    def _check_divergence(self) -> None:
+        limit = self.cfg.optim.max_nonfinite_steps
+        if self.nonfinite_streak >= limit:
+            found = ckpt.list_checkpoints(self.run_dir)
+            last = f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written"
+            raise TrainingDiverged(f"{self.nonfinite_streak} consecutive optimizer steps had a non-finite loss or "
+                                   f"gradient (optim.max_nonfinite_steps={limit}) after step {self.step}; {last}. "
+                                   "Lower optim.lr, enable optim.grad_clip, or use bf16 instead of fp16")
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _micro_batches(self):
@@ -193,31 +309,18 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
             log.info("global batch %d = %d per micro-batch x %d accumulation steps x %d processes",
                      self.global_batch, self.cfg.data.batch_size, self.accum, self.env.world_size)
-        logger = MetricLogger(self.run_dir, self.cfg.logging.tensorboard) if main else NullLogger()
+        purge = self.step + 1 if self._resumed else None
+        logger = MetricLogger(self.run_dir, self.cfg.logging.tensorboard, purge) if main else NullLogger()
         result = TrainResult(self.run_dir, self.step)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train",
                    disable=not (self.cfg.logging.progress and main))
         self.student.train()
-        tick, seen = time.perf_counter(), 0
         try:
-            groups = self._micro_batches()
-            while self.step < self.total_steps:
-                values = self.train_step(next(groups))
-                skipped = self._check_skips(final=False)
-                self.step += 1
-                seen += self.global_batch
-                result.history.append(values)
-                bar.update(1)
-                if self.step % self.cfg.logging.every_steps == 0 or self.step == self.total_steps:
-                    rate = seen / max(time.perf_counter() - tick, 1e-9)
-                    logger.log(self.step, {**values, **self._scalars(), "samples_per_s": rate, "skipped": skipped})
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}")
-                    tick, seen = time.perf_counter(), 0
-                self._maybe_eval(logger)
-                if self.step % self.cfg.checkpoint.every_steps == 0:
-                    self.save()
-            self._check_skips(final=True)
-            self._maybe_eval(logger, final=True)
+            with self.stop_request:
+                self._loop(logger, bar, result)
+            if not self.agreed.stop:
+                self._check_skips(final=True)
+                self._maybe_eval(logger, final=True)
             if self._saved_step != self.step:
                 self.save()
             self.env.barrier()
@@ -225,10 +328,44 @@ class Trainer:
             bar.close()
             logger.close()
         result.step, result.skipped = self.step, dict(self.rank_state.skipped)
+        result.nonfinite_steps, result.stopped_by = self.nonfinite_total, self._stopped_by()
         if self.rank_state.skipped:
             log.warning("skipped %d unusable records: %s", sum(self.rank_state.skipped.values()),
                         dict(self.rank_state.skipped))
         return result
+
+    def _stopped_by(self) -> Optional[str]:
+        if not self.agreed.stop:
+            return None
+        return self.stop_request.signal_name or "a signal to another process"
+
+    def _loop(self, logger, bar, result: TrainResult) -> None:
+        tick, seen = time.perf_counter(), 0
+        groups = self._micro_batches()
+        while self.step < self.total_steps:
+            values = self.train_step(next(groups))
+            skipped = self._check_skips(final=False)
+            if self.agreed.nonfinite:
+                logger.log(self.step, {"nonfinite_steps": self.nonfinite_total})
+                self._check_divergence()
+            else:
+                self.step += 1
+                seen += self.global_batch
+                result.history.append(values)
+                bar.update(1)
+                if self.step % self.cfg.logging.every_steps == 0 or self.step == self.total_steps:
+                    rate = seen / max(time.perf_counter() - tick, 1e-9)
+                    logger.log(self.step, {**values, **self._scalars(), "samples_per_s": rate, "skipped": skipped,
+                                           "nonfinite_steps": self.nonfinite_total})
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}")
+                    tick, seen = time.perf_counter(), 0
+                self._maybe_eval(logger)
+                if self.step % self.cfg.checkpoint.every_steps == 0:
+                    self.save()
+            if self.agreed.stop:
+                log.warning("stop requested (%s): writing a checkpoint at step %d and exiting; continue with "
+                            "--resume latest", self._stopped_by(), self.step)
+                return
 
     def _scalars(self) -> dict[str, float]:
         s = self.student

@@ -1,0 +1,51 @@
+"""Pre-emption: SIGTERM / SIGINT ask the run to stop after the current step, with a checkpoint.
+
+Slurm and Ctrl-C signal the whole process group. The first signal only sets a flag, which the trainer reads
+once per step (agreed over all ranks, so every rank stops at the same step). A second signal exits at once.
+Loader workers ignore both signals (:func:`ignore_in_worker`); they leave with their parent.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Optional
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """Context manager installing the handlers; ``signal_name`` is set once a stop was asked for."""
+
+    def __init__(self) -> None:
+        self.signal_name: Optional[str] = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:  # second signal: leave now, the default way
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signal_name = signal.Signals(signum).name
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def ignore_in_worker() -> None:
+    """For loader worker processes: the parent decides when to stop; a signal to the group must not kill them."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
