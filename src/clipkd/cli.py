@@ -171,11 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_console() -> None:
+    """clipkd's own INFO messages (GD weight, resume, global batch) on stderr; other libraries at WARNING."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("clipkd").setLevel(logging.INFO)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``clipkd`` console script."""
     from clipkd.errors import USER_ERRORS
 
     args = build_parser().parse_args(argv)
+    _log_to_console()
     try:
         return args.fn(args)
     except USER_ERRORS as exc:

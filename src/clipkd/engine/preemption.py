@@ -2,7 +2,7 @@
 
 Slurm and Ctrl-C signal the whole process group. The first signal only sets a flag, which the trainer reads
 once per step (agreed over all ranks, so every rank stops at the same step). A second signal exits at once.
-Loader workers ignore both signals (:func:`ignore_in_worker`); they leave with their parent.
+Loader workers ignore both signals (``clipkd.data.stream.worker_init``) and leave with their parent.
 """
 
 from __future__ import annotations
@@ -44,8 +44,3 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
-
-def ignore_in_worker() -> None:
-    """For loader worker processes: the parent decides when to stop; a signal to the group must not kill them."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)

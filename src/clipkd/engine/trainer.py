@@ -95,7 +95,7 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.env.local_rank)
         random.seed(cfg.seed + self.env.rank)
         np.random.seed(cfg.seed + self.env.rank)
-        self.distiller = build_distiller_from_config(cfg)  # seeded: identical initialisation on every rank
+        self.distiller = build_distiller_from_config(cfg, world_size=self.env.world_size)  # seeded: identical initialisation on every rank
         torch.manual_seed(cfg.seed + self.env.rank)
         if cfg.distill.teacher_cache:
             self.distiller.teacher_cache = TeacherCache.load(cfg.distill.teacher_cache)
