@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from clipkd.config import load_config
 from clipkd.engine import checkpoint as ckpt
+from clipkd.engine.distributed import torchrun_command
 from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
 from clipkd.errors import TrainingDiverged
@@ -173,3 +174,18 @@ def test_consecutive_nonfinite_steps_stop_with_last_good_checkpoint(data_dir, tm
     latest = ckpt.resolve_resume("latest", tmp_path / "r")
     assert latest.name == "step_00000002"
     ckpt.verify_checkpoint(latest)
+
+
+def test_nonfinite_on_one_rank_skips_the_step_on_every_rank(data_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = torchrun_command(2, [str(Path(__file__).parent / "fault_worker.py"), str(tmp_path), str(data_dir)])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = torch.load(tmp_path / "faults.pt", weights_only=True)
+    assert [r["steps"] for r in ranks] == [3, 3] and [r["nonfinite"] for r in ranks] == [1, 1]
+    for r in ranks:
+        assert len(r["params"]) == 4  # 4 step attempts, the second skipped
+        for name, tensor in r["params"][1].items():
+            assert torch.equal(tensor, r["params"][0][name]), name  # nothing changed on the skipped step
+    for name, tensor in ranks[0]["params"][-1].items():
+        assert torch.equal(tensor, ranks[1]["params"][-1][name]), name  # ranks still agree
