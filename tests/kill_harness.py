@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from clipkd.cli import main
 from clipkd.engine import checkpoint as ckpt
@@ -46,7 +47,13 @@ def _kill() -> None:
 
 
 def _signal_group(name: str, times: int):
-    return lambda: [os.killpg(os.getpgid(0), getattr(signal, name)) for _ in range(times)]
+    def send() -> None:
+        for i in range(times):
+            if i:
+                time.sleep(1.5)  # a separate event, not the same signal delivered twice
+            os.killpg(os.getpgid(0), getattr(signal, name))
+
+    return send
 
 
 def arm(point: str, n: int) -> None:

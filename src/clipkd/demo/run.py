@@ -80,6 +80,18 @@ def benchmarks(data_dir: Path, data: dict) -> list[Benchmark]:
     return [Benchmark(zs), Benchmark(rt)]
 
 
+def _train(cfg) -> None:
+    """Train a student, or finish it when a previous demo left it (complete or interrupted) with this config;
+    a student of another config is moved aside and trained anew."""
+    from clipkd.errors import ConfigError
+
+    try:
+        trainer = Trainer(cfg, resume="latest")
+    except ConfigError:
+        trainer = Trainer(cfg, overwrite=True)
+    trainer.fit()
+
+
 def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed: int = 0,
              log: Callable[[str], None] = print, work: Optional[Path] = None) -> dict:
     """Run the whole story; write report.json, report.md and plots under ``out``; return the report.
@@ -100,7 +112,7 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
     log(f"teacher: zero-shot top-1 {report['teacher']['zeroshot_top1']:.3f}")
     for recipe in ("baseline", "clipkd"):
         cfg = validate_config(student_config(out, recipe, data, heads, cache, size, seed))
-        Trainer(cfg).fit()
+        _train(cfg)
         weights = list_checkpoints(cfg.run_dir)[-1] / "student.safetensors"
         report[recipe] = evaluate(create_open_clip_encoder(STUDENT, str(weights)), benches)
         report[recipe]["run_dir"] = cfg.run_dir

@@ -6,8 +6,10 @@ every collective is the identity. Backend: NCCL for CUDA, gloo for CPU.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -131,4 +133,16 @@ def launch_local(nproc: int, clipkd_args: Sequence[str]) -> int:
     """
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.call(torchrun_command(nproc, ["-m", "clipkd", *clipkd_args]), env=env)
+    proc = subprocess.Popen(torchrun_command(nproc, ["-m", "clipkd", *clipkd_args]), env=env)
+    with _ignoring_stop_signals():  # the group's signal reaches the workers; wait for their checkpoint
+        return proc.wait()
+
+
+@contextlib.contextmanager
+def _ignoring_stop_signals():
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
