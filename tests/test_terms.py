@@ -131,3 +131,48 @@ def test_gd_weight_calibration(n, d):
     ratio = gd_weight_for(n, d) * gd / LF.clip_loss(s_img, s_txt, 1 / 0.07)
     assert 0.5 < ratio.item() < 2.0
     assert gd_weight_for(1024, 512) == GD_WEIGHT
+
+
+# GD weight of a recipe: gd_weight_for(global batch N, teacher dim D); hand values of
+# 5e6 * (N/1024)^2 * (D/512) * ln N / ln 1024 (ln N / ln 1024 = log2 N / 10 for powers of two):
+GD_N256_D384 = 5e6 * (1 / 16) * 0.75 * 0.8  # = 187500
+GD_N16_D384 = 5e6 * (1 / 64**2) * 0.75 * 0.4  # = 366.2109375
+GD_N64_D384 = 5e6 * (1 / 16**2) * 0.75 * 0.6  # = 8789.0625
+
+
+def test_recipe_gd_weight_follows_global_batch_and_teacher_dim(caplog):
+    from clipkd.losses.recipes import resolve_weights
+
+    with caplog.at_level("INFO", logger="clipkd.losses.recipes"):
+        weights = resolve_weights("gd", None, global_batch=256, teacher_dim=384)
+    assert weights == {"task": 1.0, "gd": pytest.approx(GD_N256_D384, rel=1e-12)}
+    assert GD_N256_D384 == 187500.0
+    assert "N=256" in caplog.text and "D=384" in caplog.text and "187500" in caplog.text
+    assert resolve_weights("gd", None, 1024, 512)["gd"] == GD_WEIGHT  # the reference setting
+    assert resolve_weights("clipkd", None, 256, 384) == RECIPES["clipkd"].weights  # no GD: nothing changes
+    with pytest.raises(ValueError, match="global batch >= 2"):
+        resolve_weights("gd", None, 1, 384)  # ln 1 = 0 would silently drop GD
+
+
+def test_explicit_gd_weight_is_used_as_given(caplog):
+    from clipkd.losses.recipes import resolve_weights
+
+    with caplog.at_level("INFO", logger="clipkd.losses.recipes"):
+        assert resolve_weights("gd", {"task": 1.0, "gd": 3.0}, 256, 384) == {"task": 1.0, "gd": 3.0}
+    assert "N=256" not in caplog.text
+
+
+@pytest.mark.parametrize("world_size, expected", [(1, GD_N16_D384), (4, GD_N64_D384)])
+def test_config_recipe_gd_weight_uses_global_batch(world_size, expected):
+    """data.batch_size 8 x optim.accum_steps 2 x world_size processes; the teacher (tiny-teacher) has D=384."""
+    from clipkd.config import load_config
+    from clipkd.engine.builders import build_distiller_from_config
+
+    cfg = load_config(None, ["run_dir=r", "teacher.model=clipkd-tiny-teacher", "student.model=clipkd-tiny-vit",
+                             "data.format=csv", "data.train=x.csv", "optim.steps=1", "distill.recipe=gd",
+                             "data.batch_size=8", "optim.accum_steps=2"])
+    d = build_distiller_from_config(cfg) if world_size == 1 else build_distiller_from_config(cfg, world_size=world_size)
+    assert d.teacher.embed_dim == 384
+    assert d.loss.weights == {"task": 1.0, "gd": pytest.approx(expected, rel=1e-12)}
+    cfg.distill.weights = {"task": 1.0, "gd": 7.0}
+    assert build_distiller_from_config(cfg, world_size=world_size).loss.weights == {"task": 1.0, "gd": 7.0}

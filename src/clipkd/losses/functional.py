@@ -7,22 +7,51 @@ Conventions shared by every function here:
 * ``scale`` arguments are multipliers (``exp`` of a logit scale), a float or a 0-d tensor;
 * ``CE`` is cross-entropy averaged over rows and every softmax is row-wise;
 * teacher arguments never receive gradient: they are detached here;
-* low-precision inputs (bfloat16, float16) are computed in float32, float64 stays float64, so the
-  N x N softmaxes keep their accuracy; the result has the computation dtype.
+* every formula runs with autocast off (also inside a ``torch.autocast`` region, as in the trainer) and
+  low-precision inputs (bfloat16, float16) are computed in float32, float64 stays float64, so the N x N
+  products and softmaxes keep their accuracy; the result has the computation dtype.
 
 Each formula is written once; the term modules in :mod:`clipkd.losses.terms` only pick inputs.
 """
 
 from __future__ import annotations
 
-from typing import Union
+import contextlib
+import functools
+from typing import Callable, TypeVar, Union
 
 import torch
 import torch.nn.functional as F
 
 Scale = Union[float, torch.Tensor]
+F_ = TypeVar("F_", bound=Callable[..., object])
 
 __all__ = ["clip_loss", "crd_loss", "fd_loss", "icl_loss", "gd_loss", "afd_loss", "contrastive_grads"]
+
+
+def _autocast_off(devices: set[str]) -> contextlib.ExitStack:
+    """A context that disables autocast on each of ``devices`` (device types without autocast are skipped)."""
+    stack = contextlib.ExitStack()
+    for device in sorted(devices):
+        if torch.amp.is_autocast_available(device):
+            stack.enter_context(torch.autocast(device, enabled=False))
+    return stack
+
+
+def full_precision(fn: F_) -> F_:
+    """Decorator: run ``fn`` with autocast off on the devices of its tensor arguments.
+
+    Inside ``torch.autocast`` a matmul would run in bfloat16/float16 even on float32 operands; with autocast
+    off the explicit casts of :func:`_prep` decide the dtype (float32, or float64 for float64 inputs).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        devices = {a.device.type for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+        with _autocast_off(devices):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -56,6 +85,7 @@ def _two_way_ce(logits: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.cross_entropy(logits, y) + F.cross_entropy(logits_t, y))
 
 
+@full_precision
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: Scale) -> torch.Tensor:
     """Symmetric InfoNCE, the task loss.
 
@@ -74,6 +104,7 @@ def _kl_rows(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
 
 
+@full_precision
 def crd_loss(
     s_img: torch.Tensor,
     s_txt: torch.Tensor,
@@ -97,6 +128,7 @@ def crd_loss(
     return 0.5 * (_kl_rows(t_logits, s_logits) + _kl_rows(t_logits.T, s_logits.T))
 
 
+@full_precision
 def fd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt: torch.Tensor) -> torch.Tensor:
     """Feature distillation: mean squared error to the teacher's embeddings.
 
@@ -107,6 +139,7 @@ def fd_loss(s_img: torch.Tensor, s_txt: torch.Tensor, t_img: torch.Tensor, t_txt
     return F.mse_loss(s_img, t_img) + F.mse_loss(s_txt, t_txt)
 
 
+@full_precision
 def icl_loss(
     s_img: torch.Tensor,
     s_txt: torch.Tensor,
@@ -124,7 +157,8 @@ def icl_loss(
     return _two_way_ce(c * s_img @ t_txt.T, c * s_txt @ t_img.T)
 
 
-def contrastive_grads(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor) -> tuple[torch.Tensor, ...]:
+@full_precision
+def contrastive_grads(img: torch.Tensor, txt: torch.Tensor, scale: Scale) -> tuple[torch.Tensor, ...]:
     """Closed-form gradients of the two halves of the contrastive loss w.r.t. the embeddings.
 
     With ``V = img``, ``T = txt``, ``P = softmax(s V T^T)``, ``Q = softmax(s T V^T)``:
@@ -132,6 +166,8 @@ def contrastive_grads(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor)
     ``G3 = s/N (Q - I) V`` (dL_t2i/dT), ``G4 = s/N (Q - I)^T T`` (dL_t2i/dV).
     Computed as ``s/N (P T - T)`` etc.: the only N x N tensors are the logits, P and Q (O(N^2 + N*D) memory).
     """
+    img, txt = _prep(img, txt)
+    scale = _as_scale(scale, img)
     c = scale / img.shape[0]
     logits = scale * img @ txt.T
     p = torch.softmax(logits, dim=1)
@@ -139,6 +175,7 @@ def contrastive_grads(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor)
     return (c * (p @ txt - txt), c * (p.T @ img - img), c * (q @ img - img), c * (q.T @ txt - txt))
 
 
+@full_precision
 def gd_loss(
     s_img: torch.Tensor,
     s_txt: torch.Tensor,
@@ -163,6 +200,7 @@ def gd_loss(
     return sum(F.mse_loss(a, b) for a, b in zip(g_s, g_t))
 
 
+@full_precision
 def afd_loss(fused_img: torch.Tensor, fused_txt: torch.Tensor, scale: Scale) -> torch.Tensor:
     """Augmented feature distillation: the task loss on teacher-augmented (fused) embeddings.
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Mapping, Optional
 
 from clipkd.losses.combine import validate_weights
 
+logger = logging.getLogger(__name__)
+
+GD_REF_BATCH = 1024
+GD_REF_DIM = 512
 GD_WEIGHT = 5e6
 """GD weight for the paper's setting (global batch N=1024, teacher dim D=512).
 
@@ -15,13 +21,20 @@ softmax. With the formula fixed, GD = sum_k mean((G_k^s - G_k^t)^2) with G ~ (s/
 the student's softmax is near uniform and a trained teacher's gradients are near zero, so
 GD ~ 4 s_s^2 / (N^2 D) with s_s = 1/0.07, while the task loss is ~ln N. lambda = ln(N) N^2 D / (4 s_s^2) makes
 them equal: 4.6e6 at N=1024, D=512, rounded to 5e6 (``benchmarks/gd_calibration.py`` measures the ratio).
-For another global batch or teacher size use :func:`gd_weight_for`.
+A recipe's GD weight follows :func:`gd_weight_for` of the run's global batch and teacher size
+(:func:`resolve_weights`); explicit weights are used as given.
 """
 
 
 def gd_weight_for(batch: int, teacher_dim: int) -> float:
-    """GD weight that keeps lambda*GD at the task loss's size at initialisation for global batch ``batch``, dim D."""
-    return GD_WEIGHT * (batch / 1024) ** 2 * (teacher_dim / 512) * math.log(batch) / math.log(1024)
+    """GD weight that keeps lambda*GD at the task loss's size at initialisation for global batch N, teacher dim D.
+
+    ``lambda(N, D) = GD_WEIGHT * (N/1024)^2 * (D/512) * ln(N) / ln(1024)``
+    """
+    if batch < 2 or teacher_dim < 1:
+        raise ValueError(f"gd_weight_for needs a global batch >= 2 and a teacher dim >= 1, got {batch}, {teacher_dim}")
+    return (GD_WEIGHT * (batch / GD_REF_BATCH) ** 2 * (teacher_dim / GD_REF_DIM)
+            * math.log(batch) / math.log(GD_REF_BATCH))
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("crd", {"task": 1.0, "crd": 1.0}, "task + contrastive relational distillation"),
         Recipe("fd", {"task": 1.0, "fd": 2000.0}, "task + feature distillation"),
         Recipe("mfd", {"task": 1.0, "fd": 2000.0}, "FD with 75% of the student's image masked", mask_ratio=0.75),
-        Recipe("gd", {"task": 1.0, "gd": GD_WEIGHT}, "task + gradient distillation (weight for N=1024, D=512)"),
+        Recipe("gd", {"task": 1.0, "gd": GD_WEIGHT},
+               "task + gradient distillation (weight gd_weight_for(N, D); 5e6 at N=1024, D=512)"),
         Recipe("icl", {"task": 1.0, "icl": 1.0}, "task + interactive contrastive learning"),
         Recipe("afd", {"task": 1.0, "afd": 1.0}, "task + augmented feature distillation"),
         Recipe("clipkd", {"task": 1.0, "crd": 1.0, "icl": 1.0, "fd": 2000.0}, "the paper's unified CLIP-KD method"),
@@ -56,3 +70,24 @@ def get_recipe(name: str) -> Recipe:
     recipe = RECIPES[name]
     validate_weights(recipe.weights)
     return recipe
+
+
+def resolve_weights(
+    recipe_name: str,
+    explicit_weights: Optional[Mapping[str, float]],
+    global_batch: int = GD_REF_BATCH,
+    teacher_dim: int = GD_REF_DIM,
+) -> dict[str, float]:
+    """The loss weights of a run: ``explicit_weights`` as given when set, else the recipe's.
+
+    A recipe's GD weight (listed at the reference N=1024, D=512) becomes ``gd_weight_for(global_batch,
+    teacher_dim)``, with ``global_batch`` = per-process batch x accumulation steps x processes.
+    """
+    if explicit_weights is not None:
+        return validate_weights(explicit_weights)
+    weights = dict(get_recipe(recipe_name).weights)
+    if weights.get("gd", 0.0) > 0:
+        weights["gd"] = gd_weight_for(global_batch, teacher_dim)
+        logger.info("recipe '%s': GD weight %.6g = gd_weight_for(N=%d, D=%d) (global batch N, teacher dim D)",
+                    recipe_name, weights["gd"], global_batch, teacher_dim)
+    return weights
