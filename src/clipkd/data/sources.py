@@ -2,7 +2,10 @@
 
 A source is split into ``num_splits`` disjoint parts (one per data-loader worker and process) and read as an
 endless sequence of passes, each pass in a seeded order that depends only on (seed, epoch, split, pass).
-Nothing is decoded here: decoding (and skipping what fails to decode) is the stream's job.
+Nothing is decoded here: decoding (and skipping what fails to decode) is the stream's job; records that are
+unusable before decoding (unreadable caption, broken shard) carry the reason in ``RawSample.error``.
+A pass over a split that yields no record at all raises :class:`~clipkd.errors.DataQualityError` (it would
+otherwise wait forever).
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import io
 import logging
 import random
 import tarfile
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Protocol, Sequence, Union
 
 import webdataset as wds
+
+from clipkd.errors import DataQualityError
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +33,21 @@ TEXT_KEYS = ("txt", "json")
 
 @dataclass
 class RawSample:
-    """One undecoded record: ``image`` is bytes (shards) or a path (CSV); ``caption`` may be missing."""
+    """One undecoded record: ``image`` is bytes (shards) or a path (CSV); ``caption`` may be missing.
+
+    ``error``: why the record is unusable, when known before decoding; ``pass_index``: the pass it belongs to.
+    """
 
     key: str
     image: Union[bytes, Path, None]
     caption: Optional[str]
     error: Optional[str] = None
+    pass_index: int = 0
+
+    def describe(self) -> str:
+        """Where to find the record: the shard key, or the CSV row and its image path."""
+        text = f"row {self.key}: {self.image}" if isinstance(self.image, Path) else self.key
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")  # printable, whatever the bytes
 
 
 class Source(Protocol):
@@ -47,41 +63,80 @@ def _rng(*parts: int) -> random.Random:
     return random.Random("clipkd:" + ":".join(map(str, parts)))
 
 
-def read_csv_rows(path: Path, separator: str, keys: Sequence[str]) -> list[dict]:
-    """All rows of a CSV/TSV as dicts; clear errors for a missing file or missing columns."""
+def read_csv_rows(path: Path, separator: str, keys: Sequence[str], errors: str = "strict") -> list[dict]:
+    """All rows of a CSV/TSV as dicts; clear errors for a missing file, missing columns or a malformed file.
+
+    ``errors``: how bytes that are not UTF-8 are decoded (``surrogateescape`` keeps them recognisable).
+    """
     if not path.is_file():
         raise FileNotFoundError(f"CSV file not found: {path}")
-    with path.open(newline="", encoding="utf-8") as f:
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # long captions are the tokenizer's business
+    with path.open(newline="", encoding="utf-8", errors=errors) as f:
         reader = csv.DictReader(f, delimiter=separator)
-        missing = [k for k in keys if k not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: column(s) {missing} not found (columns: {reader.fieldnames})")
-        return list(reader)
+        try:
+            missing = [k for k in keys if k not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: column(s) {missing} not found (columns: {reader.fieldnames})")
+            return list(reader)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}, line {reader.line_num}: not a readable CSV ({exc})") from None
+
+
+def _readable(text: str) -> bool:
+    """False for text holding bytes that were not UTF-8 (decoded with ``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _csv_row(row: dict, img_key: str, caption_key: str, root: Path) -> tuple[Optional[Path], Optional[str]]:
+    """(image path or None when the cell is empty/absent, caption or None when absent)."""
+    name = row.get(img_key)
+    return (root / name if name and name.strip() else None), row.get(caption_key)
 
 
 class CsvSource:
-    """CSV/TSV with an image-path column and a caption column; paths relative to ``root`` (or absolute)."""
+    """CSV/TSV with an image-path column and a caption column; paths relative to ``root`` (or absolute).
+
+    Bytes that are not UTF-8 do not stop the read: such a caption makes its row unusable (``bad_caption``).
+    """
 
     def __init__(self, path: Union[str, Path], img_key: str = "filepath", caption_key: str = "title",
                  separator: str = ",", root: Union[str, Path, None] = None):
         self.path = Path(path)
         root = Path(root) if root is not None else self.path.parent
-        rows = read_csv_rows(self.path, separator, (img_key, caption_key))
-        self.rows = [(root / r[img_key], r[caption_key]) for r in rows]
+        rows = read_csv_rows(self.path, separator, (img_key, caption_key), errors="surrogateescape")
+        self.rows = [_csv_row(r, img_key, caption_key, root) for r in rows]
         if not self.rows:
             raise ValueError(f"{self.path}: no rows")
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def records(self) -> Iterator[RawSample]:
+        """Every row once, in file order (no shuffling, no splitting); keys as in :meth:`passes`."""
+        for i in range(len(self.rows)):
+            yield self._sample(i)
+
+    def _sample(self, i: int, pass_index: int = 0) -> RawSample:
+        path, caption = self.rows[i]
+        error = "bad_caption" if caption is not None and not _readable(caption) else None
+        return RawSample(key=str(i), image=path, caption=caption, error=error, pass_index=pass_index)
+
     def passes(self, epoch: int, split: int, num_splits: int, seed: int) -> Iterator[RawSample]:
         n = 0
         while True:
             order = list(range(len(self.rows)))
             _rng(seed, epoch, n).shuffle(order)  # same permutation for every split: splits stay disjoint
-            for i in order[split::num_splits]:
-                path, caption = self.rows[i]
-                yield RawSample(key=str(i), image=path, caption=caption)
+            mine = order[split::num_splits]
+            if not mine:
+                raise DataQualityError(f"{self.path}: no record for loader split {split} of {num_splits}: "
+                                       f"{len(self.rows)} rows cannot be split over {num_splits} loader workers x "
+                                       "processes; use fewer data.workers or processes")
+            for i in mine:
+                yield self._sample(i, n)
             n += 1
 
 
@@ -121,19 +176,23 @@ def _pick(sample: dict[str, Any], keys: Sequence[str]) -> tuple[Optional[str], A
     return None, None
 
 
-def _caption(kind: Optional[str], value: Any) -> Optional[str]:
+def _caption(kind: Optional[str], value: Any) -> tuple[Optional[str], Optional[str]]:
+    """(caption, None), or (None, "bad_caption") for text that is not UTF-8 or JSON that does not parse."""
     if value is None:
-        return None
-    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+        return None, None
+    try:
+        text = value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    except UnicodeDecodeError:
+        return None, "bad_caption"
     if kind == "json":
         import json
 
         try:
             obj = json.loads(text)
         except ValueError:
-            return None
+            return None, "bad_caption"
         text = (obj.get("caption") or obj.get("text") or "") if isinstance(obj, dict) else str(obj)
-    return text
+    return text, None
 
 
 class ShardSource:
@@ -153,7 +212,7 @@ class ShardSource:
         """Every record of every shard once, in shard order (no shuffling, no splitting)."""
         return self._records(self.shards, 0, 1)
 
-    def _records(self, shards: Sequence[str], split: int, stride: int) -> Iterator[RawSample]:
+    def _records(self, shards: Sequence[str], split: int, stride: int, pass_index: int = 0) -> Iterator[RawSample]:
         errors: list[str] = []
 
         def handler(exc: Exception) -> bool:
@@ -162,22 +221,27 @@ class ShardSource:
 
         samples = wds.tariterators.tarfile_samples([{"url": u} for u in shards], handler=handler)
         for i, sample in enumerate(samples):
-            yield from self._errors(errors, split)
+            yield from self._errors(errors, split, pass_index)
             if i % stride != split:
                 continue
             _, image = _pick(sample, IMAGE_KEYS)
-            kind, text = _pick(sample, TEXT_KEYS)
-            yield RawSample(key=f"{sample.get('__url__')}/{sample['__key__']}", image=image, caption=_caption(kind, text))
-        yield from self._errors(errors, split)
+            caption, error = _caption(*_pick(sample, TEXT_KEYS))
+            yield RawSample(key=f"{sample.get('__url__')}/{sample['__key__']}", image=image, caption=caption,
+                            error=error, pass_index=pass_index)
+        yield from self._errors(errors, split, pass_index)
 
     @staticmethod
-    def _errors(errors: list[str], split: int) -> Iterator[RawSample]:
-        """A broken shard (e.g. truncated tar) becomes one counted record, reported by one split only."""
+    def _errors(errors: list[str], split: int, pass_index: int) -> Iterator[RawSample]:
+        """A broken shard (e.g. truncated tar) becomes one counted record, reported by one split only.
+
+        Its key is the error message, which names the shard.
+        """
         while errors:
             message = errors.pop(0)
             log.debug("shard error: %s", message)
             if split == 0:
-                yield RawSample(key="", image=None, caption=None, error="shard_error")
+                yield RawSample(key=message[:300], image=None, caption=None, error="shard_error",
+                                pass_index=pass_index)
 
     def passes(self, epoch: int, split: int, num_splits: int, seed: int) -> Iterator[RawSample]:
         n = 0
@@ -189,7 +253,15 @@ class ShardSource:
                 mine, stride, offset = shards[split::num_splits], 1, 0
             else:  # fewer shards than splits: every split reads all shards, keeps every num_splits-th sample
                 mine, stride, offset = shards, num_splits, split
-            yield from _shuffled(self._records(mine, offset, stride), self.shuffle_buffer, rng)
+            read = 0
+            for record in _shuffled(self._records(mine, offset, stride, n), self.shuffle_buffer, rng):
+                read += 1
+                yield record
+            if not read:
+                raise DataQualityError(
+                    f"a pass over loader split {split} of {num_splits} read no record from {len(mine)} shard(s) "
+                    f"(first: {mine[0]}): empty or unreadable shards, or fewer samples than loader workers x "
+                    "processes; check the training data")
             n += 1
 
 
@@ -207,15 +279,92 @@ def _shuffled(items: Iterator[RawSample], size: int, rng: random.Random) -> Iter
     yield from buf
 
 
+class UnusableImage(ValueError):
+    """An image that cannot be used; ``reason`` is the count it goes to (``missing_file``, ``too_large``...)."""
+
+    def __init__(self, reason: str, what: str, detail: object = ""):
+        super().__init__(f"{what}: {reason.replace('_', ' ')}" + (f" ({detail})" if detail else ""))
+        self.reason = reason
+
+
 def read_image_bytes(image: Union[bytes, Path]) -> bytes:
-    """Bytes of an image, from a shard member or a file."""
-    return image if isinstance(image, bytes) else Path(image).read_bytes()
+    """Bytes of an image, from a shard member or a file; ``UnusableImage`` when there are none."""
+    if isinstance(image, bytes):
+        data = image
+    else:
+        try:
+            data = Path(image).read_bytes()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise UnusableImage("missing_file", str(image), exc.strerror) from None
+        except OSError as exc:
+            raise UnusableImage("unreadable_file", str(image), exc.strerror or exc) from None
+    if not data:
+        raise UnusableImage("empty_file", "image" if isinstance(image, bytes) else str(image))
+    return data
 
 
-def open_image(image: Union[bytes, Path]):
-    """Decode fully into an RGB PIL image; raises on unreadable or truncated data."""
+@contextmanager
+def _pixel_limit(max_pixels: Optional[int]):
+    """PIL's decompression-bomb limit set to ``max_pixels`` (its own default when None), warnings silenced."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(read_image_bytes(image))) as im:
-        im.load()
-        return im.convert("RGB")
+    saved = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode_reason(exc: Exception) -> str:
+    """The skip reason of a decoder failure."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return "too_large"
+    if isinstance(exc, UnidentifiedImageError):
+        return "bad_image"
+    if isinstance(exc, EOFError) or (isinstance(exc, OSError) and "truncat" in str(exc).lower()):
+        return "truncated_image"
+    return "bad_image"
+
+
+def to_rgb(im):
+    """8-bit RGB: 16-bit greyscale scaled (not clipped), transparency composited on white, others converted."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64) * (255.0 / 65535.0)
+        im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def open_image(image: Union[bytes, Path], max_pixels: Optional[int] = None):
+    """Decode fully into an RGB PIL image.
+
+    Raises :class:`UnusableImage` with a ``reason``: ``missing_file``, ``unreadable_file``, ``empty_file``,
+    ``too_large`` (more than ``max_pixels`` pixels, or PIL's own bomb limit when None), ``truncated_image``
+    or ``bad_image``.
+    """
+    from PIL import Image
+
+    data = read_image_bytes(image)
+    what = "image" if isinstance(image, bytes) else str(image)
+    try:
+        with _pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise UnusableImage("too_large", what, f"{im.width}x{im.height} > {max_pixels} pixels")
+            im.load()
+            return to_rgb(im)
+    except UnusableImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: classified, then skipped and counted
+        raise UnusableImage(_decode_reason(exc), what, exc) from None

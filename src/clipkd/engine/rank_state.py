@@ -42,6 +42,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+MAX_EXAMPLES = 5
+
+
 def mask_seed(seed: int, rank: int) -> int:
     """Seed of a rank's MFD mask generator (rank 0: ``seed + 1``, as in a single process)."""
     return seed + 1 + 1_000_003 * rank
@@ -55,22 +58,35 @@ class RankState:
     position: DataPosition = field(default_factory=DataPosition)
     skipped: Counter = field(default_factory=Counter)
     consumed: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)  # first unusable records of each reason
 
     def account(self, info: BatchInfo) -> None:
         """Count a delivered micro-batch: raw records consumed and skipped, and the resume position."""
         self.consumed += info.consumed - self.position.consumed.get(info.split, 0)
         self.skipped.update(info.skipped)
+        for reason, keys in info.examples.items():
+            kept = self.examples.setdefault(reason, [])
+            kept.extend(keys[:MAX_EXAMPLES - len(kept)])
         self.position.advance(info)
+
+    def describe_skips(self) -> str:
+        """``reason: count (e.g. key, key)`` for each reason of this process."""
+        parts = []
+        for reason, count in sorted(self.skipped.items()):
+            seen = self.examples.get(reason)
+            parts.append(f"{reason}: {count}" + (f" (e.g. {', '.join(seen)})" if seen else ""))
+        return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"position": self.position.to_dict(), "mask_gen": self.mask_gen.get_state(), "rng": rng_state(),
-                "skipped": dict(self.skipped), "consumed": self.consumed}
+                "skipped": dict(self.skipped), "consumed": self.consumed, "examples": self.examples}
 
     def load(self, d: dict[str, Any]) -> None:
         self.mask_gen.set_state(d["mask_gen"])
         set_rng_state(d["rng"])
         self.position = DataPosition.from_dict(d["position"])
         self.skipped, self.consumed = Counter(d["skipped"]), int(d["consumed"])
+        self.examples = {k: list(v) for k, v in d.get("examples", {}).items()}
 
 
 def pick_rank_state(state: dict[str, Any], rank: int, world_size: int, workers: int, path: Optional[str]) -> dict:

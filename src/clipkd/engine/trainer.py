@@ -273,9 +273,9 @@ class Trainer:
                                          self.device)
         limit = self.cfg.data.max_skip_fraction
         if (final or consumed >= 100) and bad > limit * consumed:
-            reasons = ", ".join(f"{k}: {v}" for k, v in sorted(self.rank_state.skipped.items()))
             raise DataQualityError(f"{bad:.0f} of {consumed:.0f} records ({bad / consumed:.1%}) were unusable "
-                                   f"(this process: {reasons}), above data.max_skip_fraction={limit}; "
+                                   f"(this process: {self.rank_state.describe_skips()}), above "
+                                   f"data.max_skip_fraction={limit}; "
                                    "check the training data")
         return int(bad)
 
@@ -331,7 +331,7 @@ class Trainer:
         result.nonfinite_steps, result.stopped_by = self.nonfinite_total, self._stopped_by()
         if self.rank_state.skipped:
             log.warning("skipped %d unusable records: %s", sum(self.rank_state.skipped.values()),
-                        dict(self.rank_state.skipped))
+                        self.rank_state.describe_skips())
         return result
 
     def _stopped_by(self) -> Optional[str]:
