@@ -115,8 +115,8 @@ def test_second_signal_exits_at_once(data_dir, tmp_path):
 
 
 # -- non-finite steps -----------------------------------------------------------------------------------------
-def _poisoning(trainer: Trainer, bad_calls: set[int]):
-    """Make the gradient of the given calls of the step (1-based) non-finite, like an overflow would."""
+def _poisoning(trainer: Trainer, bad_calls: set[int], what: str = "grad"):
+    """Make the gradient (or the loss and gradient) of the given calls of the step (1-based) non-finite."""
     real = trainer.grad_step
     calls = {"n": 0}
 
@@ -125,6 +125,8 @@ def _poisoning(trainer: Trainer, bad_calls: set[int]):
         calls["n"] += 1
         if calls["n"] in bad_calls:
             next(p for p in trainer.student.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+            if what == "loss":
+                out = {**out, "loss": torch.tensor(float("nan"))}
         return out
 
     trainer.grad_step = step
@@ -136,23 +138,26 @@ def _snapshot(trainer: Trainer):
              for k, s in trainer.optimizer.state_dict()["state"].items()})
 
 
-def test_nonfinite_step_is_skipped_without_any_change(data_dir, tmp_path):
-    over = base_overrides(tmp_path / "r", data_dir, **{"optim.steps": 4, "distill.recipe": "fd"})
+@pytest.mark.parametrize("precision, what", [("fp32", "grad"), ("bf16", "loss"), ("fp16", "loss")])
+def test_nonfinite_step_is_skipped_without_any_change(precision, what, data_dir, tmp_path):
+    over = base_overrides(tmp_path / "r", data_dir, **{"optim.steps": 4, "distill.recipe": "fd",
+                                                        "precision": precision})
     trainer = Trainer(load_config(None, over))
-    _poisoning(trainer, {3})
+    _poisoning(trainer, {3}, what)
     seen = []
     real_step = trainer.train_step
 
     def recording(batches):
-        before = _snapshot(trainer)
+        before, scale = _snapshot(trainer), trainer.scaler.get_scale() if trainer.scaler.is_enabled() else None
         values = real_step(batches)
-        seen.append((trainer.agreed.nonfinite, before, _snapshot(trainer), trainer.scheduler.last_epoch))
+        seen.append((trainer.agreed.nonfinite, before, _snapshot(trainer), trainer.scheduler.last_epoch,
+                     scale, trainer.scaler.get_scale() if scale is not None else None))
         return values
 
     trainer.train_step = recording
     result = trainer.fit()
     assert result.step == 4 and result.nonfinite_steps == 1 and len(seen) == 5
-    bad, before, after, _ = seen[2]
+    bad, before, after, _, scale_before, scale_after = seen[2]
     assert bad and not any(s[0] for i, s in enumerate(seen) if i != 2)
     for name, tensor in before[0].items():
         assert torch.equal(tensor, after[0][name]), name
@@ -160,6 +165,7 @@ def test_nonfinite_step_is_skipped_without_any_change(data_dir, tmp_path):
         for name, tensor in state.items():
             assert torch.equal(tensor, after[1][key][name])
     assert seen[2][3] == seen[1][3]  # the schedule did not advance
+    assert scale_before == scale_after  # nor did the grad scaler (fp16) back off
     rows = read_metrics(tmp_path / "r", "train")
     assert rows[-1]["train/nonfinite_steps"] == 1
 
