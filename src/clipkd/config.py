@@ -7,19 +7,21 @@ The resolved configuration is saved in the run directory and inside each checkpo
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from clipkd.errors import ConfigError
 from clipkd.losses.combine import validate_weights
-from clipkd.losses.recipes import RECIPES, get_recipe
+from clipkd.losses.recipes import GD_REF_BATCH, GD_REF_DIM, RECIPES, get_recipe, resolve_weights
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # no NaN/inf
 
 
 class ModelConfig(_Strict):
@@ -33,7 +35,8 @@ class ModelConfig(_Strict):
 
 class DistillConfig(_Strict):
     recipe: str = "clipkd"
-    weights: Optional[dict[str, float]] = Field(None, description="replaces the recipe's weights when set")
+    weights: Optional[dict[str, float]] = Field(None, description="replaces the recipe's weights when set; "
+                                                                  "used as given (no GD batch rule)")
     mask_ratio: Optional[float] = Field(None, ge=0.0, lt=1.0, description="replaces the recipe's mask ratio")
     teacher_cache: Optional[str] = Field(None, description="teacher embeddings per sample key (no augmentation)")
 
@@ -49,12 +52,17 @@ class DistillConfig(_Strict):
     def _known_terms(cls, v: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
         return None if v is None else validate_weights(v)
 
-    def resolved(self) -> tuple[dict[str, float], float]:
-        """The loss weights and mask ratio this run uses."""
+    def resolved(self, global_batch: int = GD_REF_BATCH,
+                 teacher_dim: int = GD_REF_DIM) -> tuple[dict[str, float], float]:
+        """The loss weights and mask ratio of a run with this global batch and teacher embedding dim.
+
+        ``weights`` as given when set; else the recipe's, its GD weight ``gd_weight_for(global_batch,
+        teacher_dim)`` (the defaults are the reference N=1024, D=512, where it is ``GD_WEIGHT``).
+        """
         recipe = get_recipe(self.recipe)
-        weights = self.weights if self.weights is not None else recipe.weights
+        weights = resolve_weights(self.recipe, self.weights, global_batch, teacher_dim)
         mask = self.mask_ratio if self.mask_ratio is not None else recipe.mask_ratio
-        return dict(weights), float(mask)
+        return weights, float(mask)
 
 
 class DataConfig(_Strict):
@@ -69,7 +77,9 @@ class DataConfig(_Strict):
     batch_size: int = Field(128, gt=0, description="per process")
     workers: int = Field(2, ge=0)
     crop_scale: Optional[tuple[float, float]] = Field((0.9, 1.0), description="shared random-resized-crop scale")
-    max_skip_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    max_skip_fraction: float = Field(0.1, ge=0.0, le=1.0, description="abort when a larger share of the records "
+                                     "read is unusable (judged from 100 records on, and at each pass end)")
+    max_image_pixels: int = Field(100_000_000, gt=0, description="images with more pixels are skipped (too_large)")
 
     @field_validator("crop_scale")
     @classmethod
@@ -90,6 +100,8 @@ class OptimConfig(_Strict):
     steps: Optional[int] = Field(None, gt=0, description="total optimizer steps; overrides epochs")
     accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step, exact (GradCache): global "
                                                   "batch = data.batch_size x accum_steps x processes")
+    max_nonfinite_steps: int = Field(10, ge=1, description="stop after this many consecutive optimizer steps "
+                                                           "skipped for a non-finite loss or gradient")
 
     @field_validator("betas")
     @classmethod
@@ -156,7 +168,8 @@ class BenchmarkSpec(_Strict):
 class EvalConfig(_Strict):
     every_steps: Optional[int] = Field(None, gt=0, description="also runs at the end when any eval is configured")
     val_data: Optional[DataConfig] = Field(None, description="held-out pairs for the distillation val loss")
-    val_batches: int = Field(10, gt=0)
+    val_batches: Optional[int] = Field(None, gt=0, description="at most this many held-out batches; "
+                                                               "null = every held-out pair once")
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="zero-shot / retrieval benchmarks")
 
 
@@ -183,30 +196,188 @@ class TrainConfig(_Strict):
         return self
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], base: Union[str, Path, None] = None
+                    ) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict, in place.
+
+    A numeric part indexes a list (``eval.benchmarks.0.root=...``). With ``base``, relative paths in the
+    values of path fields are resolved against it (the command line's working folder).
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key.path=value")
-        key, value = item.split("=", 1)
-        node = raw
+        key, text = item.split("=", 1)
         parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(exc)})") from None
+        if base is not None:
+            value = _resolve_override(parts, value, Path(base))
+        node: Any = raw
         for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{key}': '{part}' is not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(value)
+            node = _child(node, part, key)
+        _assign(node, parts[-1], value, key)
     return raw
 
 
-def _format(err: ValidationError) -> str:
-    lines = []
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    problem = getattr(exc, "problem", None)
+    return f"{problem}; quote values with brackets, braces or colons" if problem else str(exc).splitlines()[0]
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override '{key}': '{part}' is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def _child(node: Any, part: str, key: str) -> Any:
+    """The section ``part`` of ``node`` (created when missing), for an override."""
+    child = node[_index(node, part, key)] if isinstance(node, list) else node.setdefault(part, {})
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"override '{key}': '{part}' is not a section")
+    return child
+
+
+def _assign(node: Any, part: str, value: Any, key: str) -> None:
+    if isinstance(node, list):
+        node[_index(node, part, key)] = value
+    else:
+        node[part] = value
+
+
+# -- paths ---------------------------------------------------------------------------------------------------
+# Relative paths in a config file are relative to the file's folder; relative paths given on the command line
+# are relative to the working folder. Both are made absolute at load time, so a run's saved config.yaml works
+# from anywhere (``clipkd eval --run``, ``--resume``).
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".pth.tar")
+LIST_KEYWORDS = ("imagenet", "imagenet-simple")  # classnames / templates that name built-in lists
+
+
+def _abs(value: str, base: Path) -> str:
+    """``value`` as an absolute, normalised path (``~`` expanded; relative to ``base``)."""
+    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _is_url(value: str) -> bool:
+    return value.startswith("pipe:") or "://" in value
+
+
+def _path(value: Any, base: Path) -> Any:
+    return _abs(value, base) if isinstance(value, str) and value else value
+
+
+def _urls(value: Any, base: Path) -> Any:
+    """Shard URLs (brace patterns, ``::`` lists or a list) or a file: local paths resolved, URLs kept."""
+    if isinstance(value, list):
+        return [_urls(v, base) for v in value]
+    if not isinstance(value, str) or not value:
+        return value
+    return "::".join(u if not u or _is_url(u) else _abs(u, base) for u in value.split("::"))
+
+
+def _model(value: Any, base: Path) -> Any:
+    """A model-config JSON path or ``local-dir:`` folder is resolved; a model name is kept."""
+    if isinstance(value, str) and value.startswith("local-dir:"):
+        return "local-dir:" + _abs(value[len("local-dir:"):], base)
+    return _abs(value, base) if isinstance(value, str) and value.endswith(".json") else value
+
+
+def _pretrained(value: Any, base: Path) -> Any:
+    """A checkpoint path is resolved; a pretrained tag (``laion2b_s34b_b88k``) or hub name is kept.
+
+    A path: ends with a weight suffix, or contains ``/`` or ``.`` and exists relative to ``base``.
+    """
+    if not isinstance(value, str) or not value or value.startswith("hf-hub:") or _is_url(value):
+        return value
+    resolved = _abs(value, base)
+    if value.lower().endswith(WEIGHT_SUFFIXES) or (("/" in value or "." in value) and os.path.exists(resolved)):
+        return resolved
+    return value
+
+
+def _list_file(value: Any, base: Path) -> Any:
+    return value if value in LIST_KEYWORDS else _path(value, base)
+
+
+_PATH_FIELDS: tuple[tuple[str, Callable[[Any, Path], Any]], ...] = (
+    ("run_dir", _path),
+    ("teacher.model", _model), ("student.model", _model),
+    ("teacher.pretrained", _pretrained), ("student.pretrained", _pretrained),
+    ("distill.teacher_cache", _path),
+    ("data.train", _urls), ("data.root", _path),
+    ("eval.val_data.train", _urls), ("eval.val_data.root", _path),
+    ("eval.benchmarks.*.path", _urls), ("eval.benchmarks.*.root", _path),
+    ("eval.benchmarks.*.classnames", _list_file), ("eval.benchmarks.*.templates", _list_file),
+)
+
+
+def _visit(node: Any, parts: Sequence[str], fn: Callable[[Any, Path], Any], base: Path) -> None:
+    """Replace the value at ``parts`` (``*``: every list item or mapping value) by ``fn(value, base)``."""
+    if isinstance(node, list) and parts and parts[0] == "*":
+        keys: Sequence[Any] = range(len(node))
+    elif isinstance(node, dict) and parts:
+        keys = list(node) if parts[0] == "*" else [parts[0]] if parts[0] in node else []
+    else:
+        return
+    for k in keys:
+        if len(parts) == 1:
+            node[k] = fn(node[k], base)
+        else:
+            _visit(node[k], parts[1:], fn, base)
+
+
+def resolve_paths(raw: dict[str, Any], base: Union[str, Path]) -> dict[str, Any]:
+    """Make every relative path of a raw (unvalidated) config absolute against ``base``, in place."""
+    for dotted, fn in _PATH_FIELDS:
+        _visit(raw, dotted.split("."), fn, Path(base))
+    return raw
+
+
+def _resolve_override(parts: Sequence[str], value: Any, base: Path) -> Any:
+    """The value of one override with its paths resolved (it may set a field, a section or a list)."""
+    nested: Any = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    resolve_paths(nested, base)
+    for part in parts:
+        nested = nested[part]
+    return nested
+
+
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[\w-]+\[.*\])$")  # pydantic's union-member loc parts
+
+
+def _error_line(e: Any) -> tuple[str, str]:
+    """(dotted field, message) of one pydantic error, without union-member tags in the field."""
+    parts = list(e["loc"])
+    if e["type"] != "extra_forbidden":
+        parts = [p for p in parts if not (isinstance(p, str) and _UNION_TAG.match(p))]
+    msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+    if e["type"] == "missing" and parts and isinstance(parts[-1], int):
+        msg, parts = f"too few items (item {parts[-1]} is missing)", parts[:-1]
+    return ".".join(str(p) for p in parts), msg
+
+
+def error_lines(err: ValidationError) -> list[tuple[str, str]]:
+    """``(dotted field, message)`` per offending field ("" = the object itself); union alternatives joined."""
+    by_field: dict[str, list[str]] = {}
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "invalid config:\n" + "\n".join(lines)
+        field, msg = _error_line(e)
+        if msg not in by_field.setdefault(field, []):
+            by_field[field].append(msg)
+    out = []
+    for field, msgs in by_field.items():
+        head, *rest = msgs
+        out.append((field, " or ".join([head, *(m.removeprefix("Input should be ") for m in rest)])))
+    return out
+
+
+def _format(err: ValidationError) -> str:
+    """One line per offending field."""
+    return "invalid config:\n" + "\n".join(f"  {field or '(top level)'}: {msg}" for field, msg in error_lines(err))
 
 
 def validate_config(raw: dict[str, Any]) -> TrainConfig:
@@ -218,7 +389,11 @@ def validate_config(raw: dict[str, Any]) -> TrainConfig:
 
 
 def load_config(path: Union[str, Path, None], overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML file (or start empty), apply overrides, validate."""
+    """Read a YAML file (or start empty), apply overrides, validate.
+
+    Relative paths from the file are resolved against the file's folder, those from overrides against the
+    working folder; the config holds absolute paths.
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -230,9 +405,13 @@ def load_config(path: Union[str, Path, None], overrides: Sequence[str] = ()) -> 
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    return validate_config(apply_overrides(raw, overrides))
+        resolve_paths(raw, Path(os.path.abspath(path)).parent)
+    return validate_config(apply_overrides(raw, overrides, base=Path.cwd()))
 
 
 def dump_config(cfg: TrainConfig) -> str:
-    """The resolved configuration as YAML."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved configuration as YAML, with absolute paths (a relative one is taken from the working folder).
+
+    Configs from :func:`load_config` already hold absolute paths; one validated from a dict in code may not.
+    """
+    return yaml.safe_dump(resolve_paths(cfg.model_dump(mode="json"), Path.cwd()), sort_keys=False)

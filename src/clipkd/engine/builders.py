@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
-from clipkd.config import DataConfig, ModelConfig, TrainConfig
+from clipkd.config import LIST_KEYWORDS, WEIGHT_SUFFIXES, BenchmarkSpec, DataConfig, ModelConfig, TrainConfig
 from clipkd.data.sources import CsvSource, ShardSource, Source, expand_shards
 from clipkd.data.stream import DistillStream
 from clipkd.data.views import PairedViews
 from clipkd.distill import Distiller, build_distiller
 from clipkd.models.encoders import ClipEncoder
 from clipkd.errors import ConfigError
-from clipkd.models.factory import create_encoder, known_model
+from clipkd.models.factory import COMPOSITE_MODELS, create_encoder, known_model
+from clipkd.models.shapes import (ArchitectureError, Shapes, checkpoint_shapes, expected_shapes, fit_problem,
+                                  model_config_problem, pretrained_tag_problem)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -26,36 +29,141 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
-def _check_model(field: str, mc: ModelConfig) -> list[str]:
-    name = mc.model
+def _check_model_name(field: str, name: str) -> list[str]:
     if name.endswith(".json"):
-        return [] if Path(name).is_file() else [f"{field}.model: model config file not found: {name}"]
+        if not Path(name).is_file():
+            return [f"{field}: model config file not found: {name}"]
+        problem = model_config_problem(name)
+        return [f"{field}: {problem}"] if problem else []
     if known_model(name):
         return []
-    return [f"{field}.model: unknown model '{name}' (see `clipkd models`)"]
+    return [f"{field}: unknown model '{name}' (see `clipkd models`)"]
 
 
-def _check_data(field: str, dc: DataConfig) -> list[str]:
-    if dc.format == "csv":
-        return [] if Path(str(dc.train)).is_file() else [f"{field}.train: CSV file not found: {dc.train}"]
+def _check_pretrained(field: str, model: str, pretrained: str, expected: Optional[Shapes]) -> list[str]:
+    """A checkpoint file that loads into ``model`` (names and shapes), or a pretrained tag that can be fetched."""
+    if model in COMPOSITE_MODELS:  # the LiT teacher: `pretrained` holds its trained heads only
+        return [] if Path(pretrained).is_file() else [f"{field}: heads file not found: {pretrained}"]
+    if model.startswith(("hf-hub:", "local-dir:")):
+        return []  # open_clip takes these weights from the hub repository or the folder, not from `pretrained`
+    if Path(pretrained).is_file():
+        try:
+            found = checkpoint_shapes(pretrained)
+        except ValueError as exc:
+            return [f"{field}: {exc}"]
+        problem = fit_problem(expected, found) if expected is not None else None
+        return [f"{field}: {pretrained} does not fit the {model} architecture ({problem})"] if problem else []
+    if "/" in pretrained or pretrained.lower().endswith(WEIGHT_SUFFIXES):
+        return [f"{field}: checkpoint file not found: {pretrained}"]
+    problem = pretrained_tag_problem(model, pretrained, field)
+    return [f"{field}: {problem}"] if problem else []
+
+
+def check_model(field: str, model: str, pretrained: Optional[str], pretrained_field: str) -> list[str]:
+    """Problems with a model name or config and its weights, found without building the model.
+
+    ``field`` / ``pretrained_field`` name the settings in the messages (``teacher.model``, ``--pretrained``).
+    """
+    problems = _check_model_name(field, model)
+    if problems or not (pretrained or model.endswith(".json")):
+        return problems
     try:
-        shards = expand_shards(dc.train)
+        expected = expected_shapes(model)  # on the meta device: no memory, about a second at most
+    except ArchitectureError as exc:
+        return [f"{field}: {model}: {exc}"]
+    return _check_pretrained(pretrained_field, model, pretrained, expected) if pretrained else []
+
+
+def _check_csv(field: str, path: str, separator: str, columns: dict[str, str]) -> list[str]:
+    """A CSV/TSV file whose header holds ``columns`` (``{setting: column}``)."""
+    if not Path(path).is_file():
+        return [f"{field}: CSV file not found: {path}"]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f, delimiter=separator), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return [f"{field}: cannot read {path} as CSV: {exc}"]
+    missing = {k: c for k, c in columns.items() if c not in header}
+    if not missing:
+        return []
+    wanted = ", ".join(f"'{c}' ({k})" for k, c in missing.items())
+    return [f"{field}: {path} has no column {wanted}; its columns (separator {separator!r}): {header}"]
+
+
+def _check_shards(field: str, urls: Union[str, list[str]]) -> list[str]:
+    try:
+        shards = expand_shards(urls)
     except ValueError as exc:
-        return [f"{field}.train: {exc}"]
+        return [f"{field}: {exc}"]
     local = [s for s in shards if "://" not in s and not s.startswith("pipe:")]
     missing = [s for s in local if not Path(s).is_file()]
-    return [f"{field}.train: {len(missing)} of {len(shards)} shards not found (first: {missing[0]})"] if missing else []
+    return [f"{field}: {len(missing)} of {len(shards)} shards not found (first: {missing[0]})"] if missing else []
+
+
+def _check_dir(field: str, path: Optional[str]) -> list[str]:
+    return [] if path is None or Path(path).is_dir() else [f"{field}: folder not found: {path}"]
+
+
+def check_data(field: str, dc: DataConfig, train_name: Optional[str] = None) -> list[str]:
+    """Problems with a data section's files (shards, CSV and its columns, image root).
+
+    ``train_name`` names the data in messages instead of ``<field>.train`` (e.g. ``--pairs``).
+    """
+    train = train_name or f"{field}.train"
+    if dc.format == "webdataset":
+        return _check_shards(train, dc.train)
+    if not isinstance(dc.train, str):
+        return [f"{train}: a CSV source takes one file path, got a list"]
+    columns = {f"{field}.csv_img_key": dc.csv_img_key, f"{field}.csv_caption_key": dc.csv_caption_key}
+    return _check_csv(train, dc.train, dc.csv_separator, columns) + _check_dir(f"{field}.root", dc.root)
+
+
+def _check_list_file(field: str, value: Optional[str]) -> list[str]:
+    if value is None or value in LIST_KEYWORDS or Path(value).is_file():
+        return []
+    return [f"{field}: file not found: {value} (or use one of {', '.join(LIST_KEYWORDS)})"]
+
+
+def check_benchmark(field: str, spec: BenchmarkSpec, names: Optional[dict[str, str]] = None) -> list[str]:
+    """Problems with a benchmark's data paths, CSV columns, class-name and template files.
+
+    Messages name ``<field>.<key>``, or ``names[key]`` where given (e.g. the command-line flag).
+    """
+    def name(key: str) -> str:
+        return (names or {}).get(key, f"{field}.{key}")
+
+    path = spec.path
+    if spec.format == "webdataset":
+        problems = _check_shards(name("path"), path)
+    elif not isinstance(path, str):
+        problems = [f"{name('path')}: format '{spec.format}' takes one path, got a list"]
+    elif spec.format == "folder":
+        problems = _check_dir(name("path"), path)
+    elif spec.format == "csv":
+        second = "label_key" if spec.task == "zeroshot" else "caption_key"
+        columns = {name("image_key"): spec.image_key, name(second): getattr(spec, second)}
+        problems = _check_csv(name("path"), path, spec.separator, columns)
+    else:
+        problems = [] if Path(path).is_file() else [f"{name('path')}: Karpathy split file not found: {path}"]
+    problems += _check_dir(name("root"), spec.root)
+    return problems + _check_list_file(name("classnames"), spec.classnames) + \
+        _check_list_file(name("templates"), spec.templates)
 
 
 def preflight(cfg: TrainConfig) -> None:
-    """Checks that need the filesystem or the model registry, before anything is built or loaded."""
-    problems = _check_model("teacher", cfg.teacher) + _check_model("student", cfg.student)
-    problems += _check_data("data", cfg.data)
+    """Checks that need the filesystem, the model registry or checkpoint headers, before anything is built.
+
+    Model configs are parsed, checkpoints are compared by tensor names and shapes with the architecture built
+    on the meta device, pretrained tags are fetched (or found in the cache), data files and CSV columns exist.
+    """
+    problems: list[str] = []
+    for side, mc in (("teacher", cfg.teacher), ("student", cfg.student)):
+        problems += check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")
+    problems += check_data("data", cfg.data)
     if cfg.eval.val_data is not None:
-        problems += _check_data("eval.val_data", cfg.eval.val_data)
-    for field, mc in (("teacher", cfg.teacher), ("student", cfg.student)):
-        if mc.pretrained and ("/" in mc.pretrained or "." in mc.pretrained) and not Path(mc.pretrained).is_file():
-            problems.append(f"{field}.pretrained: checkpoint file not found: {mc.pretrained}")
+        problems += check_data("eval.val_data", cfg.eval.val_data)
+    for i, spec in enumerate(cfg.eval.benchmarks):
+        problems += check_benchmark(f"eval.benchmarks.{i}", spec)
     if cfg.distill.teacher_cache and not Path(cfg.distill.teacher_cache).is_file():
         problems.append(f"distill.teacher_cache: file not found: {cfg.distill.teacher_cache}")
     if problems:
@@ -66,12 +174,21 @@ def build_encoder(mc: ModelConfig) -> ClipEncoder:
     return create_encoder(mc.model, mc.pretrained, image_mean=mc.image_mean, image_std=mc.image_std)
 
 
-def build_distiller_from_config(cfg: TrainConfig) -> Distiller:
-    """Teacher (frozen) and student (with the heads the configured terms need)."""
-    weights, mask_ratio = cfg.distill.resolved()
+def global_batch_size(cfg: TrainConfig, world_size: int = 1) -> int:
+    """Pairs per optimizer step over all processes: data.batch_size x optim.accum_steps x ``world_size``."""
+    return cfg.data.batch_size * cfg.optim.accum_steps * world_size
+
+
+def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1) -> Distiller:
+    """Teacher (frozen) and student (with the heads the configured terms need).
+
+    ``world_size``: the number of training processes; a recipe's GD weight follows the global batch
+    (:func:`global_batch_size`) and the teacher's embedding dim.
+    """
     torch.manual_seed(cfg.seed)  # identical initialisation for the same seed (and on every rank)
     teacher = build_encoder(cfg.teacher)
     student = build_encoder(cfg.student)
+    weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), teacher.embed_dim)
     return build_distiller(student, teacher, weights, mask_ratio)
 
 
@@ -88,4 +205,5 @@ def build_stream(dc: DataConfig, distiller: Distiller, seed: int, augment: bool 
     """The batch stream for one process, each side with its own views and tokenizer."""
     views = PairedViews(distiller.student.encoder, distiller.teacher.encoder, dc.crop_scale if augment else None)
     return DistillStream(build_source(dc), views, dc.batch_size, seed=seed, rank=rank, world_size=world_size,
-                         workers=dc.workers, augment=augment, batches_per_split=batches_per_split)
+                         workers=dc.workers, augment=augment, batches_per_split=batches_per_split,
+                         max_skip_fraction=dc.max_skip_fraction, max_image_pixels=dc.max_image_pixels)
