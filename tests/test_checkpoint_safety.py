@@ -1,6 +1,5 @@
 """Checkpoints never run planted code, never lose the newest write, and refuse corrupt files by name."""
 
-import json
 import os
 import re
 from pathlib import Path

@@ -1,6 +1,7 @@
 """The embedded demo: the LiT teacher, the teacher cache, and the quick demo end to end."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,8 @@ def test_teacher_cache_refuses_augmentation():
             "data.train=x.csv", "optim.steps=3", "distill.teacher_cache=c.safetensors"]
     with pytest.raises(ConfigError, match="crop_scale: null"):
         load_config(None, base)
-    assert load_config(None, base + ["data.crop_scale=null"]).distill.teacher_cache == "c.safetensors"
+    cache = load_config(None, base + ["data.crop_scale=null"]).distill.teacher_cache
+    assert cache == str(Path.cwd() / "c.safetensors")  # command-line paths: relative to the working folder
 
 
 def test_lit_teacher_is_heterogeneous_and_frozen():

@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from clipkd.config_paths import resolve_override, resolve_paths
 from clipkd.errors import ConfigError
 from clipkd.losses.combine import validate_weights
 from clipkd.losses.recipes import GD_REF_BATCH, GD_REF_DIM, RECIPES, get_recipe, resolve_weights
@@ -213,7 +214,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], base: Union[s
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(exc)})") from None
         if base is not None:
-            value = _resolve_override(parts, value, Path(base))
+            value = resolve_override(parts, value, Path(base))
         node: Any = raw
         for part in parts[:-1]:
             node = _child(node, part, key)
@@ -245,106 +246,6 @@ def _assign(node: Any, part: str, value: Any, key: str) -> None:
         node[_index(node, part, key)] = value
     else:
         node[part] = value
-
-
-# -- paths ---------------------------------------------------------------------------------------------------
-# Relative paths in a config file are relative to the file's folder; relative paths given on the command line
-# are relative to the working folder. Both are made absolute at load time, so a run's saved config.yaml works
-# from anywhere (``clipkd eval --run``, ``--resume``).
-
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".pth.tar")
-LIST_KEYWORDS = ("imagenet", "imagenet-simple")  # classnames / templates that name built-in lists
-
-
-def _abs(value: str, base: Path) -> str:
-    """``value`` as an absolute, normalised path (``~`` expanded; relative to ``base``)."""
-    return os.path.abspath(os.path.join(base, os.path.expanduser(value)))
-
-
-def _is_url(value: str) -> bool:
-    return value.startswith("pipe:") or "://" in value
-
-
-def _path(value: Any, base: Path) -> Any:
-    return _abs(value, base) if isinstance(value, str) and value else value
-
-
-def _urls(value: Any, base: Path) -> Any:
-    """Shard URLs (brace patterns, ``::`` lists or a list) or a file: local paths resolved, URLs kept."""
-    if isinstance(value, list):
-        return [_urls(v, base) for v in value]
-    if not isinstance(value, str) or not value:
-        return value
-    return "::".join(u if not u or _is_url(u) else _abs(u, base) for u in value.split("::"))
-
-
-def _model(value: Any, base: Path) -> Any:
-    """A model-config JSON path or ``local-dir:`` folder is resolved; a model name is kept."""
-    if isinstance(value, str) and value.startswith("local-dir:"):
-        return "local-dir:" + _abs(value[len("local-dir:"):], base)
-    return _abs(value, base) if isinstance(value, str) and value.endswith(".json") else value
-
-
-def _pretrained(value: Any, base: Path) -> Any:
-    """A checkpoint path is resolved; a pretrained tag (``laion2b_s34b_b88k``) or hub name is kept.
-
-    A path: ends with a weight suffix, or contains ``/`` or ``.`` and exists relative to ``base``.
-    """
-    if not isinstance(value, str) or not value or value.startswith("hf-hub:") or _is_url(value):
-        return value
-    resolved = _abs(value, base)
-    if value.lower().endswith(WEIGHT_SUFFIXES) or (("/" in value or "." in value) and os.path.exists(resolved)):
-        return resolved
-    return value
-
-
-def _list_file(value: Any, base: Path) -> Any:
-    return value if value in LIST_KEYWORDS else _path(value, base)
-
-
-_PATH_FIELDS: tuple[tuple[str, Callable[[Any, Path], Any]], ...] = (
-    ("run_dir", _path),
-    ("teacher.model", _model), ("student.model", _model),
-    ("teacher.pretrained", _pretrained), ("student.pretrained", _pretrained),
-    ("distill.teacher_cache", _path),
-    ("data.train", _urls), ("data.root", _path),
-    ("eval.val_data.train", _urls), ("eval.val_data.root", _path),
-    ("eval.benchmarks.*.path", _urls), ("eval.benchmarks.*.root", _path),
-    ("eval.benchmarks.*.classnames", _list_file), ("eval.benchmarks.*.templates", _list_file),
-)
-
-
-def _visit(node: Any, parts: Sequence[str], fn: Callable[[Any, Path], Any], base: Path) -> None:
-    """Replace the value at ``parts`` (``*``: every list item or mapping value) by ``fn(value, base)``."""
-    if isinstance(node, list) and parts and parts[0] == "*":
-        keys: Sequence[Any] = range(len(node))
-    elif isinstance(node, dict) and parts:
-        keys = list(node) if parts[0] == "*" else [parts[0]] if parts[0] in node else []
-    else:
-        return
-    for k in keys:
-        if len(parts) == 1:
-            node[k] = fn(node[k], base)
-        else:
-            _visit(node[k], parts[1:], fn, base)
-
-
-def resolve_paths(raw: dict[str, Any], base: Union[str, Path]) -> dict[str, Any]:
-    """Make every relative path of a raw (unvalidated) config absolute against ``base``, in place."""
-    for dotted, fn in _PATH_FIELDS:
-        _visit(raw, dotted.split("."), fn, Path(base))
-    return raw
-
-
-def _resolve_override(parts: Sequence[str], value: Any, base: Path) -> Any:
-    """The value of one override with its paths resolved (it may set a field, a section or a list)."""
-    nested: Any = value
-    for part in reversed(parts):
-        nested = {part: nested}
-    resolve_paths(nested, base)
-    for part in parts:
-        nested = nested[part]
-    return nested
 
 
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[\w-]+\[.*\])$")  # pydantic's union-member loc parts

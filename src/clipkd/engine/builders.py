@@ -8,7 +8,8 @@ from typing import Optional, Union
 
 import torch
 
-from clipkd.config import LIST_KEYWORDS, WEIGHT_SUFFIXES, BenchmarkSpec, DataConfig, ModelConfig, TrainConfig
+from clipkd.config import BenchmarkSpec, DataConfig, ModelConfig, TrainConfig
+from clipkd.config_paths import LIST_KEYWORDS, WEIGHT_SUFFIXES
 from clipkd.data.sources import CsvSource, ShardSource, Source, expand_shards
 from clipkd.data.stream import DistillStream
 from clipkd.data.views import PairedViews

@@ -225,13 +225,18 @@ def load_state(path: Path) -> dict[str, Any]:
             f"{str(exc).splitlines()[0]}") from None
 
 
-def load_checkpoint(path: Path, student: torch.nn.Module) -> dict[str, Any]:
-    """Load the student's weights (strict) and return the training state."""
-    state = load_state(path)
+def load_student(path: Path, student: torch.nn.Module) -> None:
+    """Load checkpoint ``path``'s student weights into ``student`` (strict, with a clear message)."""
     missing, unexpected = student.load_state_dict(load_file(str(path / STUDENT_FILE)), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path}: student does not match (missing {missing[:5]}, unexpected {unexpected[:5]}); "
                          "was it written with another student model or recipe?")
+
+
+def load_checkpoint(path: Path, student: torch.nn.Module) -> dict[str, Any]:
+    """Load the student's weights (strict) and return the training state."""
+    state = load_state(path)
+    load_student(path, student)
     return state
 
 

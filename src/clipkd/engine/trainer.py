@@ -184,9 +184,10 @@ class Trainer:
             if self.env.is_main:
                 truncate_metrics(self.run_dir, 0)  # rows of a run that never checkpointed: logged anew
             return
-        self._check_config(path)
-        state = ckpt.load_checkpoint(path, self.student)
+        state = ckpt.load_state(path)
         mine = pick_rank_state(state, self.env.rank, self.env.world_size, self.cfg.data.workers, str(path))
+        self._check_config(path)
+        ckpt.load_student(path, self.student)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

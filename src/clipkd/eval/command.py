@@ -11,7 +11,8 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from clipkd.config import BenchmarkSpec, DataConfig, TrainConfig, error_lines, resolve_paths
+from clipkd.config import BenchmarkSpec, DataConfig, TrainConfig, error_lines
+from clipkd.config_paths import resolve_paths
 from clipkd.errors import ConfigError
 
 
