@@ -153,6 +153,7 @@ def test_training_runs_benchmarks_and_diagnostics_then_eval_run_dir(colour_folde
     for key in ("loss", "fd", "image_cka", "text_cka", "similarity_kl", "image_cosine", "text_cosine"):
         assert f"eval/val/{key}" in val_rows[-1], key
     assert -1.0 <= val_rows[-1]["eval/val/image_cosine"] <= 1.0
+    assert val_rows[-1]["eval/val/pairs"] == 32 and val_rows[-1]["eval/val/skipped"] == 0  # 2 batches of 16
     # the run directory evaluates as a model: student from the latest checkpoint, or the teacher
     out = tmp_path / "res"
     assert main(["eval", "--run", str(run), "--zeroshot", f"folder:{colour_folder}", "--out", str(out),

@@ -15,11 +15,12 @@ def brute_force(image_emb, text_emb, text_to_image, ks):
         return sum(a * b for a, b in zip(u, v))
 
     scores = [[dot(t, i) for i in imgs] for t in txts]  # [T][I]
-    t_ranks = [sum(s > row[t2i[t]] for s in row) for t, row in enumerate(scores)]
+    # pessimistic ranks: every WRONG candidate scoring at least as high as the best right one counts
+    t_ranks = [sum(s >= row[t2i[t]] for j, s in enumerate(row) if j != t2i[t]) for t, row in enumerate(scores)]
     i_ranks = []
     for i in range(len(imgs)):
         best = max(scores[t][i] for t in range(len(txts)) if t2i[t] == i)
-        i_ranks.append(sum(scores[t][i] > best for t in range(len(txts)) if t2i[t] != i))
+        i_ranks.append(sum(scores[t][i] >= best for t in range(len(txts)) if t2i[t] != i))
     out = {}
     for k in ks:
         out[f"image_retrieval_recall@{k}"] = sum(r < k for r in t_ranks) / len(t_ranks)
@@ -107,13 +108,61 @@ def test_image_to_text_uses_best_own_caption():
     assert got["image_retrieval_recall@2"] == 1.0
 
 
-def test_ties_count_in_query_favour():
+def test_ties_count_against_the_query():
     images = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # images 0 and 1 identical
     texts = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # captions 0 and 1 identical
     t2i = torch.tensor([0, 1, 2])
-    got = retrieval_recall(images, texts, t2i, ks=(1,))
-    assert got["image_retrieval_recall@1"] == 1.0
-    assert got["text_retrieval_recall@1"] == 1.0
+    got = retrieval_recall(images, texts, t2i, ks=(1, 2))
+    # captions 0 and 1 each tie with the other image; image 0 and 1 each tie with the other caption
+    assert got["image_retrieval_recall@1"] == pytest.approx(1 / 3)
+    assert got["text_retrieval_recall@1"] == pytest.approx(1 / 3)
+    assert got["image_retrieval_recall@2"] == 1.0  # one tied wrong candidate < K=2
+    assert got["text_retrieval_recall@2"] == 1.0
+
+
+def _chance_recall(n_candidates_wrong: int, k: int) -> float:
+    """All scores equal: every wrong candidate ties with the right one, so success iff wrong < K."""
+    return 1.0 if n_candidates_wrong < k else 0.0
+
+
+@pytest.mark.parametrize("collapsed", ["text", "image"])
+def test_collapsed_tower_scores_chance(collapsed):
+    n_img, dim = 10, 6
+    g = torch.Generator().manual_seed(7)
+    images = F.normalize(torch.randn(n_img, dim, generator=g, dtype=torch.float64), dim=1)
+    t2i = torch.arange(n_img)
+    texts = images.clone()
+    if collapsed == "text":  # every caption the same embedding: all captions tie for every image
+        texts = images[:1].expand(n_img, dim).clone()
+    else:  # every image the same embedding: all images tie for every caption
+        images = texts[:1].expand(n_img, dim).clone()
+    ks = (1, 5, 9, 10)
+    got = retrieval_recall(images, texts, t2i, ks=ks)
+    for k in ks:
+        want = _chance_recall(n_img - 1, k)  # one right candidate among n_img, the other n_img - 1 tie
+        if collapsed == "text":
+            assert got[f"text_retrieval_recall@{k}"] == want, k
+        else:
+            assert got[f"image_retrieval_recall@{k}"] == want, k
+    assert got == pytest.approx(brute_force(images, texts, t2i, ks), abs=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 1000])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_deliberate_ties_match_brute_force(chunk, seed):
+    """Embeddings on a coarse integer grid: many exact score ties, incl. identical captions/images."""
+    g = torch.Generator().manual_seed(seed)
+    n_img = 15
+    counts = torch.randint(1, 4, (n_img,), generator=g)
+    t2i = torch.repeat_interleave(torch.arange(n_img), counts)
+    t2i = t2i[torch.randperm(t2i.numel(), generator=g)]
+    images = torch.randint(0, 2, (n_img, 3), generator=g).double()  # few distinct rows: duplicates
+    texts = torch.randint(0, 2, (t2i.numel(), 3), generator=g).double()
+    ks = (1, 2, 5)
+    got = retrieval_recall(images, texts, t2i, ks=ks, chunk=chunk)
+    want = brute_force(images, texts, t2i, ks)
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-12), key
 
 
 def test_bfloat16_input_is_upcast():

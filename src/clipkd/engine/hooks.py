@@ -1,18 +1,22 @@
 """Evaluation hooks: called every ``eval.every_steps`` and at the end; their metrics are logged as ``eval/*``.
 
 A hook is any callable ``hook(distiller, step) -> {name: value}`` with a ``name``. The trainer puts the
-student in eval mode around the call and back to train mode after. Zero-shot and retrieval benchmarks
-(:class:`clipkd.eval.runner.BenchmarkHook`) and the held-out loss + diagnostics below plug in here.
+student in eval mode around the call and back to train mode after; the built-in hooks also switch to eval
+mode themselves, so they give the same figures outside the trainer (``clipkd eval --diagnostics``).
+Zero-shot and retrieval benchmarks (:class:`clipkd.eval.runner.BenchmarkHook`) and the held-out loss +
+diagnostics below plug in here.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 
-from clipkd.data.stream import DataPosition, DistillStream, make_loader
+from clipkd.config import DataConfig
+from clipkd.data.heldout import HeldOutPairs
+from clipkd.data.views import PairedViews
 from clipkd.distill import Distiller
 from clipkd.eval.diagnostics import linear_cka, mean_cosine, similarity_kl
 
@@ -42,34 +46,60 @@ def embedding_diagnostics(parts: dict[str, torch.Tensor], s_scale: float, t_scal
 
 
 class ValLossHook:
-    """On held-out pairs (no masking, no augmentation): the mean of every active loss term and the total,
-    plus the teacher-student diagnostics of :func:`embedding_diagnostics`."""
+    """On held-out pairs (no masking, no augmentation): every active loss term and the total, plus the
+    teacher-student diagnostics of :func:`embedding_diagnostics`, ``pairs`` (held-out pairs evaluated) and
+    ``skipped`` (unusable held-out records).
+
+    The student runs in eval mode (BatchNorm running statistics, no dropout) whatever mode it is in; its
+    previous mode is restored afterwards. Each held-out pair is seen exactly once, in the source's order,
+    the last batch partial (:class:`~clipkd.data.heldout.HeldOutPairs`). A loss term's value is its mean over
+    batches weighted by batch size (``sum_b n_b * term_b / sum_b n_b``); contrastive terms still depend on the
+    held-out batch size, since each batch is its own set of negatives. The diagnostics are computed once on
+    all pairs' embeddings, so they do not depend on it.
+    """
 
     name = "val"
 
-    def __init__(self, stream: DistillStream, batches: int, device: torch.device):
-        self.stream, self.batches, self.device = stream, batches, device
+    def __init__(self, pairs: HeldOutPairs, device: torch.device):
+        self.pairs, self.device = pairs, device
+
+    @classmethod
+    def from_config(cls, dc: DataConfig, distiller: Distiller, device: torch.device,
+                    max_batches: Optional[int] = None) -> "ValLossHook":
+        """Held-out pairs from a data section: ``dc.batch_size`` pairs per batch, at most ``max_batches``
+        batches (None: all), each side's un-augmented preprocessing and tokenizer."""
+        from clipkd.engine.builders import build_source
+
+        views = PairedViews(distiller.student.encoder, distiller.teacher.encoder, None)
+        return cls(HeldOutPairs(build_source(dc), views, dc.batch_size, max_batches, dc.max_image_pixels), device)
 
     @torch.no_grad()
     def __call__(self, distiller: Distiller, step: int) -> dict[str, float]:
-        self.stream.start(DataPosition())  # the same held-out batches every time
+        was_training = distiller.student.training
+        distiller.student.eval()
+        try:
+            return self._evaluate(distiller)
+        finally:
+            distiller.student.train(was_training)
+
+    def _evaluate(self, distiller: Distiller) -> dict[str, float]:
         sums: dict[str, float] = defaultdict(float)
-        parts: dict[str, list] = defaultdict(list)
-        count = 0
-        for batch, _ in make_loader(self.stream, self.stream.workers if self.stream.workers > 1 else 0):
+        parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+        scales: tuple[float, float] = (0.0, 0.0)
+        for batch in self.pairs:
             batch = batch.to(self.device)
             t = distiller.teacher(batch.teacher_images, batch.teacher_text)
             s = distiller.student(batch.student_images, batch.student_text, t, 0.0)
             for k, v in distiller.loss(s, t).items():
-                sums[k] += float(v)
+                sums[k] += float(v) * len(batch)
             for k, v in {"s_img": s.img, "s_txt": s.txt, "s_img_proj": s.img_proj, "s_txt_proj": s.txt_proj,
                          "t_img": t.img, "t_txt": t.txt}.items():
                 parts[k].append(v.float().cpu())
-            count += 1
-            if count >= self.batches:
-                break
-        metrics = {k: v / max(count, 1) for k, v in sums.items()}
+            scales = (float(s.scale), float(t.scale))
+        count = self.pairs.pairs
+        metrics = {k: v / count for k, v in sums.items()} if count else {}
         if count:
-            cat = {k: torch.cat(v) for k, v in parts.items()}
-            metrics.update(embedding_diagnostics(cat, float(s.scale), float(t.scale)))
+            metrics.update(embedding_diagnostics({k: torch.cat(v) for k, v in parts.items()}, *scales))
+        metrics["pairs"] = float(count)
+        metrics["skipped"] = float(sum(self.pairs.skipped.values()))
         return metrics

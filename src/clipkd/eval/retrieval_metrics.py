@@ -5,8 +5,11 @@ Conventions:
 * embeddings are L2-normalised, so the similarity is the dot product;
 * ``text_to_image[t]`` is the index of caption ``t``'s image; an image may have several captions
   and every image must have at least one;
-* a query's rank is the number of *wrong* candidates scoring strictly higher than its best correct
-  candidate, so ties count in the query's favour; the query succeeds at K when ``rank < K``;
+* a query's rank is the number of *wrong* candidates scoring at least as high as (``>=``) its best
+  correct candidate, so ties count against the query (pessimistic ranking); the query succeeds at K
+  when ``rank < K``. A collapsed tower (every caption, or every image, the same embedding) therefore
+  scores chance level, R@K = 1 only when fewer than K wrong candidates exist, and an identical caption
+  of another image is not a hit;
 * only a ``[chunk, max(I, T)]`` block of scores exists at any time, so 5k images x 25k captions
   fit easily; bfloat16/float16 inputs are computed in float32 (float64 stays float64) on the
   inputs' device.
@@ -65,24 +68,24 @@ def _check_inputs(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, ch
 
 
 def _text_to_image_ranks(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, chunk: int) -> Tensor:
-    """Rank of each caption's own image among all images, ``[T]``."""
+    """Wrong images scoring ``>=`` each caption's own image, ``[T]``."""
     ranks = []
     for start in range(0, text_emb.shape[0], chunk):
         scores = text_emb[start:start + chunk] @ image_emb.T  # [c, I]
         own = scores.gather(1, text_to_image[start:start + chunk, None])  # [c, 1]
-        ranks.append((scores > own).sum(dim=1))
+        ranks.append((scores >= own).sum(dim=1) - 1)  # the own image itself always counts once
     return torch.cat(ranks)
 
 
 def _image_to_text_ranks(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, chunk: int) -> Tensor:
-    """Rank of each image's best-scoring own caption among the other captions, ``[I]``."""
+    """Other images' captions scoring ``>=`` each image's best-scoring own caption, ``[I]``."""
     ranks = []
     for start in range(0, image_emb.shape[0], chunk):
         scores = image_emb[start:start + chunk] @ text_emb.T  # [c, T]
         ids = torch.arange(start, start + scores.shape[0], device=scores.device)
         own = text_to_image[None, :] == ids[:, None]  # [c, T]
         best_own = scores.masked_fill(~own, float("-inf")).amax(dim=1, keepdim=True)
-        ranks.append(((scores > best_own) & ~own).sum(dim=1))
+        ranks.append(((scores >= best_own) & ~own).sum(dim=1))
     return torch.cat(ranks)
 
 
