@@ -10,50 +10,19 @@ Unusable records are skipped and counted by reason with the training stream's ru
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterator, Optional, Protocol, Sequence, Union
+from typing import Iterator, Optional, Protocol
 
-import torch
-
-from clipkd.data.sources import RawSample, UnusableImage, open_image
-from clipkd.data.stream import _usable
-from clipkd.data.views import PairedViews, SampleViews, collate_text
+from clipkd.data.decode import collate_views, decode_record
+from clipkd.data.sources import RawSample
+from clipkd.data.views import PairedViews, SampleViews
 from clipkd.distill import DistillBatch
 
-__all__ = ["HeldOutPairs", "RecordSource", "collate_views", "decode_record"]
+__all__ = ["HeldOutPairs", "RecordSource"]
 
 
 class RecordSource(Protocol):
     def records(self) -> Iterator[RawSample]:
         """Every record once, in a fixed order (no shuffling, no splitting)."""
-
-
-def decode_record(raw: RawSample, views: PairedViews, max_pixels: Optional[int] = None) -> Union[SampleViews, str]:
-    """Both sides' un-augmented views of one record, or why it is unusable (the training stream's reasons)."""
-    reason = _usable(raw)
-    if reason:
-        return reason
-    try:
-        image = open_image(raw.image, max_pixels)
-    except UnusableImage as exc:
-        return exc.reason
-    except Exception:  # noqa: BLE001 - any other decoder failure means the same: skip and count
-        return "bad_image"
-    out = views(image, raw.caption, None)
-    out.key = raw.key
-    return out
-
-
-def collate_views(views: Sequence[SampleViews]) -> DistillBatch:
-    """Stack samples into a batch; when every sample shares one image tensor per side, so does the batch."""
-    s_img = torch.stack([v.student_image for v in views])
-    shared = all(v.teacher_image is v.student_image for v in views)
-    return DistillBatch(
-        student_images=s_img,
-        student_text=collate_text([v.student_text for v in views]),
-        teacher_images=s_img if shared else torch.stack([v.teacher_image for v in views]),
-        teacher_text=collate_text([v.teacher_text for v in views]),
-        keys=[v.key for v in views],
-    )
 
 
 class HeldOutPairs:
@@ -83,7 +52,7 @@ class HeldOutPairs:
         pending: list[SampleViews] = []
         batches = 0
         for raw in self.source.records():
-            out = decode_record(raw, self.views, self.max_image_pixels)
+            out = decode_record(raw, self.views, None, self.max_image_pixels)
             if isinstance(out, str):
                 self.skipped[out] += 1
                 continue

@@ -24,13 +24,14 @@ import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clipkd.data.sources import RawSample, Source, UnusableImage, open_image
-from clipkd.data.views import PairedViews, SampleViews, collate_text
+from clipkd.data.decode import collate_views, decode_record
+from clipkd.data.sources import RawSample, Source
+from clipkd.data.views import PairedViews, SampleViews
 from clipkd.distill import DistillBatch
 from clipkd.errors import USER_ERRORS, DataQualityError, worker_message
 
@@ -179,19 +180,6 @@ class SkipLedger:
         return "First unusable records: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(self.examples.items()))
 
 
-def _usable(raw: RawSample) -> Optional[str]:
-    """Why a record cannot be used before decoding, or None."""
-    if raw.error:
-        return raw.error
-    if raw.image is None:
-        return "missing_image"
-    if raw.caption is None:
-        return "missing_caption"
-    if not raw.caption.strip():
-        return "empty_caption"
-    return None
-
-
 class DistillStream(IterableDataset):
     """An iterable of ``(DistillBatch, BatchInfo)``; one split per (process, worker)."""
 
@@ -253,33 +241,11 @@ class DistillStream(IterableDataset):
                     skipped[out] += 1
                 else:
                     views.append(out)
-            yield self._collate(views), BatchInfo(split, consumed, dict(skipped), ledger.take_examples())
+            yield collate_views(views), BatchInfo(split, consumed, dict(skipped), ledger.take_examples())
 
-    def _views(self, raw: RawSample, epoch: int, split: int, index: int):
-        reason = _usable(raw)
-        if reason:
-            return reason
-        try:
-            image = open_image(raw.image, self.max_image_pixels)
-        except UnusableImage as exc:
-            return exc.reason
-        except Exception:  # noqa: BLE001 - any other decoder failure means the same: skip and count
-            return "bad_image"
+    def _views(self, raw: RawSample, epoch: int, split: int, index: int) -> Union[SampleViews, str]:
         rng = random.Random(f"clipkd-aug:{self.seed}:{epoch}:{split}:{index}") if self.augment else None
-        views = self.views(image, raw.caption, rng)
-        views.key = raw.key
-        return views
-
-    def _collate(self, views: Sequence[SampleViews]) -> DistillBatch:
-        s_img = torch.stack([v.student_image for v in views])
-        same = all(v.teacher_image is v.student_image for v in views)
-        return DistillBatch(
-            student_images=s_img,
-            student_text=collate_text([v.student_text for v in views]),
-            teacher_images=s_img if same else torch.stack([v.teacher_image for v in views]),
-            teacher_text=collate_text([v.teacher_text for v in views]),
-            keys=[v.key for v in views],
-        )
+        return decode_record(raw, self.views, rng, self.max_image_pixels)
 
 
 def _next(raw_iter: Iterator[RawSample], consumed: int) -> RawSample:
