@@ -33,7 +33,8 @@ from clipkd.config import TrainConfig, dump_config
 from clipkd.data.stream import DataPosition, make_loader
 from clipkd.distill import DistillBatch
 from clipkd.engine import checkpoint as ckpt
-from clipkd.engine.builders import build_distiller_from_config, build_stream, preflight, resolve_device
+from clipkd.engine.builders import (build_distiller_from_config, build_stream, global_batch_size, preflight,
+                                    resolve_device)
 from clipkd.engine.distributed import DistEnv, current_env, wrap_ddp
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.hooks import EvalHook, ValLossHook
@@ -95,7 +96,8 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.env.local_rank)
         random.seed(cfg.seed + self.env.rank)
         np.random.seed(cfg.seed + self.env.rank)
-        self.distiller = build_distiller_from_config(cfg, world_size=self.env.world_size)  # seeded: identical initialisation on every rank
+        # seeded: identical initialisation on every rank
+        self.distiller = build_distiller_from_config(cfg, world_size=self.env.world_size)
         torch.manual_seed(cfg.seed + self.env.rank)
         if cfg.distill.teacher_cache:
             self.distiller.teacher_cache = TeacherCache.load(cfg.distill.teacher_cache)
@@ -128,7 +130,7 @@ class Trainer:
     @property
     def global_batch(self) -> int:
         """Samples per optimizer step over all processes: ``data.batch_size * accum_steps * world_size``."""
-        return self.cfg.data.batch_size * self.accum * self.env.world_size
+        return global_batch_size(self.cfg, self.env.world_size)
 
     @property
     def mask_gen(self) -> torch.Generator:
