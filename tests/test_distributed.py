@@ -66,7 +66,7 @@ def test_accumulation_equals_one_big_batch(accum, reference, data_dir, tmp_path)
 def test_two_processes_equal_one_process(reference, data_dir, tmp_path):
     """2 ranks x batch 8, and 2 ranks x 2 micro-batches of 4, each equal one process with batch 16."""
     _torchrun(str(TESTS / "dist_worker.py"), str(tmp_path), str(data_dir))
-    results = torch.load(tmp_path / "dist.pt", weights_only=False)
+    results = torch.load(tmp_path / "dist.pt", weights_only=True)
     for accum in (1, 2):
         _assert_same(results[accum], reference[0])
 
@@ -144,7 +144,8 @@ def test_cli_nproc_two_writes_one_run_and_resumes_exactly(data_dir, tmp_path):
     cmd = [sys.executable, "-m", "clipkd", "train", "--nproc", "2"]
     val = [f"eval.val_data={{format: webdataset, train: '{data_dir}/wds/shard-00000.tar', batch_size: 8, workers: 0}}",
            "eval.val_batches=1", "eval.every_steps=2"]  # rank 0 evaluates, rank 1 waits at a barrier
-    for run, steps, extra in ((full, 3, val), (part, 2, []), (part, 3, ["--resume", "latest"])):
+    resume = ["--resume", "latest", "--allow-config-change"]  # the budget grows from 2 to 3 steps
+    for run, steps, extra in ((full, 3, val), (part, 2, []), (part, 3, resume)):
         done = subprocess.run(cmd + args(run, steps) + extra, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         assert done.stdout.count("done: step") == 1  # only rank 0 reports
@@ -155,7 +156,7 @@ def test_cli_nproc_two_writes_one_run_and_resumes_exactly(data_dir, tmp_path):
     rows_full = read_metrics(full, "train")
     assert [r["step"] for r in rows_full] == [1, 2, 3]  # one line per step: one writer
     assert [r["step"] for r in read_metrics(full, "eval/val")] == [2, 3]
-    state = torch.load(list_checkpoints(full)[-1] / "train_state.pt", weights_only=False)
+    state = torch.load(list_checkpoints(full)[-1] / "train_state.pt", weights_only=True)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert state["ranks"][0]["position"]["consumed"].keys() != state["ranks"][1]["position"]["consumed"].keys()
     resumed = read_metrics(part, "train")[-1]
@@ -197,9 +198,10 @@ class _TwoRanks(DistEnv):
 def test_skip_limit_is_judged_on_all_ranks_records(other_bad, raises, data_dir, tmp_path):
     """Each rank decides from the same global counts, so all stop together (no rank left waiting)."""
     trainer = Trainer(config(tmp_path, data_dir))
-    trainer.env = _TwoRanks([other_bad, 100])
+    trainer.env = _TwoRanks([0, 0, other_bad, 100])  # partner: finite, no stop, its unusable and read records
     trainer.rank_state.consumed = 100
     trainer.rank_state.skipped.update({"bad_image": 5})
+    trainer.agreed = trainer._agree(nonfinite=False)  # the step's one all-reduce carries the counts
     if raises:
         with pytest.raises(DataQualityError, match=r"65 of 200 records"):
             trainer._check_skips(final=False)
