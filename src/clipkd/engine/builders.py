@@ -201,10 +201,11 @@ def build_source(dc: DataConfig) -> Source:
     return ShardSource(dc.train, dc.shuffle_buffer, dc.num_samples)
 
 
-def build_stream(dc: DataConfig, distiller: Distiller, seed: int, augment: bool = True, rank: int = 0,
+def build_stream(dc: DataConfig, distiller: Distiller, seed: int, rank: int = 0,
                  world_size: int = 1, batches_per_split: Optional[int] = None) -> DistillStream:
-    """The batch stream for one process, each side with its own views and tokenizer."""
-    views = PairedViews(distiller.student.encoder, distiller.teacher.encoder, dc.crop_scale if augment else None)
+    """The training batch stream for one process, each side with its own views and tokenizer (held-out pairs:
+    :meth:`clipkd.engine.hooks.ValLossHook.from_config`)."""
+    views = PairedViews(distiller.student.encoder, distiller.teacher.encoder, dc.crop_scale)
     return DistillStream(build_source(dc), views, dc.batch_size, seed=seed, rank=rank, world_size=world_size,
-                         workers=dc.workers, augment=augment, batches_per_split=batches_per_split,
+                         workers=dc.workers, batches_per_split=batches_per_split,
                          max_skip_fraction=dc.max_skip_fraction, max_image_pixels=dc.max_image_pixels)

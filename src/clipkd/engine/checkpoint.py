@@ -233,12 +233,6 @@ def load_student(path: Path, student: torch.nn.Module) -> None:
                          "was it written with another student model or recipe?")
 
 
-def load_checkpoint(path: Path, student: torch.nn.Module) -> dict[str, Any]:
-    """Load the student's weights (strict) and return the training state."""
-    state = load_state(path)
-    load_student(path, student)
-    return state
-
 
 def read_config(path: Path) -> dict[str, Any]:
     """The run config saved inside checkpoint ``path`` (a plain dict)."""

@@ -231,7 +231,7 @@ def load_encoder(args: argparse.Namespace):
 def diagnostics(args: argparse.Namespace, device) -> dict:
     """Teacher-student diagnostics of a run's checkpoint on held-out pairs: every pair once, student in eval mode."""
     from clipkd.engine.builders import build_distiller_from_config
-    from clipkd.engine.checkpoint import load_checkpoint
+    from clipkd.engine.checkpoint import load_student
     from clipkd.engine.hooks import ValLossHook
 
     cfg = _run_config(args.run)
@@ -242,7 +242,7 @@ def diagnostics(args: argparse.Namespace, device) -> dict:
     if data is None:
         raise ConfigError("--diagnostics needs held-out pairs: --pairs FORMAT:PATH or eval.val_data in the run")
     distiller = build_distiller_from_config(cfg)
-    load_checkpoint(_checkpoint(args.run, args.checkpoint), distiller.student)
+    load_student(_checkpoint(args.run, args.checkpoint), distiller.student)  # weights only: no training state
     distiller.teacher.to(device)
     distiller.student.to(device)
     return ValLossHook.from_config(data, distiller, device)(distiller, 0)
