@@ -179,6 +179,8 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads per process for tensor ops; null: the "
+                                   "cores this process may use minus its loader workers (OMP_NUM_THREADS wins)")
     teacher: ModelConfig
     student: ModelConfig
     distill: DistillConfig = DistillConfig()

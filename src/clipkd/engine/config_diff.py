@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-HARMLESS = ("run_dir", "device", "logging.", "checkpoint.", "eval.", "distributed.")
+HARMLESS = ("run_dir", "device", "threads", "logging.", "checkpoint.", "eval.", "distributed.")
 """Keys (or ``section.`` prefixes) whose change keeps a resumed run exact."""
 
 
