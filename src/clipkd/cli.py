@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
     p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("eval", help="zero-shot / retrieval benchmarks and distillation diagnostics")
-    from clipkd.eval.command import add_arguments
+    from clipkd.eval.args import add_arguments
 
     add_arguments(p)
     p.set_defaults(fn=_cmd_eval)
