@@ -1,10 +1,12 @@
 """Zero-shot and retrieval evaluation end to end, the classifier cache, `clipkd eval` and the training hook."""
 
 import json
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip import SIMPLE_IMAGENET_TEMPLATES
 from PIL import Image
 
 from clipkd.cli import main
@@ -99,12 +101,19 @@ def test_cli_eval_end_to_end(colour_folder, tmp_path, capsys):
             "--cache-dir", str(tmp_path / "cache")]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    files = sorted(out.glob("*.json"))
-    assert len(files) == 2
-    zs = json.loads((out / "colours__clipkd-tiny-vit.json").read_text())
+    names = sorted(p.name for p in out.glob("*.json"))
+    assert len(names) == 2
+    # <task>_<benchmark>_<model-short>-<8 hex of the model identity>.json
+    assert re.fullmatch(r"retrieval_dataset-tiny_clipkd-tiny-vit-[0-9a-f]{8}\.json", names[0]), names
+    assert re.fullmatch(r"zeroshot_colours_clipkd-tiny-vit-[0-9a-f]{8}\.json", names[1]), names
+    assert names[0][-14:] == names[1][-14:]  # the same model: the same identity
+    zs = json.loads((out / names[1]).read_text())
     assert zs["task"] == "zeroshot_classification" and zs["model"] == "clipkd-tiny-vit"
     assert set(zs["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
-    rt = json.loads((out / "dataset_tiny__clipkd-tiny-vit.json").read_text())
+    assert zs["templates"] == [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES]  # what was used, as text
+    assert zs["classnames"] == ["blue", "green", "red"]  # the folder names, sorted
+    assert zs["images"] == 13 and zs["skipped"]["count"] == 0
+    rt = json.loads((out / names[0]).read_text())
     assert rt["task"] == "zeroshot_retrieval" and rt["protocol"].startswith("all_captions")
     for k in (1, 5, 10):
         assert 0.0 <= rt["metrics"][f"image_retrieval_recall@{k}"] <= 1.0
@@ -160,8 +169,30 @@ def test_training_runs_benchmarks_and_diagnostics_then_eval_run_dir(colour_folde
                  "--diagnostics"]) == 0
     printed = capsys.readouterr().out
     assert "image_cka" in printed and len(list(out.glob("*.json"))) == 2
-    diag = json.loads(next(out.glob("diagnostics__*.json")).read_text())
+    diag = json.loads(next(out.glob("diagnostics_*.json")).read_text())
     assert diag["task"] == "distillation_diagnostics" and 0.0 <= diag["metrics"]["image_cka"] <= 1.0
     assert main(["eval", "--run", str(run), "--side", "teacher", "--zeroshot", f"folder:{colour_folder}",
                  "--out", str(out)]) == 0
-    assert any("clipkd-tiny-teacher" in p.name for p in out.glob("*.json"))
+    teacher = [p for p in out.glob("zeroshot_*.json") if "clipkd-tiny-teacher" in p.name]
+    assert len(teacher) == 1 and json.loads(teacher[0].read_text())["side"] == "teacher"
+
+
+def test_result_names_are_short_stable_and_unique():
+    """One name per (task, benchmark, model identity): the same identity -> the same name; another checkpoint,
+    tag or side -> another name; a long checkpoint path stays out of the name."""
+    from clipkd.eval.runner import result_name
+
+    def name(**kw):
+        base = {"dataset": "imagenet", "task": "zeroshot_classification", "model": "clipkd-tiny-vit",
+                "pretrained": "/very/long/path/to/runs/vit/checkpoints/step_00000060/student.safetensors"}
+        return result_name({**base, **kw})
+
+    first = name()
+    assert re.fullmatch(r"zeroshot_imagenet_clipkd-tiny-vit-[0-9a-f]{8}\.json", first) and len(first) < 60
+    assert name() == first
+    others = [name(pretrained="/very/long/path/to/runs/vit/checkpoints/step_00000070/student.safetensors"),
+              name(pretrained=None), name(pretrained="openai"), name(side="teacher"), name(model="ViT-B-32")]
+    assert len({first, *others}) == 6
+    assert name(task="zeroshot_retrieval", dataset="coco").startswith("retrieval_coco_clipkd-tiny-vit-")
+    assert re.fullmatch(r"[\w.-]+-[0-9a-f]{8}\.json", name(model="/cfgs/my_vit.json"))
+    assert name(model="/cfgs/my_vit.json").startswith("zeroshot_imagenet_my-vit-")

@@ -39,6 +39,13 @@ def files(tmp_path_factory):
               str(d / "student.safetensors"))
     (d / "bad.json").write_text("{embed_dim: 64,")
     (d / "nocols.csv").write_text("path,label\nx.jpg,0\n")
+    (d / "labels.csv").write_text("filepath,label\nval/red/0.png,0\nval/blue/0.png,1\n")
+    (d / "badlabel.csv").write_text("filepath,label\nval/red/0.png,red\n")
+    (d / "pairs.csv").write_text("filepath,title\nval/red/0.png,a red square\n")
+    (d / "noplaceholder.txt").write_text("a photo\n")
+    (d / "twice.yaml").write_text(json.dumps([{"name": "a", "task": "zeroshot", "format": "folder", "path": "val"},
+                                              {"name": "a", "task": "zeroshot", "format": "folder", "path": "val"}]))
+    (d / "afile").write_text("not a folder")
     (d / "bad.yaml").write_text("- {name: a, task: [\n")
     (d / "badspec.yaml").write_text(json.dumps({"benchmarks": [{"name": "a", "task": "zeroshot", "format": "folder",
                                                                 "path": "val", "bogus": 1}]}))
@@ -56,7 +63,8 @@ TABLE = [
      "--pretrained: 'no_such_tag' is neither a checkpoint file nor a pretrained tag"),
     (["--model", "ViT-B-32", "--pretrained", "openai", "--zeroshot", ZS],
      "the hub is unreachable (HF_HUB_OFFLINE is set) and they are not in the local cache; download them once with "
-     "network access, or pass a local checkpoint file as --pretrained"),
+     "network access, or pass a local checkpoint file as --pretrained (e.g. /path/to/weights.safetensors, or a "
+     ".pt/.bin file)"),
     (["--model", TEACHER, "--pretrained", f"{D}/student.safetensors", "--zeroshot", ZS],
      "does not fit the clipkd-tiny-teacher architecture"),
     # the run
@@ -77,7 +85,37 @@ TABLE = [
     (["--model", STUDENT, "--zeroshot", f"csv:{D}/nocols.csv"], "no column 'filepath'"),
     (["--model", STUDENT, "--zeroshot", ZS, "--classnames", f"{D}/none.txt"], "--classnames: file not found"),
     (["--model", STUDENT, "--zeroshot", ZS, "--templates", f"{D}/none.txt"], "--templates: file not found"),
-    (["--model", STUDENT, "--zeroshot", ZS, "--root", f"{D}/none"], "--root: folder not found"),
+    (["--model", STUDENT, "--zeroshot", f"csv:{D}/labels.csv", "--root", f"{D}/none"], "--root: folder not found"),
+    (["--model", STUDENT, "--zeroshot", ZS, "--templates", f"{D}/noplaceholder.txt"],
+     "template(s) without a '{}' placeholder"),
+    (["--model", STUDENT, "--zeroshot", f"csv:{D}/badlabel.csv"], "label 'label' must be a class index"),
+    (["--model", STUDENT, "--zeroshot", f"csv:{D}/labels.csv", "--label-key", "cls"], "no column 'cls' (--label-key)"),
+    (["--model", STUDENT, "--retrieval", f"csv:{D}/pairs.csv", "--caption-key", "text"],
+     "no column 'text' (--caption-key)"),
+    (["--model", STUDENT, "--retrieval", f"csv:{D}/pairs.csv", "--image-key", "img"], "no column 'img' (--image-key)"),
+    (["--model", STUDENT, "--benchmarks", f"{D}/twice.yaml"],
+     "benchmarks.1.name: 'a' is also the name of benchmarks.0"),
+    # data flags that apply to none of the requested benchmarks
+    (["--model", STUDENT, "--retrieval", f"csv:{D}/pairs.csv", "--label-key", "cls"],
+     "--label-key applies to none of the requested benchmarks"),
+    (["--model", STUDENT, "--zeroshot", ZS, "--label-key", "cls"], "--label-key applies to none of the requested"),
+    (["--model", STUDENT, "--zeroshot", f"csv:{D}/labels.csv", "--caption-key", "text"],
+     "--caption-key applies to none of the requested benchmarks"),
+    (["--model", STUDENT, "--zeroshot", ZS, "--image-key", "png"], "--image-key applies to none of the requested"),
+    (["--model", STUDENT, "--zeroshot", ZS, "--split", "val"], "--split applies to none of the requested benchmarks"),
+    (["--model", STUDENT, "--retrieval", f"csv:{D}/pairs.csv", "--split", "val"], "--split applies to none"),
+    (["--model", STUDENT, "--zeroshot", ZS, "--first-caption-only"], "--first-caption-only applies to none"),
+    (["--model", STUDENT, "--retrieval", f"csv:{D}/pairs.csv", "--classnames", "imagenet"],
+     "--classnames applies to none of the requested benchmarks"),
+    (["--model", STUDENT, "--retrieval", f"csv:{D}/pairs.csv", "--templates", "imagenet"],
+     "--templates applies to none of the requested benchmarks"),
+    (["--model", STUDENT, "--zeroshot", ZS, "--root", f"{D}/val"], "--root applies to none of the requested"),
+    (["--model", STUDENT, "--benchmarks", f"{D}/relative.yaml", "--label-key", "cls"],
+     "a --benchmarks file sets 'label_key' in each benchmark"),
+    # outputs
+    (["--model", STUDENT, "--zeroshot", ZS, "--cache-dir", f"{D}/afile"], "--cache-dir: "
+     f"{D}/afile is a file, not a folder"),
+    (["--model", STUDENT, "--zeroshot", ZS, "--cache-dir", f"{D}/afile/sub"], "--cache-dir: cannot create"),
     (["--model", STUDENT, "--benchmarks", f"{D}/none.yaml"], "--benchmarks: file not found"),
     (["--model", STUDENT, "--benchmarks", f"{D}/bad.yaml"], "--benchmarks: not valid YAML"),
     (["--model", STUDENT, "--benchmarks", f"{D}/badspec.yaml"], "benchmarks.0.bogus: unknown field"),
@@ -88,6 +126,9 @@ TABLE = [
     (["--model", STUDENT, "--zeroshot", ZS, "--device", "tpu"], "--device: expected auto, cpu or cuda"),
     (["--model", STUDENT, "--diagnostics"], "--diagnostics needs --run"),
     (["--model", STUDENT, "--zeroshot", ZS, "--side", "teacher"], "--side needs --run"),
+    (["--model", STUDENT, "--zeroshot", ZS, "--side", "student"], "--side needs --run"),
+    (["--run", f"{D}/nockpt", "--side", "teacher", "--checkpoint", f"{D}/x", "--zeroshot", ZS],
+     "with --side teacher the weights come from the run's config"),
     (["--model", STUDENT, "--zeroshot", ZS, "--checkpoint", f"{D}/x"], "--checkpoint needs --run"),
     (["--run", f"{D}/nockpt", "--zeroshot", ZS, "--pretrained", "x.pt"], "--pretrained goes with --model"),
     (["--model", STUDENT, "--zeroshot", ZS, "--pairs", f"csv:{D}/pairs/data.csv"], "--pairs needs --diagnostics"),
@@ -134,3 +175,77 @@ def test_bad_eval_arguments(argv, message, files, tmp_path, no_models, capsys):
     assert len(lines) == 1 and lines[0].startswith("clipkd: error: "), err
     assert message.replace(D, str(files)) in lines[0], lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def _eval_args(argv: list[str]):
+    from clipkd.cli import build_parser
+
+    return build_parser().parse_args(["eval", "--model", STUDENT, *argv])
+
+
+def test_help_states_effective_defaults(capsys):
+    from clipkd.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["eval", "--help"])
+    out = capsys.readouterr().out
+    # each option's paragraph: from its line ("  --flag ...") to the next option's, lines re-joined
+    paragraphs = {m.group(1): " ".join(m.group(0).split())
+                  for m in re.finditer(r"^  (--[\w-]+).*?(?=^  -|\Z)", out, re.M | re.S)}
+    assert "(default: '{}', i.e. the bare class name)" in paragraphs["--templates"]
+    for flag, default in (("--label-key", "label"), ("--image-key", "filepath"), ("--caption-key", "title"),
+                          ("--split", "test"), ("--side", "student")):
+        assert f"(default: {default})" in paragraphs[flag], (flag, paragraphs[flag])
+
+
+def test_help_defaults_are_the_benchmark_spec_defaults():
+    """--help says the defaults that apply: those of a benchmark spec, which the specs get when a flag is absent."""
+    from clipkd.config import BenchmarkSpec
+    from clipkd.eval.args import DEFAULTS
+
+    fields = BenchmarkSpec.model_fields
+    assert {k: fields[k].default for k in ("label_key", "image_key", "caption_key", "split")} == \
+        {k: DEFAULTS[k] for k in ("label_key", "image_key", "caption_key", "split")}
+
+
+def test_eval_flags_module_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = ("import sys, clipkd.eval.args; heavy = [m for m in ('torch', 'PIL', 'open_clip', 'numpy') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_data_flags_reach_the_benchmarks_they_apply_to(files):
+    """--image-key/--label-key/--caption-key/--root/--split/--first-caption-only go to the specs they apply to;
+    a flag not given leaves the spec's default."""
+    from clipkd.eval.command import collect_specs
+
+    d = str(files)
+    (files / "custom.csv").write_text("img,cls\nval/red/0.png,0\n")
+    (files / "custom_pairs.csv").write_text("img,text\nval/red/0.png,a red square\n")
+    specs = collect_specs(_eval_args(["--zeroshot", f"csv:{d}/custom.csv", "--zeroshot", f"folder:{d}/val",
+                                      "--retrieval", f"csv:{d}/custom_pairs.csv", "--image-key", "img",
+                                      "--label-key", "cls", "--caption-key", "text", "--root", d,
+                                      "--first-caption-only"]))
+    zs_csv, zs_folder, rt_csv = specs
+    assert (zs_csv.image_key, zs_csv.label_key, zs_csv.root) == ("img", "cls", d)
+    assert (zs_folder.image_key, zs_folder.label_key, zs_folder.root) == ("filepath", "label", None)
+    assert (rt_csv.image_key, rt_csv.caption_key, rt_csv.root, rt_csv.first_caption_only) == ("img", "text", d, True)
+    assert rt_csv.split == "test"
+    plain = collect_specs(_eval_args(["--zeroshot", f"csv:{d}/labels.csv", "--retrieval", f"csv:{d}/pairs.csv"]))
+    assert [(s.image_key, s.label_key, s.caption_key, s.first_caption_only) for s in plain] == \
+        [("filepath", "label", "title", False)] * 2
+
+
+def test_benchmarks_of_the_same_name_get_distinct_names(files, tmp_path):
+    """Two --zeroshot folders both called `val` must not share a result file or a table column."""
+    from clipkd.eval.command import collect_specs
+
+    for parent in ("a", "b"):
+        (tmp_path / parent / "val" / "red").mkdir(parents=True)
+    specs = collect_specs(_eval_args(["--zeroshot", f"folder:{tmp_path}/a/val", "--zeroshot",
+                                      f"folder:{tmp_path}/b/val"]))
+    assert [s.name for s in specs] == ["val", "b-val"]

@@ -39,7 +39,7 @@ def cli_diagnostics(run: Path, csv: str, batch_size: int, out: Path) -> dict:
     """`clipkd eval --run RUN --diagnostics --pairs csv:CSV --batch-size N` -> its metrics."""
     assert main(["eval", "--run", str(run), "--diagnostics", "--pairs", f"csv:{csv}",
                  "--batch-size", str(batch_size), "--out", str(out)]) == 0
-    return json.loads(next(out.glob("diagnostics__*.json")).read_text())["metrics"]
+    return json.loads(next(out.glob("diagnostics_*.json")).read_text())["metrics"]
 
 
 def test_diagnostics_of_batchnorm_student_do_not_depend_on_batch_size(bn_run, pairs, tmp_path):

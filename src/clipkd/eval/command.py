@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +18,7 @@ from pydantic import ValidationError
 from clipkd.config import BenchmarkSpec, DataConfig, TrainConfig, error_lines
 from clipkd.config_paths import resolve_paths
 from clipkd.errors import ConfigError
+from clipkd.eval.args import DEFAULTS
 
 
 def _one_line(text: object) -> str:
@@ -33,6 +38,27 @@ def _split(item: str, flag: str = "") -> tuple[str, str]:
     return fmt, path
 
 
+ZEROSHOT_FORMATS = ("folder", "csv", "webdataset")
+LOCAL_WEIGHTS = "--pretrained /path/to/weights.safetensors (or .pt/.bin)"
+RETRIEVAL_FORMATS = ("karpathy", "csv", "webdataset")
+
+# data flags: (the benchmark-spec key, {task: the formats it applies to}, what it is, for messages)
+DATA_FLAGS = {
+    "--classnames": ("classnames", {"zeroshot": ZEROSHOT_FORMATS}, "the class names of --zeroshot data"),
+    "--templates": ("templates", {"zeroshot": ZEROSHOT_FORMATS}, "the prompt templates of --zeroshot data"),
+    "--label-key": ("label_key", {"zeroshot": ("csv", "webdataset")},
+                    "the class-index column or member of --zeroshot csv or webdataset data"),
+    "--image-key": ("image_key", {"zeroshot": ("csv", "webdataset"), "retrieval": ("csv", "webdataset")},
+                    "the image column or member of csv or webdataset data"),
+    "--caption-key": ("caption_key", {"retrieval": ("csv", "webdataset")},
+                      "the caption column or member of --retrieval csv or webdataset data"),
+    "--root": ("root", {"zeroshot": ("csv",), "retrieval": ("csv", "karpathy")},
+               "the image root of csv or karpathy data"),
+    "--split": ("split", {"retrieval": ("karpathy",)}, "the split of --retrieval karpathy data"),
+    "--first-caption-only": ("first_caption_only", {"retrieval": RETRIEVAL_FORMATS}, "a --retrieval protocol"),
+}
+
+
 def _check_flags(args: argparse.Namespace) -> None:
     """Numbers and combinations of flags, before anything is read."""
     if args.batch_size < 1:
@@ -46,7 +72,7 @@ def _check_flags(args: argparse.Namespace) -> None:
             raise ConfigError(f"--device: expected auto, cpu or cuda (or a torch device like cuda:1), "
                               f"got '{args.device}'") from None
     if not args.run:
-        for flag, given in (("--diagnostics", args.diagnostics), ("--side", args.side != "student"),
+        for flag, given in (("--diagnostics", args.diagnostics), ("--side", args.side is not None),
                             ("--checkpoint", args.checkpoint)):
             if given:
                 raise ConfigError(f"{flag} needs --run (a clipkd run folder)")
@@ -54,6 +80,32 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--pretrained goes with --model (a run's weights come from its checkpoint or config)")
     if args.pairs and not args.diagnostics:
         raise ConfigError("--pairs needs --diagnostics")
+    if args.run and args.side == "teacher" and args.checkpoint and not args.diagnostics:
+        raise ConfigError("--checkpoint picks the student's weights (or those --diagnostics uses); with --side "
+                          "teacher the weights come from the run's config (teacher.pretrained)")
+
+
+def _shorthand(args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
+    """``(flag, item, task, format, path)`` of each --zeroshot / --retrieval benchmark."""
+    out = []
+    for flag, task, items in (("--zeroshot", "zeroshot", args.zeroshot), ("--retrieval", "retrieval", args.retrieval)):
+        for item in items:
+            fmt, path = _split(item, flag)
+            out.append((flag, item, task, fmt, path))
+    return out
+
+
+def _check_data_flags(args: argparse.Namespace, shorthand: list[tuple[str, str, str, str, str]]) -> list[str]:
+    """Data flags that were given but apply to none of the --zeroshot / --retrieval benchmarks."""
+    problems = []
+    for flag, (key, applies, what) in DATA_FLAGS.items():
+        if getattr(args, key) is None:
+            continue
+        if any(fmt in applies.get(task, ()) for _, _, task, fmt, _ in shorthand):
+            continue
+        also = f"; a --benchmarks file sets '{key}' in each benchmark" if args.benchmarks else ""
+        problems.append(f"{flag} applies to none of the requested benchmarks (it sets {what}{also})")
+    return problems
 
 
 def _validate_spec(label: str, prefix: str, raw: dict) -> BenchmarkSpec:
@@ -86,34 +138,68 @@ def _benchmarks_file(path: str) -> list[dict]:
 def _flag_names(flag: str, item: str) -> dict[str, str]:
     """How a shorthand benchmark's fields are named in messages: by their command-line flags."""
     return {"path": f"{flag} {item}", "root": "--root", "classnames": "--classnames", "templates": "--templates",
-            "label_key": "--label-key", "image_key": "image column", "caption_key": "caption column"}
+            "label_key": "--label-key", "image_key": "--image-key", "caption_key": "--caption-key"}
+
+
+def _unique_name(path: str, taken: set[str]) -> str:
+    """A shorthand benchmark's name: the file or folder name, with its parent folders' names before it when
+    another benchmark has that name already (``a/val`` and ``b/val`` -> ``val`` and ``b-val``)."""
+    parts = [p for p in Path(path.rstrip("/")).parts if p not in ("/", ".", "..")] or ["data"]
+    parts[-1] = Path(parts[-1]).stem or parts[-1]
+    for n in range(1, len(parts) + 1):
+        name = "-".join(parts[-n:])
+        if name not in taken:
+            return name
+    n = 2
+    while f"{parts[-1]}-{n}" in taken:
+        n += 1
+    return f"{parts[-1]}-{n}"
+
+
+def _collect(args: argparse.Namespace) -> list[tuple[BenchmarkSpec, str]]:
+    """``(spec, label)`` of every benchmark, validated, data paths checked; ``label`` names it in messages."""
+    from clipkd.engine.builders import check_benchmark
+
+    checked: list[tuple[BenchmarkSpec, str, list[str]]] = []
+    problems: list[str] = []
+    shorthand = _shorthand(args)
+    problems += _check_data_flags(args, shorthand)
+    if args.benchmarks:
+        names: dict[str, int] = {}
+        for i, raw in enumerate(_benchmarks_file(args.benchmarks)):
+            label = f"--benchmarks {args.benchmarks}: benchmarks.{i}"
+            spec = _validate_spec(f"--benchmarks {args.benchmarks}", f"benchmarks.{i}.", raw)
+            if spec.name in names:
+                problems.append(f"{label}.name: '{spec.name}' is also the name of benchmarks.{names[spec.name]} "
+                                "(names must differ: they name the results)")
+            names.setdefault(spec.name, i)
+            checked.append((spec, label, check_benchmark(label, spec)))
+    taken = {spec.name for spec, _, _ in checked}
+    common = {"root": args.root, "batch_size": args.batch_size, "workers": args.workers}
+    for flag, item, task, fmt, path in shorthand:
+        name = _unique_name(path, taken)
+        taken.add(name)
+        raw = {"name": name, "task": task, "format": fmt, "path": path, **common}
+        for key in ("image_key", "label_key", "caption_key", "classnames", "templates", "split",
+                    "first_caption_only"):
+            value = getattr(args, key)
+            if value is not None and fmt in DATA_FLAGS[f"--{key.replace('_', '-')}"][1].get(task, ()):
+                raw[key] = value
+            elif key in DEFAULTS:
+                raw[key] = DEFAULTS[key]  # the effective default --help states (a benchmark spec's own)
+        if raw["root"] is None or fmt not in DATA_FLAGS["--root"][1][task]:
+            del raw["root"]
+        spec = _validate_spec(f"{flag} {item}", "", raw)
+        checked.append((spec, f"{flag} {item}", check_benchmark(flag, spec, _flag_names(flag, item))))
+    problems += [p for _, _, found in checked for p in found]
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))  # --root etc. once, even for several benchmarks
+    return [(spec, label) for spec, label, _ in checked]
 
 
 def collect_specs(args: argparse.Namespace) -> list[BenchmarkSpec]:
     """Benchmarks from the YAML file and the shorthand flags, validated, their data paths checked."""
-    from clipkd.engine.builders import check_benchmark
-
-    checked: list[tuple[BenchmarkSpec, list[str]]] = []
-    if args.benchmarks:
-        for i, raw in enumerate(_benchmarks_file(args.benchmarks)):
-            spec = _validate_spec(f"--benchmarks {args.benchmarks}", f"benchmarks.{i}.", raw)
-            checked.append((spec, check_benchmark(f"--benchmarks {args.benchmarks}: benchmarks.{i}", spec)))
-    common = {"root": args.root, "batch_size": args.batch_size, "workers": args.workers}
-    for flag, items in (("--zeroshot", args.zeroshot), ("--retrieval", args.retrieval)):
-        for item in items:
-            fmt, path = _split(item, flag)
-            raw = {"name": Path(path.rstrip("/")).stem, "format": fmt, "path": path, **common}
-            if flag == "--zeroshot":
-                raw.update(task="zeroshot", classnames=args.classnames, templates=args.templates,
-                           label_key=args.label_key)
-            else:
-                raw.update(task="retrieval", split=args.split, first_caption_only=args.first_caption_only)
-            spec = _validate_spec(f"{flag} {item}", "", raw)
-            checked.append((spec, check_benchmark(flag, spec, _flag_names(flag, item))))
-    problems = [p for _, found in checked for p in found]
-    if problems:
-        raise ConfigError("; ".join(dict.fromkeys(problems)))  # --root etc. once, even for several benchmarks
-    return [spec for spec, _ in checked]
+    return [spec for spec, _ in _collect(args)]
 
 
 def _run_config(run: str) -> TrainConfig:
@@ -136,36 +222,64 @@ def _checkpoint(run: str, explicit: Optional[str]) -> Path:
 
     try:
         path = resolve_resume(explicit or "latest", run)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"--checkpoint: {exc}") from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(f"--checkpoint: {_one_line(exc)}") from None
     if path is None:
-        raise FileNotFoundError(f"--run {run}: no checkpoint in {Path(run) / 'checkpoints'} (train first, or "
-                                "evaluate its teacher with --side teacher)")
+        raise ConfigError(f"--run {run}: no checkpoint in {Path(run) / 'checkpoints'} (train first, or "
+                          "evaluate its teacher with --side teacher)")
     return path
 
 
-def _check_model_args(args: argparse.Namespace) -> None:
+@dataclass
+class Target:
+    """The model to evaluate: its name, weights (pretrained tag or checkpoint file) and, for a run, its side."""
+
+    model: str
+    pretrained: Optional[str]
+    side: Optional[str]
+    source: str  # how messages name it: ``--model X --pretrained Y``, ``--run R --side teacher``
+    weights_option: str  # where the user sets the weights: ``--pretrained``, ``teacher.pretrained``
+
+
+def _looks_like_file(value: str) -> bool:
+    from clipkd.config_paths import WEIGHT_SUFFIXES
+
+    return "/" in value or os.sep in value or value.lower().endswith(WEIGHT_SUFFIXES)
+
+
+def _check_model_args(args: argparse.Namespace) -> Target:
     """The model to evaluate exists and its weights fit it, checked without building it."""
     from clipkd.engine.builders import check_model
 
     if args.model:
         problems = check_model("--model", args.model, args.pretrained, "--pretrained")
-        where = ""
+        if problems and args.pretrained and _looks_like_file(args.pretrained) and not Path(args.pretrained).is_file():
+            problems.append(f"--pretrained: checkpoint file not found: {args.pretrained}")  # also for a bad --model
+        problems = [p + " (e.g. /path/to/weights.safetensors, or a .pt/.bin file)"
+                    if p.startswith("--pretrained:") and "unreachable" in p else p for p in problems]
+        if problems:
+            raise ConfigError("; ".join(dict.fromkeys(problems)))
+        source = f"--model {args.model}" + (f" --pretrained {args.pretrained}" if args.pretrained else "")
+        return Target(args.model, args.pretrained, None, source, "--pretrained")
+    cfg = _run_config(args.run)
+    side = args.side or DEFAULTS["side"]
+    if side == "teacher":
+        problems = check_model("teacher.model", cfg.teacher.model, cfg.teacher.pretrained, "teacher.pretrained")
+        target = Target(cfg.teacher.model, cfg.teacher.pretrained, side, f"--run {args.run} --side teacher",
+                        f"teacher.pretrained in {Path(args.run) / 'config.yaml'}")
     else:
-        cfg = _run_config(args.run)
-        where = f"--run {args.run}: "
-        if args.side == "teacher":
-            problems = check_model("teacher.model", cfg.teacher.model, cfg.teacher.pretrained, "teacher.pretrained")
-        else:
-            weights = str(_checkpoint(args.run, args.checkpoint) / "student.safetensors")
-            problems = check_model("student.model", cfg.student.model, weights, "checkpoint")
+        weights = str(_checkpoint(args.run, args.checkpoint) / "student.safetensors")
+        problems = check_model("student.model", cfg.student.model, weights, "checkpoint")
+        target = Target(cfg.student.model, weights, side, f"--run {args.run}", "--checkpoint")
     if problems:
-        raise ConfigError(where + "; ".join(problems))
+        raise ConfigError(f"--run {args.run}: " + "; ".join(problems))
+    return target
 
 
 def _check_diagnostics(args: argparse.Namespace) -> None:
-    """A run with a checkpoint, and held-out pairs (``--pairs`` or the run's ``eval.val_data``) that exist."""
-    from clipkd.engine.builders import check_data
+    """A run with a checkpoint, models that can be built, and held-out pairs (``--pairs`` or the run's
+    ``eval.val_data``) that exist."""
+    from clipkd.engine.builders import check_data, check_model
 
     cfg = _run_config(args.run)
     if args.pairs:
@@ -181,24 +295,154 @@ def _check_diagnostics(args: argparse.Namespace) -> None:
                           "config")
     else:
         problems = [f"--run {args.run}: {p}" for p in check_data("eval.val_data", cfg.eval.val_data)]
+    problems += [f"--run {args.run}: {p}" for side, mc in (("teacher", cfg.teacher), ("student", cfg.student))
+                 for p in check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")]
     if problems:
         raise ConfigError("; ".join(problems))
     _checkpoint(args.run, args.checkpoint)
 
 
-def load_encoder(args: argparse.Namespace):
+def _check_outputs(args: argparse.Namespace) -> list[str]:
+    """--out and --cache-dir are folders, or can become ones."""
+    problems = []
+    for flag, value in (("--out", args.out), ("--cache-dir", args.cache_dir)):
+        if not value:
+            continue
+        path = Path(value)
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            problems.append(f"{flag}: {existing} is a file, not a folder" if existing == path
+                            else f"{flag}: cannot create {value}: {existing} is a file")
+    return problems
+
+
+def _preflight(args: argparse.Namespace) -> tuple[list[tuple[BenchmarkSpec, str]], Optional[Target]]:
+    """Every flag, path and model setting, checked before anything is built; all problems in one error."""
+    _check_flags(args)
+    wanted = bool(args.zeroshot or args.retrieval or args.benchmarks)
+    if not wanted and not args.diagnostics:
+        raise ConfigError("nothing to evaluate: give --zeroshot, --retrieval, --benchmarks or --diagnostics")
+    problems: list[str] = []
+
+    def attempt(check, *a):
+        try:
+            return check(*a)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            return None
+
+    specs = attempt(_collect, args) if wanted else []
+    target = attempt(_check_model_args, args) if wanted else None
+    if args.diagnostics:
+        attempt(_check_diagnostics, args)
+    problems += _check_outputs(args)
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))
+    return specs, target
+
+
+def _read_benchmarks(specs: list[tuple[BenchmarkSpec, str]]) -> list:
+    """Each benchmark's data index, class names and templates, read now: their errors before a model is built."""
+    from clipkd.errors import USER_ERRORS
+    from clipkd.eval.runner import Benchmark
+
+    benches, problems = [], []
+    for spec, label in specs:
+        bench = Benchmark(spec)
+        try:
+            bench.prepare()
+        except USER_ERRORS as exc:
+            problems.append(f"{label}: {_one_line(exc)}")
+        benches.append(bench)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return benches
+
+
+_DOWNLOAD_FAILURE = re.compile(r"Failed (to download|initial config/weights load from HF Hub)")
+
+
+def _network_error(exc: BaseException) -> bool:
+    import urllib.error
+
+    modules = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
+    return bool(modules & {"huggingface_hub", "requests", "httpx", "urllib3"}) or \
+        isinstance(exc, (ConnectionError, TimeoutError, urllib.error.URLError))
+
+
+def download_failure(exc: BaseException) -> Optional[BaseException]:
+    """The model-hub or network error behind a failed model creation (open_clip re-raises it as a RuntimeError
+    or FileNotFoundError), or None when the failure is something else."""
+    seen, link, chain = set(), exc, []
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if _network_error(link):
+            return link
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    for link in chain:  # clipkd's own HubUnreachable (model creation), or open_clip's wrapper, without a cause
+        if type(link).__name__ == "HubUnreachable" or \
+                (isinstance(link, RuntimeError) and _DOWNLOAD_FAILURE.search(str(link))):
+            return link
+    return None
+
+
+def _download_message(target: Target, failure: BaseException) -> str:
+    from clipkd.models.shapes import hub_offline
+
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else \
+        "the download failed" if type(failure).__name__ == "HubUnreachable" else _one_line(failure)[:300]
+    if target.model.startswith("hf-hub:"):
+        instead = ("pass a local model config and checkpoint instead: --model /path/to/open_clip_config.json "
+                   "--pretrained /path/to/weights.safetensors (or .pt/.bin)")
+    elif target.weights_option == "--pretrained":
+        instead = f"pass a local checkpoint file instead: {LOCAL_WEIGHTS}"
+    else:
+        instead = f"set {target.weights_option} to a local checkpoint file (.safetensors, .pt or .bin)"
+    what = ("the model's config and weights" if target.model.startswith("hf-hub:") else
+            f"the pretrained weights '{target.pretrained}'" if target.pretrained else "the model's weights")
+    return (f"{target.source}: cannot download {what}: the model hub is unreachable ({why}) and they are not in "
+            f"the local cache; download them once with network access, or {instead}")
+
+
+class _DropDownloadLogs(logging.Filter):
+    """open_clip logs a download failure on the root logger before raising it; the raised error says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "download" in record.getMessage().lower())
+
+
+@contextmanager
+def model_download_errors(target: Target):
+    """Model creation inside: a failed download becomes one clean line (:class:`ConfigError`) saying how to use a
+    local checkpoint instead, whatever open_clip or huggingface_hub raised."""
+    root, quiet = logging.getLogger(), _DropDownloadLogs()
+    root.addFilter(quiet)
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a download failure
+        failure = download_failure(exc)
+        if failure is None:
+            raise
+        raise ConfigError(_download_message(target, failure)) from None
+    finally:
+        root.removeFilter(quiet)
+
+
+def load_encoder(args: argparse.Namespace, target: Optional[Target] = None):
     """The encoder to evaluate, and its (model, pretrained) labels."""
     from clipkd.engine.builders import build_encoder
     from clipkd.models.factory import create_encoder
     from clipkd.models.open_clip_adapter import create_open_clip_encoder
 
-    if args.model:
-        return create_encoder(args.model, args.pretrained), args.model, args.pretrained
-    cfg = _run_config(args.run)
-    if args.side == "teacher":
-        return build_encoder(cfg.teacher), cfg.teacher.model, cfg.teacher.pretrained
-    weights = str(_checkpoint(args.run, args.checkpoint) / "student.safetensors")
-    return create_open_clip_encoder(cfg.student.model, weights), cfg.student.model, weights
+    target = target or _check_model_args(args)
+    with model_download_errors(target):
+        if args.model:
+            return create_encoder(args.model, args.pretrained), args.model, args.pretrained
+        cfg = _run_config(args.run)
+        if target.side == "teacher":
+            return build_encoder(cfg.teacher), cfg.teacher.model, cfg.teacher.pretrained
+        return create_open_clip_encoder(cfg.student.model, target.pretrained), cfg.student.model, target.pretrained
 
 
 def diagnostics(args: argparse.Namespace, device) -> dict:
@@ -214,7 +458,10 @@ def diagnostics(args: argparse.Namespace, device) -> dict:
         data = DataConfig(format=fmt, train=path, batch_size=args.batch_size, workers=args.workers)
     if data is None:
         raise ConfigError("--diagnostics needs held-out pairs: --pairs FORMAT:PATH or eval.val_data in the run")
-    distiller = build_distiller_from_config(cfg)
+    target = Target(cfg.teacher.model, cfg.teacher.pretrained, "teacher", f"--run {args.run} --diagnostics",
+                    f"teacher.pretrained in {Path(args.run) / 'config.yaml'}")
+    with model_download_errors(target):
+        distiller = build_distiller_from_config(cfg)
     load_student(_checkpoint(args.run, args.checkpoint), distiller.student)  # weights only: no training state
     distiller.teacher.to(device)
     distiller.student.to(device)
@@ -222,33 +469,29 @@ def diagnostics(args: argparse.Namespace, device) -> dict:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Check every argument and path (one clear error each, before any model is built), then evaluate."""
+    """Check every argument and path (one clear error, before any model is built), read the benchmarks' data
+    indexes, then build the model and evaluate."""
     from clipkd.engine.builders import resolve_device
     from clipkd.eval.report import markdown_table
-    from clipkd.eval.runner import Benchmark, write_result
+    from clipkd.eval.runner import write_result
 
-    _check_flags(args)
-    specs = collect_specs(args)
-    if not specs and not args.diagnostics:
-        raise ConfigError("nothing to evaluate: give --zeroshot, --retrieval, --benchmarks or --diagnostics")
-    if args.diagnostics:
-        _check_diagnostics(args)
-    if specs:
-        _check_model_args(args)
+    specs, target = _preflight(args)
+    benches = _read_benchmarks(specs)
     device = resolve_device(args.device)
     results = []
-    if specs:
-        encoder, model, pretrained = load_encoder(args)
+    if benches:
+        encoder, model, pretrained = load_encoder(args, target)
         encoder.to(device)
-        for spec in specs:
-            bench = Benchmark(spec)
+        for bench in benches:
             metrics = bench.evaluate(encoder, device, args.cache_dir, f"{model}|{pretrained}")
-            results.append(bench.result(metrics, model, pretrained))
+            results.append(bench.result(metrics, model, pretrained, target.side))
             print(f"wrote {write_result(results[-1], args.out)}")
     if args.diagnostics:
+        checkpoint = _checkpoint(args.run, args.checkpoint)
         diag = {"dataset": "diagnostics", "model": "student-vs-teacher", "pretrained": args.run,
-                "task": "distillation_diagnostics", "metrics": diagnostics(args, device)}
-        print(f"wrote {write_result(diag, args.out)}")
+                "checkpoint": str(checkpoint), "task": "distillation_diagnostics",
+                "metrics": diagnostics(args, device)}
+        print(f"wrote {write_result(diag, args.out, short=Path(os.path.abspath(args.run)).name)}")
         print("diagnostics (student vs teacher): " + ", ".join(f"{k} {v:.4g}" for k, v in diag["metrics"].items()))
     if results:
         print(markdown_table(results))

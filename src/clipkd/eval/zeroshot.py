@@ -16,11 +16,12 @@ import torch
 from open_clip import build_zero_shot_classifier
 from torch.utils.data import DataLoader
 
+from clipkd.errors import DataQualityError
+from clipkd.eval.datasets import UsableBatch, template_text
 from clipkd.models.encoders import ClipEncoder
 
 
-def _prompt_text(template) -> str:
-    return template("{}") if callable(template) else str(template)
+_prompt_text = template_text
 
 
 def classifier_cache_path(cache_dir: Union[str, Path], model_key: str, classnames: Sequence[str],
@@ -52,12 +53,28 @@ def zeroshot_classifier(encoder: ClipEncoder, classnames: Sequence[str], templat
 
 
 @torch.inference_mode()
-def embed_images(encoder: ClipEncoder, loader: DataLoader, device: Union[str, torch.device]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised image embeddings and targets of every batch of ``loader``."""
+def embed_images(encoder: ClipEncoder, loader: DataLoader, device: Union[str, torch.device],
+                 unusable: Optional[list[tuple[int, str]]] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image embeddings and targets of every batch of ``loader``.
+
+    Batches are ``(images, targets)``, or :class:`~clipkd.eval.datasets.UsableBatch` (a ``skip_unusable``
+    dataset with :func:`~clipkd.eval.datasets.collate_usable`): then only the usable images are embedded and the
+    ``(index, reason)`` of the others are appended to ``unusable``. No usable image at all: ``[0, 0]`` features.
+    """
     feats, targets = [], []
-    for images, target in loader:
+    for batch in loader:
+        if isinstance(batch, UsableBatch):
+            if unusable is not None:
+                unusable.extend(batch.unusable)
+            if batch.images is None:
+                continue
+            images, target = batch.images, batch.targets
+        else:
+            images, target = batch
         feats.append(encoder.encode_image(images.to(device, non_blocking=True)).float())
         targets.append(torch.as_tensor(target))
+    if not feats:
+        return torch.zeros(0, 0, device=device), torch.zeros(0, dtype=torch.long, device=device)
     return torch.cat(feats), torch.cat(targets).to(device)
 
 
@@ -72,12 +89,25 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
             "mean_per_class_recall": torch.stack(recalls).mean().item()}
 
 
-def zeroshot_evaluate(encoder: ClipEncoder, loader: DataLoader, classifier: torch.Tensor,
-                      device: Union[str, torch.device] = "cpu") -> dict[str, float]:
-    """Zero-shot metrics of ``encoder`` on ``loader`` (images, class index) with ``classifier`` [D, C]."""
-    was_training = encoder.training
-    encoder.eval()
-    feats, targets = embed_images(encoder, loader, device)
-    encoder.train(was_training)
+def zeroshot_metrics(feats: torch.Tensor, targets: torch.Tensor, classifier: torch.Tensor) -> dict[str, float]:
+    """Zero-shot metrics of image embeddings ``feats`` [N, D] with ``classifier`` [D, C] (logits 100 x cos)."""
+    if feats.shape[0] == 0:
+        raise DataQualityError("zero-shot evaluation: no usable image")
     logits = 100.0 * feats @ classifier.to(feats)
     return classification_metrics(logits, targets, classifier.shape[1])
+
+
+def zeroshot_evaluate(encoder: ClipEncoder, loader: DataLoader, classifier: torch.Tensor,
+                      device: Union[str, torch.device] = "cpu",
+                      unusable: Optional[list[tuple[int, str]]] = None) -> dict[str, float]:
+    """Zero-shot metrics of ``encoder`` on ``loader`` (images, class index) with ``classifier`` [D, C].
+
+    ``unusable``: see :func:`embed_images` (metrics are those of the usable images).
+    """
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        feats, targets = embed_images(encoder, loader, device, unusable)
+    finally:
+        encoder.train(was_training)
+    return zeroshot_metrics(feats, targets, classifier)
