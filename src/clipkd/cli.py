@@ -1,19 +1,24 @@
-"""`clipkd` command line: argv -> explicit arguments -> library calls."""
+"""`clipkd` command line: argv -> explicit arguments -> library calls.
+
+Building the parser imports nothing heavy (no torch, open_clip, ...): `--help`, `clipkd losses`, argument errors
+and config errors answer at once; each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from typing import Optional, Sequence
 
 
 def _cmd_losses(args: argparse.Namespace) -> int:
-    from clipkd.losses import RECIPES, TERMS
-    from clipkd.losses.recipes import GD_WEIGHT
+    from clipkd.losses.catalog import EQUATIONS
+    from clipkd.losses.recipes import GD_WEIGHT, RECIPES
 
     print("Loss terms (embeddings L2-normalised, y = arange(N), P(.) = projection to the teacher's size):")
-    for name, term in TERMS.items():
-        print(f"  {name:<5} {term.equation}")
+    for name, equation in EQUATIONS.items():
+        print(f"  {name:<5} {equation}")
     print("\nRecipes (total = sum of weight x term):")
     for r in RECIPES.values():
         weights = " + ".join(f"{'lambda_GD' if k == 'gd' else format(w, 'g')}*{k}" for k, w in r.weights.items())
@@ -52,17 +57,21 @@ def _train_argv(args: argparse.Namespace) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from clipkd.config import load_config
+
+    cfg = load_config(args.config, args.overrides)  # config errors are reported before torch is imported
     from clipkd.engine.distributed import init_distributed, launch_local, launched_by_torchrun, shutdown
 
-    cfg = load_config(args.config, args.overrides)
     if args.nproc > 1 and not launched_by_torchrun():
         from clipkd.engine.builders import preflight
 
         from clipkd.engine.run_dir import check_run_dir
 
+        from clipkd.engine.threads import choose_threads
+
         preflight(cfg)  # report config problems once, here, not once per worker
         check_run_dir(cfg.run_dir, args.resume, args.overwrite)
-        return launch_local(args.nproc, _train_argv(args))
+        threads, _ = choose_threads(cfg.threads, cfg.data.workers, args.nproc)
+        return launch_local(args.nproc, _train_argv(args), threads)
     from clipkd.engine.trainer import Trainer
 
     env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
@@ -84,6 +93,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"skipped records: {result.skipped}")
     if result.nonfinite_steps:
         print(f"optimizer steps skipped for a non-finite loss or gradient: {result.nonfinite_steps}")
+    if result.fp16_overflow_steps:
+        print(f"fp16 steps skipped by the grad scaler (scaled gradients overflowed; it lowered its scale): "
+              f"{result.fp16_overflow_steps}")
     return 0
 
 
@@ -116,25 +128,55 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from clipkd import __version__
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``(default: X)`` after every flag that has a default worth showing, also after flags without a help text;
+    none where there is nothing to show (``None``, a switch's ``False``, an empty list) or where the help text
+    already says its default."""
 
-    parser = argparse.ArgumentParser(prog="clipkd", description="Distil a large CLIP teacher into a small student.")
+    @staticmethod
+    def _shows_default(action: argparse.Action) -> bool:
+        d = action.default
+        if d is argparse.SUPPRESS or d is None or d is False or (isinstance(d, (list, tuple)) and not d):
+            return False
+        return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if self._shows_default(action) and "(default:" not in (action.help or ""):
+            return super()._get_help_string(action)
+        return action.help or ""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if not action.help and self._shows_default(action):  # argparse prints no help line at all for these
+            action = copy.copy(action)
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from clipkd import __version__  # a plain string: importing clipkd loads nothing else
+
+    parser = argparse.ArgumentParser(prog="clipkd", description="Distil a large CLIP teacher into a small student.",
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"clipkd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("losses", help="print every loss term's equation and every recipe's weights").set_defaults(
-        fn=_cmd_losses
-    )
-    p = sub.add_parser("models", help="list model names (open_clip built-ins and clipkd's tiny configs)")
-    p.add_argument("filter", nargs="?", default=None)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+
+    command("losses", "print every loss term's equation and every recipe's weights").set_defaults(fn=_cmd_losses)
+    p = command("models", "list model names (open_clip built-ins and clipkd's tiny configs)")
+    p.add_argument("filter", nargs="?", default=None, help="show only names containing this (case ignored)")
     p.set_defaults(fn=_cmd_models)
-    p = sub.add_parser("train", help="distil a student on image-text data (YAML config + key=value overrides)")
+    p = command("train", "distil a student on image-text data (YAML config + key=value overrides)")
     p.add_argument("--config", "-c", default=None, help="run YAML (see configs/)")
     p.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in the run directory")
     p.add_argument("--overwrite", action="store_true",
@@ -145,28 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
     p.set_defaults(fn=_cmd_train)
-    p = sub.add_parser("eval", help="zero-shot / retrieval benchmarks and distillation diagnostics")
-    from clipkd.eval.args import add_arguments
+    p = command("eval", "zero-shot / retrieval benchmarks and distillation diagnostics")
+    from clipkd.eval.args import add_arguments  # flags only: imports nothing heavy
 
     add_arguments(p)
     p.set_defaults(fn=_cmd_eval)
-    p = sub.add_parser("report", help="result JSONs -> markdown table + bar chart")
+    p = command("report", "result JSONs -> markdown table + bar chart")
     p.add_argument("results", nargs="+", help="result JSON files (clip_benchmark layout)")
     p.add_argument("--out", default=".", help="folder for report.md and report.png")
     p.set_defaults(fn=_cmd_report)
-    p = sub.add_parser("demo", help="the whole story offline: real teacher, Fashion-MNIST, baseline vs clipkd")
+    p = command("demo", "the whole story offline: real teacher, Fashion-MNIST, baseline vs clipkd")
     p.add_argument("--out", default="runs/demo", help="output folder (data, teacher and runs are cached here)")
     p.add_argument("--quick", action="store_true", help="reduced version (< 3 minutes)")
     p.add_argument("--source", help="folder with the Fashion-MNIST idx files (default: Debian's package)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(fn=_cmd_demo)
-    p = sub.add_parser("smoke", help="a one-minute distillation run on drawn shapes with tiny models")
-    p.add_argument("--recipe", default="clipkd")
-    p.add_argument("--student", default="clipkd-tiny-vit")
-    p.add_argument("--teacher", default="clipkd-tiny-teacher")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p = command("smoke", "a one-minute distillation run on drawn shapes with tiny models")
+    p.add_argument("--recipe", default="clipkd", help="loss recipe (see `clipkd losses`)")
+    p.add_argument("--student", default="clipkd-tiny-vit", help="student model (see `clipkd models`)")
+    p.add_argument("--teacher", default="clipkd-tiny-teacher", help="teacher model (see `clipkd models`)")
+    p.add_argument("--steps", type=int, default=30, help="distillation steps")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per step")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(fn=_cmd_smoke)
     return parser
 
@@ -181,8 +223,10 @@ def _log_to_console() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``clipkd`` console script."""
+    from clipkd.engine.threads import set_thread_environment
     from clipkd.errors import USER_ERRORS
 
+    set_thread_environment()  # before torch loads: OpenMP threads sleep instead of spinning while they wait
     args = build_parser().parse_args(argv)
     _log_to_console()
     try:

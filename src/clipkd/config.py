@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal, Optional, Sequence, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from clipkd.config_paths import resolve_override, resolve_paths
 from clipkd.errors import ConfigError
-from clipkd.losses.combine import validate_weights
-from clipkd.losses.recipes import GD_REF_BATCH, GD_REF_DIM, RECIPES, get_recipe, resolve_weights
+from clipkd.losses.catalog import validate_weights  # catalog and recipes import no torch: errors come fast
+from clipkd.losses.recipes import (GD_REF_BATCH, GD_REF_DIM, RECIPES, get_recipe, resolve_weights,
+                                   unknown_recipe_message)
+from clipkd.suggest import did_you_mean
 
 
 class _Strict(BaseModel):
@@ -45,7 +48,7 @@ class DistillConfig(_Strict):
     @classmethod
     def _known_recipe(cls, v: str) -> str:
         if v not in RECIPES:
-            raise ValueError(f"unknown recipe '{v}' (known: {', '.join(RECIPES)})")
+            raise ValueError(unknown_recipe_message(v))
         return v
 
     @field_validator("weights")
@@ -174,6 +177,47 @@ class EvalConfig(_Strict):
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="zero-shot / retrieval benchmarks")
 
 
+TEACHERLESS_TERMS = frozenset({"task"})
+"""Loss terms computed from the student alone; every other term compares the student with the teacher."""
+
+
+def teacher_terms(distill: DistillConfig) -> list[str]:
+    """The active (weight > 0) loss terms of ``distill`` that use the teacher; empty for ``baseline``."""
+    weights = distill.weights if distill.weights is not None else get_recipe(distill.recipe).weights
+    return [t for t, w in weights.items() if w > 0 and t not in TEACHERLESS_TERMS]
+
+
+def _teacher_required(distill: DistillConfig) -> Optional[str]:
+    """Why a run with ``distill`` needs a teacher section (the message), or None when the student trains alone."""
+    terms = teacher_terms(distill)
+    if terms:
+        source = "distill.weights" if distill.weights is not None else f"distill.recipe '{distill.recipe}'"
+        why = (f"the loss term{'s' * (len(terms) > 1)} {', '.join(terms)} of {source} "
+               f"need{'s' * (len(terms) == 1)} a teacher")
+        other = "train the student alone with distill.recipe: baseline"
+    elif distill.teacher_cache:
+        why, other = "distill.teacher_cache holds a teacher's embeddings", "remove distill.teacher_cache"
+    else:
+        return None
+    return f"required: {why}; add a teacher section (teacher.model, teacher.pretrained), or {other}"
+
+
+def _raw_teacher_problem(data: Any) -> Optional[str]:
+    """:func:`_teacher_required` of a raw config without a teacher whose other parts have errors."""
+    if not isinstance(data, dict) or data.get("teacher") is not None:
+        return None
+    try:
+        distill = DistillConfig.model_validate(data.get("distill") or {})
+    except ValidationError:
+        return None  # its own errors are reported; whether it needs a teacher is unknown
+    return _teacher_required(distill)
+
+
+def _teacher_error(message: str) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError("teacher_required", "{why}", {"why": message}),
+                            loc=("teacher",), input=None)
+
+
 class TrainConfig(_Strict):
     run_dir: str
     seed: int = 0
@@ -181,7 +225,8 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     threads: Optional[int] = Field(None, ge=1, description="CPU threads per process for tensor ops; null: the "
                                    "cores this process may use minus its loader workers (OMP_NUM_THREADS wins)")
-    teacher: ModelConfig
+    teacher: Optional[ModelConfig] = Field(None, description="the frozen teacher; required when a loss term or "
+                                           "distill.teacher_cache uses it; not built when none does (baseline)")
     student: ModelConfig
     distill: DistillConfig = DistillConfig()
     data: DataConfig
@@ -190,6 +235,23 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _teacher_when_used(cls, data: Any, handler):
+        """``teacher`` is required when a loss term or the teacher cache uses it; reported with the other
+        problems of the config when there are some (its ``distill`` section is then checked on its own)."""
+        try:
+            cfg = handler(data)
+        except ValidationError as err:
+            why = _raw_teacher_problem(data)
+            if why is None:
+                raise
+            raise ValidationError.from_exception_data(err.title, [_teacher_error(why), *err.errors()]) from None
+        why = _teacher_required(cfg.distill) if cfg.teacher is None else None
+        if why is not None:
+            raise ValidationError.from_exception_data(cls.__name__, [_teacher_error(why)])
+        return cfg
 
     @model_validator(mode="after")
     def _cache_without_augmentation(self):
@@ -253,22 +315,63 @@ def _assign(node: Any, part: str, value: Any, key: str) -> None:
 _UNION_TAG = re.compile(r"^(str|int|float|bool|none|[\w-]+\[.*\])$")  # pydantic's union-member loc parts
 
 
-def _error_line(e: Any) -> tuple[str, str]:
-    """(dotted field, message) of one pydantic error, without union-member tags in the field."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config sections a field's type holds: ``X``, ``Optional[X]``, ``list[X]``, unions of them."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _section(root: Optional[type[BaseModel]], loc: Sequence[Any]) -> tuple[str, list[str]]:
+    """The section at a pydantic ``loc`` from ``root``: its dotted path as a user writes it (``"a.b."``, without
+    union-member tags) and its field names, for a "did you mean"."""
+    models, path = ([root] if root is not None else []), []
+    for part in loc:
+        holders = [m for m in models if isinstance(part, str) and part in m.model_fields]
+        if holders:  # a field: the sections its type holds (X, Optional[X], list[X], dict[str, X], unions)
+            models = [s for m in holders for s in _models_in(m.model_fields[part].annotation)]
+        elif isinstance(part, str) and part in {m.__name__ for m in models}:
+            models = [m for m in models if m.__name__ == part]  # the union member pydantic tried
+            continue
+        elif isinstance(part, str) and _UNION_TAG.match(part):
+            continue  # a union member such as list[X]: its items are the same sections
+        path.append(part)  # a field, list index or dict key
+    return "".join(f"{p}." for p in path), [name for m in models for name in m.model_fields]
+
+
+def _unknown_field(root: Optional[type[BaseModel]], parts: list[Any]) -> str:
+    """``unknown field (did you mean `a.b`?)`` with the nearest field of the same section, if one is near."""
+    if not parts:
+        return "unknown field"
+    prefix, names = _section(root, parts[:-1])
+    hint = did_you_mean(str(parts[-1]), names, prefix=prefix)
+    return f"unknown field ({hint})" if hint else "unknown field"
+
+
+def _error_line(e: Any, root: Optional[type[BaseModel]] = None) -> tuple[str, str]:
+    """(dotted field, message) of one pydantic error, without union-member tags in the field.
+
+    ``root``: the model validated, to suggest the nearest field name for an unknown one.
+    """
     parts = list(e["loc"])
     if e["type"] != "extra_forbidden":
         parts = [p for p in parts if not (isinstance(p, str) and _UNION_TAG.match(p))]
-    msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+    msg = _unknown_field(root, parts) if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
     if e["type"] == "missing" and parts and isinstance(parts[-1], int):
         msg, parts = f"too few items (item {parts[-1]} is missing)", parts[:-1]
     return ".".join(str(p) for p in parts), msg
 
 
 def error_lines(err: ValidationError) -> list[tuple[str, str]]:
-    """``(dotted field, message)`` per offending field ("" = the object itself); union alternatives joined."""
+    """``(dotted field, message)`` per offending field ("" = the object itself); union alternatives joined.
+
+    An unknown field gets the nearest valid name of its section (when ``err`` comes from a model of this module).
+    """
+    root = globals().get(err.title)
+    root = root if isinstance(root, type) and issubclass(root, BaseModel) else None
     by_field: dict[str, list[str]] = {}
     for e in err.errors():
-        field, msg = _error_line(e)
+        field, msg = _error_line(e, root)
         if msg not in by_field.setdefault(field, []):
             by_field[field].append(msg)
     out = []

@@ -9,7 +9,7 @@ import torch
 
 from clipkd.losses.combine import DistillLoss
 from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
-from clipkd.models.student import DistillStudent, StudentOutput
+from clipkd.models.student import NEEDS_TEACHER, DistillStudent, StudentOutput
 from clipkd.models.teacher import FrozenTeacher
 
 if TYPE_CHECKING:
@@ -44,13 +44,26 @@ def _map_text(text: TextBatch, fn) -> TextBatch:
 
 @dataclass
 class Distiller:
-    """The objects of a distillation run. ``student`` is the only module that trains."""
+    """The objects of a distillation run. ``student`` is the only module that trains.
 
-    teacher: FrozenTeacher
+    ``teacher`` is None when no active loss term needs one (e.g. recipe ``baseline``): nothing builds, moves
+    or runs a teacher then.
+    """
+
+    teacher: Optional[FrozenTeacher]
     student: DistillStudent
     loss: DistillLoss
     mask_ratio: float = 0.0
     teacher_cache: Optional["TeacherCache"] = None
+
+    @property
+    def view_encoders(self) -> tuple[ClipEncoder, ClipEncoder]:
+        """The (student, teacher-side) encoders whose preprocessing and tokenizers make a batch's two views.
+
+        Without a teacher the student's encoder serves both sides (the teacher view is then the student's).
+        """
+        student = self.student.encoder
+        return student, (self.teacher.encoder if self.teacher is not None else student)
 
     def teacher_embeddings(self, batch: DistillBatch) -> Embeddings:
         """From the cache when there is one (by sample key), else a teacher forward."""
@@ -58,6 +71,8 @@ class Distiller:
             if batch.keys is None:
                 raise ValueError("a teacher cache needs sample keys in the batch")
             return self.teacher_cache.lookup(batch.keys, batch.student_images.device)
+        if self.teacher is None:
+            raise ValueError("this distiller has no teacher (its loss terms need none)")
         return self.teacher(batch.teacher_images, batch.teacher_text)
 
     def teacher_for(self, batch: DistillBatch) -> Optional[Embeddings]:
@@ -87,14 +102,23 @@ class Distiller:
 
 def build_distiller(
     student: ClipEncoder,
-    teacher: ClipEncoder,
+    teacher: Optional[ClipEncoder],
     weights: Mapping[str, float],
     mask_ratio: float = 0.0,
 ) -> Distiller:
-    """Freeze ``teacher``, wrap ``student`` with exactly the heads the weighted terms need."""
+    """Freeze ``teacher``, wrap ``student`` with exactly the heads the weighted terms need.
+
+    ``teacher`` may be None when no weighted term needs one (e.g. ``{"task": 1}``): the student then trains
+    alone and the distiller has no teacher.
+    """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     loss = DistillLoss(weights)
+    if teacher is None:
+        if loss.needs_teacher:
+            users = sorted(n for n, t in loss.terms.items() if NEEDS_TEACHER in t.needs)
+            raise ValueError(f"loss term(s) {', '.join(users)} need a teacher, and none was given")
+        return Distiller(None, DistillStudent(student, student.embed_dim, loss.needs), loss, mask_ratio)
     frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
     module = DistillStudent(student, frozen.embed_dim, loss.needs)
     return Distiller(frozen, module, loss, mask_ratio)

@@ -17,7 +17,13 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive optimizer steps had a non-finite loss or gradient."""
 
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, DataQualityError, TrainingDiverged)
+class HubUnreachable(RuntimeError):
+    """Pretrained weights (or a hub model's config) had to come from the model hub, which cannot be reached, and
+    they are not in the local cache. Raised instead of open_clip's RuntimeError; the message says how to pass a
+    local checkpoint file instead."""
+
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, DataQualityError, TrainingDiverged, HubUnreachable)
 
 
 def worker_message(exc: BaseException) -> Optional[str]:

@@ -1,11 +1,12 @@
 """A short end-to-end distillation run on drawn shapes: every part of the foundation, in a minute on a CPU.
 
-This is the README's first command until the embedded Fashion-MNIST demo exists. The teacher is first fitted
+`clipkd smoke` checks an installation without any download or data. The teacher is first fitted
 contrastively on the same shapes for a few steps, so the student has something to learn from.
 """
 
 from __future__ import annotations
 
+import random
 from typing import Callable, Optional
 
 import torch
@@ -16,18 +17,15 @@ from clipkd.losses.functional import clip_loss
 from clipkd.losses.recipes import get_recipe
 from clipkd.models.encoders import ClipEncoder
 from clipkd.models.open_clip_adapter import create_open_clip_encoder
+from clipkd.data.decode import collate_views
 from clipkd.data.synthetic import shape_samples
+from clipkd.data.views import PairedViews
 
 
-def make_batch(samples: list, student: ClipEncoder, teacher: ClipEncoder) -> DistillBatch:
-    """Each side preprocesses and tokenises the same samples its own way."""
-    captions = [s.caption for s in samples]
-    return DistillBatch(
-        student_images=torch.stack([student.preprocess_train(s.image) for s in samples]),
-        student_text=student.tokenize(captions),
-        teacher_images=torch.stack([teacher.preprocess_val(s.image) for s in samples]),
-        teacher_text=teacher.tokenize(captions),
-    )
+def make_batch(samples: list, views: PairedViews, rng: random.Random) -> DistillBatch:
+    """The trainer's paired views: one random crop per sample shared by both sides, then each side's own
+    resize, normalisation and tokenizer."""
+    return collate_views([views(s.image, s.caption, rng) for s in samples])
 
 
 def fit_teacher(teacher: ClipEncoder, batches: list[DistillBatch], steps: int, lr: float = 1e-3) -> list[float]:
@@ -60,7 +58,8 @@ def run_smoke(
     teacher = create_open_clip_encoder(teacher_model)
     student = create_open_clip_encoder(student_model)
     samples = list(shape_samples(batch_size * 4, seed=seed))
-    batches = [make_batch(samples[i : i + batch_size], student, teacher) for i in range(0, len(samples), batch_size)]
+    views, rng = PairedViews(student, teacher, crop_scale=(0.9, 1.0)), random.Random(seed)
+    batches = [make_batch(samples[i : i + batch_size], views, rng) for i in range(0, len(samples), batch_size)]
     t_losses = fit_teacher(teacher, batches, teacher_steps)
     distiller = build_distiller(student, teacher, rec.weights, rec.mask_ratio)
     opt = torch.optim.AdamW(distiller.student.parameters(), lr=1e-3, weight_decay=0.1)

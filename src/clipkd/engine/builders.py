@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-from clipkd.config import BenchmarkSpec, DataConfig, ModelConfig, TrainConfig
+from clipkd.config import BenchmarkSpec, DataConfig, ModelConfig, TrainConfig, teacher_terms
 from clipkd.config_paths import LIST_KEYWORDS, WEIGHT_SUFFIXES
 from clipkd.data.sources import CsvSource, ShardSource, Source, expand_shards
 from clipkd.data.stream import DistillStream
@@ -19,6 +20,8 @@ from clipkd.errors import ConfigError
 from clipkd.models.factory import COMPOSITE_MODELS, create_encoder, known_model
 from clipkd.models.shapes import (ArchitectureError, Shapes, checkpoint_shapes, expected_shapes, fit_problem,
                                   model_config_problem, pretrained_tag_problem)
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -38,7 +41,11 @@ def _check_model_name(field: str, name: str) -> list[str]:
         return [f"{field}: {problem}"] if problem else []
     if known_model(name):
         return []
-    return [f"{field}: unknown model '{name}' (see `clipkd models`)"]
+    from clipkd.models.factory import list_models
+    from clipkd.suggest import did_you_mean
+
+    hint = did_you_mean(name, [*COMPOSITE_MODELS, *list_models()], n=3)
+    return [f"{field}: unknown model '{name}' ({hint + ' ' if hint else ''}see `clipkd models`)"]
 
 
 def _check_pretrained(field: str, model: str, pretrained: str, expected: Optional[Shapes]) -> list[str]:
@@ -158,21 +165,34 @@ def preflight(cfg: TrainConfig) -> None:
     on the meta device, pretrained tags are fetched (or found in the cache), data files and CSV columns exist.
     """
     problems: list[str] = []
-    for side, mc in (("teacher", cfg.teacher), ("student", cfg.student)):
-        problems += check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")
+    teacher = cfg.teacher if teacher_in_use(cfg) else None  # one the run does not build is not checked either
+    for side, mc in (("teacher", teacher), ("student", cfg.student)):
+        if mc is not None:
+            problems += check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")
     problems += check_data("data", cfg.data)
     if cfg.eval.val_data is not None:
         problems += check_data("eval.val_data", cfg.eval.val_data)
     for i, spec in enumerate(cfg.eval.benchmarks):
         problems += check_benchmark(f"eval.benchmarks.{i}", spec)
-    if cfg.distill.teacher_cache and not Path(cfg.distill.teacher_cache).is_file():
+    if teacher is not None and cfg.distill.teacher_cache and not Path(cfg.distill.teacher_cache).is_file():
         problems.append(f"distill.teacher_cache: file not found: {cfg.distill.teacher_cache}")
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
 
 
-def build_encoder(mc: ModelConfig) -> ClipEncoder:
-    return create_encoder(mc.model, mc.pretrained, image_mean=mc.image_mean, image_std=mc.image_std)
+def build_encoder(mc: ModelConfig, role: str = "model") -> ClipEncoder:
+    """The encoder of a model section; ``role`` (teacher, student, model) says how random weights are reported
+    (:func:`clipkd.models.factory.report_untrained`)."""
+    return create_encoder(mc.model, mc.pretrained, image_mean=mc.image_mean, image_std=mc.image_std, role=role)
+
+
+def teacher_in_use(cfg: TrainConfig) -> bool:
+    """Whether the run builds its teacher: it has a teacher section and an active loss term that uses it.
+
+    Recipe ``baseline`` (task loss only) never does: a teacher section given with it, and a
+    ``distill.teacher_cache``, are ignored.
+    """
+    return cfg.teacher is not None and bool(teacher_terms(cfg.distill))
 
 
 def global_batch_size(cfg: TrainConfig, world_size: int = 1) -> int:
@@ -183,13 +203,22 @@ def global_batch_size(cfg: TrainConfig, world_size: int = 1) -> int:
 def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1) -> Distiller:
     """Teacher (frozen) and student (with the heads the configured terms need).
 
+    Without a teacher term (recipe ``baseline``) no teacher is built: the distiller's ``teacher`` is None.
+    The student is built first, so its initialisation depends on the seed alone, with or without a teacher.
     ``world_size``: the number of training processes; a recipe's GD weight follows the global batch
     (:func:`global_batch_size`) and the teacher's embedding dim.
     """
     torch.manual_seed(cfg.seed)  # identical initialisation for the same seed (and on every rank)
-    teacher = build_encoder(cfg.teacher)
-    student = build_encoder(cfg.student)
-    weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), teacher.embed_dim)
+    student = build_encoder(cfg.student, role="student")
+    teacher = build_encoder(cfg.teacher, role="teacher") if teacher_in_use(cfg) else None
+    if teacher is None and cfg.teacher is not None:
+        d = cfg.distill
+        source = "distill.weights" if d.weights is not None else f"distill.recipe '{d.recipe}'"
+        ignored = " and distill.teacher_cache" if d.teacher_cache else ""
+        log.info("%s has no loss term that uses a teacher: the student trains alone, the teacher section%s "
+                 "(%s) is ignored and no teacher is built", source, ignored, cfg.teacher.model)
+    dim = teacher.embed_dim if teacher is not None else student.embed_dim  # no teacher: GD is not active
+    weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), dim)
     return build_distiller(student, teacher, weights, mask_ratio)
 
 
@@ -205,7 +234,7 @@ def build_stream(dc: DataConfig, distiller: Distiller, seed: int, rank: int = 0,
                  world_size: int = 1, batches_per_split: Optional[int] = None) -> DistillStream:
     """The training batch stream for one process, each side with its own views and tokenizer (held-out pairs:
     :meth:`clipkd.engine.hooks.ValLossHook.from_config`)."""
-    views = PairedViews(distiller.student.encoder, distiller.teacher.encoder, dc.crop_scale)
+    views = PairedViews(*distiller.view_encoders, dc.crop_scale)
     return DistillStream(build_source(dc), views, dc.batch_size, seed=seed, rank=rank, world_size=world_size,
                          workers=dc.workers, batches_per_split=batches_per_split,
                          max_skip_fraction=dc.max_skip_fraction, max_image_pixels=dc.max_image_pixels)

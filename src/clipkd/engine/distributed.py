@@ -13,11 +13,13 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+
+from clipkd.engine.threads import set_thread_environment
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -84,6 +86,12 @@ def current_env() -> DistEnv:
     return DistEnv()
 
 
+def local_processes() -> int:
+    """Processes of this run on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 in a plain process)."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "1") if launched_by_torchrun() else "1"
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
 def launched_by_torchrun() -> bool:
     """True inside a process started by ``torchrun`` (or anything that sets its environment variables)."""
     return all(v in os.environ for v in TORCHRUN_VARS)
@@ -126,13 +134,16 @@ def torchrun_command(nproc: int, program: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *program]
 
 
-def launch_local(nproc: int, clipkd_args: Sequence[str]) -> int:
+def launch_local(nproc: int, clipkd_args: Sequence[str], threads: Optional[int] = None) -> int:
     """Run ``clipkd <clipkd_args>`` as ``nproc`` processes on this machine through torchrun; its exit code.
 
-    CPU threads are shared out (``OMP_NUM_THREADS = cores // nproc``) unless already set.
+    ``threads``: CPU threads of each process, passed as ``OMP_NUM_THREADS`` unless that is set already
+    (otherwise torchrun would set 1); OpenMP threads sleep while they wait (:mod:`clipkd.engine.threads`).
     """
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    set_thread_environment(env)
+    if threads is not None:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
     proc = subprocess.Popen(torchrun_command(nproc, ["-m", "clipkd", *clipkd_args]), env=env)
     with _ignoring_stop_signals():  # the group's signal reaches the workers; wait for their checkpoint
         return proc.wait()

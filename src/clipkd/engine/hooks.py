@@ -70,7 +70,7 @@ class ValLossHook:
         batches (None: all), each side's un-augmented preprocessing and tokenizer."""
         from clipkd.engine.builders import build_source
 
-        views = PairedViews(distiller.student.encoder, distiller.teacher.encoder, None)
+        views = PairedViews(*distiller.view_encoders, None)
         return cls(HeldOutPairs(build_source(dc), views, dc.batch_size, max_batches, dc.max_image_pixels), device)
 
     @torch.no_grad()
@@ -88,17 +88,18 @@ class ValLossHook:
         scales: tuple[float, float] = (0.0, 0.0)
         for batch in self.pairs:
             batch = batch.to(self.device)
-            t = distiller.teacher(batch.teacher_images, batch.teacher_text)
+            t = distiller.teacher(batch.teacher_images, batch.teacher_text) if distiller.teacher is not None else None
             s = distiller.student(batch.student_images, batch.student_text, t, 0.0)
             for k, v in distiller.loss(s, t).items():
                 sums[k] += float(v) * len(batch)
-            for k, v in {"s_img": s.img, "s_txt": s.txt, "s_img_proj": s.img_proj, "s_txt_proj": s.txt_proj,
-                         "t_img": t.img, "t_txt": t.txt}.items():
-                parts[k].append(v.float().cpu())
-            scales = (float(s.scale), float(t.scale))
+            if t is not None:  # the diagnostics compare with the teacher: none without one
+                for k, v in {"s_img": s.img, "s_txt": s.txt, "s_img_proj": s.img_proj, "s_txt_proj": s.txt_proj,
+                             "t_img": t.img, "t_txt": t.txt}.items():
+                    parts[k].append(v.float().cpu())
+                scales = (float(s.scale), float(t.scale))
         count = self.pairs.pairs
         metrics = {k: v / count for k, v in sums.items()} if count else {}
-        if count:
+        if count and parts:
             metrics.update(embedding_diagnostics({k: torch.cat(v) for k, v in parts.items()}, *scales))
         metrics["pairs"] = float(count)
         metrics["skipped"] = float(sum(self.pairs.skipped.values()))

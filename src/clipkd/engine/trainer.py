@@ -19,6 +19,7 @@ import contextlib
 import functools
 import logging
 import random
+import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from clipkd.distill import DistillBatch
 from clipkd.engine import checkpoint as ckpt
 from clipkd.engine.builders import (build_distiller_from_config, build_stream, global_batch_size, preflight,
                                     resolve_device)
-from clipkd.engine.distributed import DistEnv, current_env, wrap_ddp
+from clipkd.engine.distributed import DistEnv, current_env, local_processes, wrap_ddp
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.hooks import EvalHook, ValLossHook
 from clipkd.engine.logger import MetricLogger, NullLogger
@@ -43,6 +44,7 @@ from clipkd.engine.optim import clamp_logit_scales, create_optimizer, create_sch
 from clipkd.engine.config_diff import breaking_changes
 from clipkd.engine.preemption import StopRequest
 from clipkd.engine.rank_state import RankState, mask_seed, pick_rank_state
+from clipkd.engine.threads import apply_threads
 from clipkd.engine.run_dir import check_run_dir, move_aside, truncate_metrics
 from clipkd.errors import ConfigError, DataQualityError, TrainingDiverged
 from clipkd.eval.runner import BenchmarkHook
@@ -57,6 +59,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     nonfinite_steps: int = 0
+    fp16_overflow_steps: int = 0
     stopped_by: Optional[str] = None  # the signal that pre-empted the run, if any
 
 
@@ -90,6 +93,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or current_env()
         preflight(cfg)
+        apply_threads(cfg.threads, cfg.data.workers, local_processes())
         self.run_dir = Path(cfg.run_dir)
         self.allow_config_change = allow_config_change
         self._prepare_run_dir(resume, overwrite)
@@ -99,9 +103,10 @@ class Trainer:
         # seeded: identical initialisation on every rank
         self.distiller = build_distiller_from_config(cfg, world_size=self.env.world_size)
         torch.manual_seed(cfg.seed + self.env.rank)
-        if cfg.distill.teacher_cache:
-            self.distiller.teacher_cache = TeacherCache.load(cfg.distill.teacher_cache)
-        self.distiller.teacher.to(self.device)
+        if self.distiller.teacher is not None:  # None when no loss term uses a teacher (recipe baseline)
+            if cfg.distill.teacher_cache:
+                self.distiller.teacher_cache = TeacherCache.load(cfg.distill.teacher_cache)
+            self.distiller.teacher.to(self.device)
         self.student = self.distiller.student.to(self.device)
         self.student_fn = wrap_ddp(self.student, self.env, self.device)
         self.stream = build_stream(cfg.data, self.distiller, cfg.seed, rank=self.env.rank,
@@ -119,7 +124,7 @@ class Trainer:
         self._eval_enabled = bool(hooks) or bool(ec.benchmarks) or ec.val_data is not None  # same on all ranks
         self.hooks = (list(hooks) + self._config_hooks()) if self.env.is_main else []
         self.step = 0
-        self.nonfinite_total = self.nonfinite_streak = 0
+        self.nonfinite_total = self.nonfinite_streak = self.fp16_overflows = 0
         self.stop_request = StopRequest()
         self.agreed = StepAgreement(False, False, 0, 0)
         self._saved_step = self._eval_step = -1
@@ -157,7 +162,8 @@ class Trainer:
     def _state(self) -> dict:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "world_size": self.env.world_size,
-                "workers": self.cfg.data.workers, "nonfinite": [self.nonfinite_total, self.nonfinite_streak]}
+                "workers": self.cfg.data.workers, "nonfinite": [self.nonfinite_total, self.nonfinite_streak],
+                "fp16_overflows": self.fp16_overflows}
 
     def save(self) -> Optional[Path]:
         """Write a checkpoint (rank 0, with every rank's own state); collective: all ranks must call it."""
@@ -169,7 +175,11 @@ class Trainer:
                                     dump_config(self.cfg), self.cfg.checkpoint.keep_last)
 
     def _check_config(self, path: Path) -> None:
-        changes = breaking_changes(ckpt.read_config(path), self.cfg.model_dump(mode="json"))
+        saved, current = ckpt.read_config(path), self.cfg.model_dump(mode="json")
+        if self.distiller.teacher is None:  # the teacher section and cache of a teacherless run play no part
+            saved, current = ({**c, "teacher": None, "distill": {**(c.get("distill") or {}), "teacher_cache": None}}
+                              for c in (saved, current))
+        changes = breaking_changes(saved, current)
         if not changes:
             return
         listing = "\n".join(f"  {c}" for c in changes)
@@ -196,6 +206,7 @@ class Trainer:
         self.rank_state.load(mine)
         self.step = self._saved_step = state["step"]
         self.nonfinite_total, self.nonfinite_streak = state["nonfinite"]
+        self.fp16_overflows = int(state.get("fp16_overflows", 0))
         self._resumed = True
         if self.env.is_main:
             self._forget_after(self.step)
@@ -230,12 +241,24 @@ class Trainer:
         if self.agreed.nonfinite:
             self._undo_step(buffers, scaler_state)
         else:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
+            self._optimizer_step()
             clamp_logit_scales(self.student)
             self.nonfinite_streak = 0
         return {k: v.item() for k, v in out.items()}
+
+    def _optimizer_step(self) -> None:
+        """AdamW through the grad scaler, then the schedule. Under fp16 the scaler skips the update when the
+        scaled gradients overflowed (and lowers the scale): counted in ``fp16_overflow_steps``; the schedule
+        advances all the same, without PyTorch's "scheduler before optimizer" warning for that case."""
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        overflowed = scale is not None and self.scaler.get_scale() < scale
+        self.fp16_overflows += int(overflowed)
+        with warnings.catch_warnings():
+            if overflowed:
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
 
     def _grad_norm(self) -> torch.Tensor:
         """Global gradient norm, clipped to ``optim.grad_clip`` when set (unscaled first under fp16)."""
@@ -332,6 +355,7 @@ class Trainer:
             logger.close()
         result.step, result.skipped = self.step, dict(self.rank_state.skipped)
         result.nonfinite_steps, result.stopped_by = self.nonfinite_total, self._stopped_by()
+        result.fp16_overflow_steps = self.fp16_overflows
         if self.rank_state.skipped:
             log.warning("skipped %d unusable records: %s", sum(self.rank_state.skipped.values()),
                         self.rank_state.describe_skips())
@@ -377,6 +401,8 @@ class Trainer:
             p = getattr(s, name)
             if p is not None:
                 out[name.replace("_logit", "")] = p.detach().exp().item()
+        if self.scaler.is_enabled():
+            out.update(loss_scale=self.scaler.get_scale(), fp16_overflow_steps=self.fp16_overflows)
         return out
 
     def _maybe_eval(self, logger, final: bool = False) -> None:

@@ -264,6 +264,9 @@ def _check_model_args(args: argparse.Namespace) -> Target:
     cfg = _run_config(args.run)
     side = args.side or DEFAULTS["side"]
     if side == "teacher":
+        if cfg.teacher is None:
+            raise ConfigError(f"--side teacher: run {args.run} has no teacher (distill.recipe baseline trains the "
+                              "student alone)")
         problems = check_model("teacher.model", cfg.teacher.model, cfg.teacher.pretrained, "teacher.pretrained")
         target = Target(cfg.teacher.model, cfg.teacher.pretrained, side, f"--run {args.run} --side teacher",
                         f"teacher.pretrained in {Path(args.run) / 'config.yaml'}")
@@ -279,9 +282,12 @@ def _check_model_args(args: argparse.Namespace) -> Target:
 def _check_diagnostics(args: argparse.Namespace) -> None:
     """A run with a checkpoint, models that can be built, and held-out pairs (``--pairs`` or the run's
     ``eval.val_data``) that exist."""
-    from clipkd.engine.builders import check_data, check_model
+    from clipkd.engine.builders import check_data, check_model, teacher_in_use
 
     cfg = _run_config(args.run)
+    if not teacher_in_use(cfg):
+        raise ConfigError(f"--diagnostics compares the student with its teacher; run {args.run} was trained "
+                          "without one (distill.recipe baseline)")
     if args.pairs:
         fmt, path = _split(args.pairs, "--pairs")
         try:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-__all__ = ["load_results", "markdown_table", "bar_chart", "write_report"]
+__all__ = ["load_results", "markdown_table", "chart_figure", "bar_chart", "write_report"]
 
 REQUIRED_KEYS = ("dataset", "model", "pretrained", "task", "metrics")
 MISSING = "–"
@@ -112,13 +113,19 @@ def markdown_table(results: list[dict], metrics: Optional[Sequence[str]] = None)
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(
-    results: list[dict],
-    path: PathLike,
-    metrics: Optional[Sequence[str]] = None,
-    title: Optional[str] = None,
-) -> Path:
-    """Grouped bar chart (one group per (dataset, metric), one bar per model, in %) as a PNG."""
+LABEL_CHARS = 34  # category and legend labels wrap at this many characters (long names break anywhere)
+FONT = 8  # points, tick and legend labels
+
+
+def _wrap(text: str, width: int = LABEL_CHARS) -> str:
+    """``text`` on lines of at most ``width`` characters; a longer word (a long benchmark name) is split."""
+    lines = [line for part in text.splitlines()
+             for line in (textwrap.wrap(part, width, break_long_words=True, break_on_hyphens=False) or [""])]
+    return "\n".join(lines)
+
+
+def chart_figure(results: list[dict], metrics: Optional[Sequence[str]] = None, title: Optional[str] = None):
+    """The grouped bar chart as a matplotlib ``Figure`` (Agg canvas attached): see :func:`bar_chart`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,25 +135,50 @@ def bar_chart(
     if not results:
         raise ValueError("no results to plot")
     labels, columns, values = _collect(results, metrics)
-    group_width = max(0.8, 0.25 * len(labels))  # inches per (dataset, metric) group
-    fig = Figure(figsize=(min(40.0, max(6.0, 2.0 + group_width * len(columns))), 4.5))
+    names = [_wrap(f"{d}\n{m}") for d, m in columns]
+    legend_names = [_wrap(label, 2 * LABEL_CHARS) for label in labels]
+    line = FONT * 1.35 / 72  # inches per text line
+    # Horizontal bars, one group per (dataset, metric): a group is as tall as its bars and its wrapped label.
+    group = max(0.2 * len(labels) + 0.25, line * (max(n.count("\n") for n in names) + 1) + 0.15)
+    legend_rows = sum(n.count("\n") + 1 for n in legend_names)
+    height = min(300.0, 1.2 + group * len(columns) + line * legend_rows + 0.2)
+    fig = Figure(figsize=(10.0, height), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    width = 0.8 / max(1, len(labels))
+    bar = 0.8 / max(1, len(labels))
+    top = 0.0
     for i, label in enumerate(labels):
-        xs, heights = [], []
+        ys, widths = [], []
         for j, col in enumerate(columns):
             value = values.get((label, col))
             if value is not None and math.isfinite(value):
-                xs.append(j - 0.4 + width * (i + 0.5))
-                heights.append(100.0 * value)
-        bars = ax.bar(xs, heights, width=width, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=6)
-    ax.set_xticks(range(len(columns)), [f"{d}\n{m}" for d, m in columns], fontsize=7)
-    ax.set_ylabel("%")
-    ax.set_title(title or "Evaluation results")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+                ys.append(j - 0.4 + bar * (i + 0.5))
+                widths.append(100.0 * value)
+        bars = ax.barh(ys, widths, height=bar, label=legend_names[i])
+        ax.bar_label(bars, fmt="%.1f", fontsize=FONT - 2, padding=2)
+        top = max([top, *widths])
+    ax.set_yticks(range(len(columns)), names, fontsize=FONT)
+    ax.set_ylim(len(columns) - 0.5, -0.5)  # first column on top, each group's first model on top
+    ax.set_xlim(0.0, max(100.0, top) * 1.1)  # room for the value labels
+    ax.set_xlabel("%")
+    ax.tick_params(axis="x", labelsize=FONT)
+    ax.set_title(_wrap(title or "Evaluation results", 90))
+    fig.legend(loc="outside lower center", fontsize=FONT, ncols=1 if max(map(len, labels)) > 30 else 3)
+    return fig
+
+
+def bar_chart(
+    results: list[dict],
+    path: PathLike,
+    metrics: Optional[Sequence[str]] = None,
+    title: Optional[str] = None,
+) -> Path:
+    """Grouped bar chart as a PNG: one group per (dataset, metric), one bar per model, in %.
+
+    Bars are horizontal, so long benchmark and model names stay readable: the names are wrapped at the left of
+    their group and in the legend below, and the figure grows with the number of bars.
+    """
+    fig = chart_figure(results, metrics, title)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=120)

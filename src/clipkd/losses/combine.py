@@ -2,31 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
-from clipkd.losses.terms import TERMS, create_term
+from clipkd.losses.catalog import validate_weights
+from clipkd.losses.terms import create_term
 from clipkd.models.encoders import Embeddings
 from clipkd.models.student import NEEDS_TEACHER, StudentOutput
-
-
-def validate_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """Check names and values of a ``{term: weight}`` mapping; return it as plain floats."""
-    unknown = sorted(set(weights) - set(TERMS))
-    if unknown:
-        raise ValueError(f"unknown loss term(s) {unknown} (known: {', '.join(sorted(TERMS))})")
-    clean = {}
-    for name, w in weights.items():
-        w = float(w)
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"loss weight '{name}' must be a finite number >= 0, got {w}")
-        clean[name] = w
-    if not any(clean.values()):
-        raise ValueError("at least one loss weight must be > 0")
-    return clean
 
 
 class DistillLoss(nn.Module):

@@ -7,7 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
-from clipkd.losses.combine import validate_weights
+from clipkd.losses.catalog import validate_weights
+from clipkd.suggest import did_you_mean
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,16 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def unknown_recipe_message(name: str) -> str:
+    """``unknown recipe 'x' (did you mean `y`? known: ...)``."""
+    hint = did_you_mean(name, RECIPES)
+    return f"unknown recipe '{name}' ({hint + ' ' if hint else ''}known: {', '.join(RECIPES)})"
+
+
 def get_recipe(name: str) -> Recipe:
     """A recipe by name, with a clear error for unknown names."""
     if name not in RECIPES:
-        raise KeyError(f"unknown recipe '{name}' (known: {', '.join(RECIPES)})")
+        raise KeyError(unknown_recipe_message(name))
     recipe = RECIPES[name]
     validate_weights(recipe.weights)
     return recipe

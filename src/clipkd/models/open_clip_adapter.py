@@ -6,17 +6,21 @@ open_clip's own timm support: a model config whose ``vision_cfg`` names a ``timm
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import socket
+import urllib.error
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import open_clip
 import torch
 from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 
+from clipkd.errors import HubUnreachable
 from clipkd.models.encoders import ClipEncoder, TextBatch
 from clipkd.models.masking import vit_token_drop
 from clipkd.models.state_dict import read_state_dict
@@ -131,6 +135,81 @@ def load_weights(model: torch.nn.Module, checkpoint: Union[str, Path]) -> None:
         )
 
 
+# open_clip logs these through the root logger while it builds a model. clipkd says itself, more precisely,
+# whether an encoder stayed random (after loading a checkpoint that open_clip never saw) and why a download
+# failed, so they are held back - only inside clipkd's own model creation, nowhere else.
+RANDOM_INIT_MESSAGE = "No pretrained weights loaded for model"
+_HELD_BACK = (RANDOM_INIT_MESSAGE, "Failed to download weights for tag", "Failed initial config/weights load")
+_OPEN_CLIP_LOGGERS = ("", "open_clip", "open_clip.factory")  # the root logger today; its own loggers later
+
+
+class _HoldBack(logging.Filter):
+    """Drops open_clip's records listed in ``_HELD_BACK`` and keeps their text in ``held``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(_HELD_BACK):
+            self.held.append(message)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _open_clip_messages_held() -> Iterator[list[str]]:
+    """While open_clip builds a model: its random-initialisation and download-failure messages are held back."""
+    hold = _HoldBack()
+    loggers = [logging.getLogger(name) for name in _OPEN_CLIP_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(hold)
+    try:
+        yield hold.held
+    finally:
+        for logger in loggers:
+            logger.removeFilter(hold)
+
+
+def _causes(exc: Optional[BaseException]) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+# huggingface_hub, httpx and requests errors meaning "no connection" (matched by class name: no hard imports)
+_NETWORK_ERRORS = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "TransportError", "ConnectError",
+                   "ConnectTimeout", "ReadTimeout", "Timeout", "ConnectionError")
+
+
+def _unreachable(exc: BaseException) -> Optional[BaseException]:
+    """The cause in ``exc``'s chain saying that the hub could not be reached (and no cached copy exists), or None."""
+    for cause in _causes(exc):
+        if isinstance(cause, (ConnectionError, TimeoutError, socket.gaierror, urllib.error.URLError)):
+            return cause
+        if any(cls.__name__ in _NETWORK_ERRORS for cls in type(cause).__mro__):
+            return cause
+    return None
+
+
+def _hub_unreachable(model: str, tag: Optional[str], cause: BaseException) -> HubUnreachable:
+    from clipkd.models.shapes import _first_line, hub_offline
+
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else _first_line(cause)
+    if tag:
+        return HubUnreachable(
+            f"cannot get the pretrained weights '{tag}' of {model}: the model hub is unreachable ({why}) and they "
+            "are not in the local cache; download them once with network access, or pass a local checkpoint file "
+            "instead (pretrained: /path/to/weights.safetensors)")
+    return HubUnreachable(
+        f"cannot load {model}: the model hub is unreachable ({why}) and the model is not in the local cache; "
+        "download it once with network access, or use a local copy (local-dir:/path/to/folder, or the "
+        "architecture's name or config file with pretrained: /path/to/weights.safetensors)")
+
+
 def create_open_clip_encoder(
     model: str,
     pretrained: Optional[str] = None,
@@ -145,7 +224,10 @@ def create_open_clip_encoder(
 
     ``model`` is an open_clip model name (built-in, clipkd's tiny configs, ``hf-hub:``/``local-dir:``) or the
     path of a model-config JSON. ``pretrained`` is an open_clip pretrained tag (downloads from the hub), a
-    checkpoint path in any layout :func:`read_state_dict` accepts, or ``None`` for random initialisation.
+    checkpoint path in any layout :func:`read_state_dict` accepts, or ``None`` for random initialisation
+    (``encoder.untrained`` then says "all weights"; this function logs nothing about it,
+    :func:`clipkd.models.factory.create_encoder` warns). A tag (or ``hf-hub:`` model) that must come from an
+    unreachable hub and is not cached raises :class:`~clipkd.errors.HubUnreachable`.
     """
     name = _resolve_model_name(model)
     pp = {**_PREPROCESS.get(name, {})}
@@ -155,18 +237,31 @@ def create_open_clip_encoder(
     if tag and not open_clip.get_pretrained_cfg(name, tag):
         known = open_clip.list_pretrained_tags_by_model(name)
         raise ValueError(f"'{tag}' is neither a checkpoint file nor a pretrained tag of {name} (tags: {known})")
-    oc_model, train_tf, val_tf = open_clip.create_model_and_transforms(
-        name,
-        pretrained=tag,
-        image_mean=pp.get("mean"),
-        image_std=pp.get("std"),
-        image_interpolation=pp.get("interpolation"),
-        image_resize_mode=pp.get("resize_mode"),
-        aug_cfg=dict(aug_cfg) if aug_cfg else None,
-        pretrained_text=False,
-        cache_dir=cache_dir,
-    )
+    try:
+        with _open_clip_messages_held() as held:
+            oc_model, train_tf, val_tf = open_clip.create_model_and_transforms(
+                name,
+                pretrained=tag,
+                image_mean=pp.get("mean"),
+                image_std=pp.get("std"),
+                image_interpolation=pp.get("interpolation"),
+                image_resize_mode=pp.get("resize_mode"),
+                aug_cfg=dict(aug_cfg) if aug_cfg else None,
+                pretrained_text=False,
+                cache_dir=cache_dir,
+            )
+    except Exception as exc:
+        cause = _unreachable(exc)
+        if cause is None:
+            raise
+        raise _hub_unreachable(model, tag, cause) from exc
     if checkpoint:
         load_weights(oc_model, checkpoint)
     encoder = OpenClipEncoder(oc_model, train_tf, val_tf, open_clip.get_tokenizer(name), name=model)
+    # Random when nothing was loaded: no checkpoint, no tag, and no weights from an hf-hub:/local-dir: source
+    # (open_clip says so for those; without a schema the decision needs no message).
+    from_source = name.startswith(("hf-hub:", "local-dir:"))
+    said_random = any(m.startswith(RANDOM_INIT_MESSAGE) for m in held)
+    if not checkpoint and (said_random or not (tag or from_source)):
+        encoder.untrained = "all weights"
     return encoder.to(device)

@@ -1,0 +1,60 @@
+"""Every loss term's name and equation, and the check of a ``{term: weight}`` mapping.
+
+Imports nothing heavy (no torch): config validation and ``clipkd losses`` use it before torch is loaded. The
+registered term classes (:mod:`clipkd.losses.terms`) take their equation from here, so this is the one place
+that lists the terms; the test suite checks that it and the registry name the same terms.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+from clipkd.suggest import closest
+
+EQUATIONS: dict[str, str] = {
+    "task": "1/2 [CE(s*I_s T_s^T, y) + CE(s*T_s I_s^T, y)]  (student's own CLIP loss)",
+    "crd": "1/2 [KL(softmax(T) || softmax(S)) + KL(softmax(T^T) || softmax(S^T))], S = s_s I_s T_s^T, "
+           "T = s_t I_t T_t^T",
+    "fd": "mean((P(I_s) - I_t)^2) + mean((P(T_s) - T_t)^2)",
+    "icl": "1/2 [CE(c*P(I_s) T_t^T, y) + CE(c*P(T_s) I_t^T, y)], c = exp(learned log-scale) <= 100",
+    "gd": "sum_k mean((G_k(student) - G_k(teacher))^2), G = closed-form dL/d(embeddings) of both loss halves",
+    "afd": "clip_loss(F_I, F_T, c), F = normalise(phi([P(student); teacher])), c = exp(learned log-scale) <= 100",
+}
+"""``{term name: equation}`` in the order ``clipkd losses`` prints them (embeddings L2-normalised, ``y =
+arange(N)``, ``P(.)`` = projection to the teacher's size)."""
+
+
+def add_term(name: str, text: str) -> None:
+    """Make a term defined outside this module (a plug-in ``LossTerm`` with its own equation) known by name."""
+    if EQUATIONS.get(name, text) != text:
+        raise ValueError(f"loss term '{name}' already has another equation in the catalog")
+    EQUATIONS[name] = text
+
+
+def unknown_terms_message(unknown: list[str]) -> str:
+    """``unknown loss term(s) [...] (did you mean ...? known: ...)`` for names not in the catalog."""
+    hints = [(u, found[0]) for u in unknown if (found := closest(u, EQUATIONS))]
+    if len(unknown) == 1 and hints:
+        hint = f"did you mean `{hints[0][1]}`? "
+    elif hints:
+        hint = "did you mean " + ", ".join(f"`{m}` for '{u}'" for u, m in hints) + "? "
+    else:
+        hint = ""
+    return f"unknown loss term(s) {unknown} ({hint}known: {', '.join(sorted(EQUATIONS))})"
+
+
+def validate_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """Check names and values of a ``{term: weight}`` mapping; return it as plain floats."""
+    unknown = sorted(set(weights) - set(EQUATIONS))
+    if unknown:
+        raise ValueError(unknown_terms_message(unknown))
+    clean = {}
+    for name, w in weights.items():
+        w = float(w)
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"loss weight '{name}' must be a finite number >= 0, got {w}")
+        clean[name] = w
+    if not any(clean.values()):
+        raise ValueError("at least one loss weight must be > 0")
+    return clean
