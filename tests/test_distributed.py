@@ -39,7 +39,9 @@ def _assert_same(a: dict, b: dict) -> None:
     assert a["grads"].keys() == b["grads"].keys()
     for name, g in a["grads"].items():
         scale = b["grads"][name].abs().max().item()
-        torch.testing.assert_close(g, b["grads"][name], rtol=1e-4, atol=TOL * max(scale, 1e-3), msg=name)
+        # float32 sums over 1, 2 or 4 micro-batches and ranks differ by ~1e-5 of the largest entry (seen:
+        # 1.4e-5 for a bias); a wrong accumulation would be off by the order of the entries themselves
+        torch.testing.assert_close(g, b["grads"][name], rtol=1e-4, atol=5 * TOL * max(scale, 1e-3), msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +99,9 @@ def test_gradcache_replays_masks_and_matches_one_graph(teacher, data_dir, tmp_pa
     direct = _grads(trainer)
     assert torch.equal(trainer.mask_gen.get_state(), after)
     assert cached.keys() == direct.keys()
-    for name in direct:
-        torch.testing.assert_close(cached[name], direct[name], rtol=1e-4, atol=1e-6, msg=name)
+    for name in direct:  # float32 noise is relative to the largest entry (seen: 4e-7 of it, token embedding)
+        scale = max(direct[name].abs().max().item(), 1.0)
+        torch.testing.assert_close(cached[name], direct[name], rtol=1e-4, atol=1e-6 * scale, msg=name)
 
 
 def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(data_dir, tmp_path):

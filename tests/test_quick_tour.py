@@ -47,3 +47,32 @@ def test_smoke_batches_share_one_crop_per_sample():
         torch.testing.assert_close(batch.student_images[i], student.preprocess_val(region), rtol=0, atol=0)
         torch.testing.assert_close(batch.teacher_images[i], teacher.preprocess_val(region), rtol=0, atol=0)
     assert torch.equal(batch.student_text, student.tokenize([s.caption for s in samples]))
+
+
+def teacher_path_commands() -> list[str]:
+    """The README's "A trained teacher" commands, continuation lines joined, comments dropped."""
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"<!-- teacher-path.*?```bash\n(.*?)```", text, re.S).group(1)
+    lines = [line for line in block.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
+    return lines
+
+
+def test_teacher_path_commands_work(tmp_path, monkeypatch, caplog):
+    """Make data, train a teacher with recipe baseline, distil from it: as printed, with 2 steps instead of 200."""
+    import shlex
+
+    from clipkd.cli import main
+
+    root = README.parent
+    monkeypatch.chdir(tmp_path)
+    short = ["optim.steps=2", "checkpoint.every_steps=2", "data.workers=0", "logging.progress=false",
+             "logging.tensorboard=false"]
+    commands = teacher_path_commands()
+    assert [c.split()[0] for c in commands] == ["python", "clipkd", "clipkd"]
+    subprocess.run([sys.executable, "-c", shlex.split(commands[0])[2]], check=True)
+    for command in commands[1:]:
+        argv = shlex.split(command.replace("configs/", f"{root}/configs/").replace("step_00000200", "step_00000002"))
+        caplog.clear()
+        assert main(argv[1:] + short) == 0, command
+        assert not [r for r in caplog.records if "RANDOM WEIGHTS" in r.getMessage()]
+    assert (tmp_path / "runs/tiny-student/checkpoints/step_00000002/student.safetensors").is_file()
