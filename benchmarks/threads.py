@@ -3,6 +3,7 @@
 Runs ``clipkd train`` (configs/tiny-csv.yaml, generated CSV data, the config's 2 loader workers) as subprocesses:
   * ``default``: no ``threads:`` and no ``OMP_NUM_THREADS`` - what a user gets;
   * ``threads=N`` for N = 1 .. usable cores: fixed settings, the best of which is the reference;
+  * ``old``: one thread per core, spinning while waiting (PyTorch's default, what clipkd did before);
 each on an idle machine and with a competing job (another process doing float32 matmuls on 2 threads, as a
 second training job would). Throughput = median ``samples_per_s`` of the logged windows after the first.
 Target (issue: a new user's first hour): default / best >= 0.8 in both conditions.
@@ -28,9 +29,13 @@ LOAD = ("import torch\ntorch.set_num_threads({n})\na = torch.randn(384, 384)\n"
 
 
 def run_train(data: str, out: Path, setting: str, steps: int, batch: int) -> float:
-    """Median samples/s of one short ``clipkd train`` run with ``setting`` ('default' or a thread count)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    """Median samples/s of one short ``clipkd train`` run with ``setting``: 'default', a thread count, or
+    'old' (PyTorch's own default before clipkd chose: one thread per core, spinning while waiting)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
     env["HF_HUB_OFFLINE"] = "1"
+    if setting == "old":
+        env["OMP_WAIT_POLICY"] = "ACTIVE"
+        setting = str(len(os.sched_getaffinity(0)))
     overrides = [f"data.train={data}", f"run_dir={out}", f"optim.steps={steps}", "logging.every_steps=5",
                  f"data.batch_size={batch}", "logging.progress=false", "logging.tensorboard=false",
                  f"checkpoint.every_steps={steps}"]
@@ -53,7 +58,7 @@ def measure(data: str, tmp: Path, settings: list[str], rounds: int, steps: int, 
 
 
 def report(label: str, rates: dict[str, float]) -> float:
-    best = max((v, s) for s, v in rates.items() if s != "default")
+    best = max((v, s) for s, v in rates.items() if s not in ("default", "old"))
     ratio = rates["default"] / best[0]
     for s, v in rates.items():
         print(f"  {label:<6} {s:>9}: {v:7.1f} samples/s")
@@ -73,13 +78,13 @@ def main() -> None:
     from clipkd.data.synthetic import write_csv
 
     cores = len(os.sched_getaffinity(0))
-    settings = ["default"] + [str(n) for n in range(1, cores + 1)]
+    settings = ["default"] + [str(n) for n in range(1, cores + 1)] + ["old"]
     print(f"clipkd train, tiny-csv config, batch {args.batch}, {args.steps} steps, {cores} usable cores; "
           f"{_loadavg()}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         data = write_csv(tmp / "data", 512, size=64)
-        idle_load = OtherLoad()
+        idle_load = OtherLoad(children=True)
         idle = measure(data, tmp, settings, args.rounds, args.steps, args.batch)
         print(f"idle machine ({idle_load.report()})")
         r_idle = report("idle", idle)

@@ -11,23 +11,22 @@ import torch
 
 from clipkd.config import load_config
 from clipkd.engine.logger import read_metrics
-from clipkd.engine.threads import _cgroup_quota, choose_threads, set_thread_environment
+from clipkd.engine.threads import _cgroup_quota, choose_threads, set_thread_environment, usable_cores
 from clipkd.engine.trainer import Trainer
 from test_train import base_overrides
 
 
-@pytest.mark.parametrize("requested, workers, procs, cores, env, expected", [
-    (None, 2, 1, 2, {}, 1),            # the tiny configs on a 2-core laptop: one core left for compute
-    (None, 0, 1, 2, {}, 2),
-    (None, 2, 1, 16, {}, 14),
-    (None, 4, 2, 16, {}, 4),           # two processes share 16 cores: 8 each, minus 4 workers
-    (None, 8, 1, 4, {}, 1),            # never below one
-    (None, 2, 1, 2, {"OMP_NUM_THREADS": "3"}, 3),  # the environment wins over the choice
-    (2, 0, 1, 16, {"OMP_NUM_THREADS": "3"}, 2),     # the config wins over both
-    (None, 0, 1, 4, {"OMP_NUM_THREADS": "junk"}, 4),
+@pytest.mark.parametrize("requested, procs, cores, env, expected", [
+    (None, 1, 2, {}, 2),
+    (None, 1, 16, {}, 16),
+    (None, 2, 16, {}, 8),              # two processes on this machine share its cores
+    (None, 3, 2, {}, 1),               # never below one
+    (None, 1, 2, {"OMP_NUM_THREADS": "3"}, 3),   # the environment wins over the choice
+    (2, 1, 16, {"OMP_NUM_THREADS": "3"}, 2),     # the config wins over both
+    (None, 1, 4, {"OMP_NUM_THREADS": "junk"}, 4),
 ])
-def test_choose_threads(requested, workers, procs, cores, env, expected):
-    assert choose_threads(requested, workers, procs, cores=cores, environ=env)[0] == expected
+def test_choose_threads(requested, procs, cores, env, expected):
+    assert choose_threads(requested, procs, cores=cores, environ=env)[0] == expected
 
 
 def test_cgroup_quota(tmp_path):
@@ -47,15 +46,15 @@ def test_wait_policy_keeps_the_users_choice():
     assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-@pytest.mark.parametrize("threads, workers, expected", [(1, 0, 1), (None, 0, None)])
-def test_trainer_sets_the_threads(threads, workers, expected, data_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads, expected", [(1, 1), (None, None)])
+def test_trainer_sets_the_threads(threads, expected, data_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    extra = {"optim.steps": 1, "data.workers": workers, **({"threads": threads} if threads else {})}
+    extra = {"optim.steps": 1, **({"threads": threads} if threads else {})}
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
         Trainer(load_config(None, base_overrides(tmp_path / "r", data_dir, **extra)))
-        want = expected or choose_threads(None, workers)[0]
+        want = expected or usable_cores()
         assert torch.get_num_threads() == want
     finally:
         torch.set_num_threads(saved)

@@ -70,7 +70,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         preflight(cfg)  # report config problems once, here, not once per worker
         check_run_dir(cfg.run_dir, args.resume, args.overwrite)
-        threads, _ = choose_threads(cfg.threads, cfg.data.workers, args.nproc)
+        threads, _ = choose_threads(cfg.threads, args.nproc)
         return launch_local(args.nproc, _train_argv(args), threads)
     from clipkd.engine.trainer import Trainer
 

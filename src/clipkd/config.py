@@ -223,8 +223,8 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    threads: Optional[int] = Field(None, ge=1, description="CPU threads per process for tensor ops; null: the "
-                                   "cores this process may use minus its loader workers (OMP_NUM_THREADS wins)")
+    threads: Optional[int] = Field(None, ge=1, description="CPU threads per process for tensor ops; null: its "
+                                   "share of the usable cores (OMP_NUM_THREADS wins)")
     teacher: Optional[ModelConfig] = Field(None, description="the frozen teacher; required when a loss term or "
                                            "distill.teacher_cache uses it; not built when none does (baseline)")
     student: ModelConfig

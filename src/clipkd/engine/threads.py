@@ -7,7 +7,9 @@ a small model's step becomes many times slower. clipkd therefore
 * lets OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, set by the ``clipkd`` command
   before torch loads, unless the environment says otherwise), and
 * uses the cores this process may run on (CPU affinity and cgroup quota), shared among the processes on this
-  machine, minus one per loader worker, at least one: :func:`choose_threads`.
+  machine: :func:`choose_threads`. Loader workers are not subtracted: with sleeping waits, the compute threads
+  leave the cores to the workers whenever they wait, and on 2 cores with 2 workers subtracting them (1 thread)
+  cost 20-30% of the throughput, idle or busy (``benchmarks/threads.py``).
 
 ``threads:`` in the config or ``OMP_NUM_THREADS`` in the environment override the choice. Loader workers run
 single-threaded (PyTorch sets one thread in each DataLoader worker).
@@ -53,19 +55,18 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
-def choose_threads(requested: Optional[int], workers: int, local_processes: int = 1,
-                   cores: Optional[int] = None, environ: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
+def choose_threads(requested: Optional[int], local_processes: int = 1, cores: Optional[int] = None,
+                   environ: Optional[Mapping[str, str]] = None) -> tuple[int, str]:
     """(threads, why): ``requested`` (config ``threads``); else ``OMP_NUM_THREADS``; else this process's share
-    of the usable cores minus one per loader worker, at least 1."""
+    of the usable cores, at least 1."""
     environ = os.environ if environ is None else environ
     if requested is not None:
         return requested, "threads in the config"
     env_value = environ.get("OMP_NUM_THREADS", "").strip()
     if env_value.isdigit() and int(env_value) > 0:
         return int(env_value), "OMP_NUM_THREADS"
-    share = (cores or usable_cores()) // max(1, local_processes)
-    return max(1, share - workers), f"{cores or usable_cores()} usable cores, {local_processes} process(es), " \
-                                    f"{workers} loader worker(s)"
+    cores = cores or usable_cores()
+    return max(1, cores // max(1, local_processes)), f"{cores} usable cores, {local_processes} process(es)"
 
 
 def set_thread_environment(environ: Optional[dict] = None) -> None:
@@ -75,11 +76,11 @@ def set_thread_environment(environ: Optional[dict] = None) -> None:
         environ.setdefault(key, value)
 
 
-def apply_threads(requested: Optional[int], workers: int, local_processes: int = 1) -> int:
+def apply_threads(requested: Optional[int], local_processes: int = 1) -> int:
     """Set PyTorch's intra-op threads for this process (see :func:`choose_threads`); the number set."""
     import torch
 
-    threads, why = choose_threads(requested, workers, local_processes)
+    threads, why = choose_threads(requested, local_processes)
     torch.set_num_threads(threads)
     log.info("using %d CPU thread(s) for tensor ops (%s)", threads, why)
     return threads

@@ -93,7 +93,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or current_env()
         preflight(cfg)
-        apply_threads(cfg.threads, cfg.data.workers, local_processes())
+        apply_threads(cfg.threads, local_processes())
         self.run_dir = Path(cfg.run_dir)
         self.allow_config_change = allow_config_change
         self._prepare_run_dir(resume, overwrite)
