@@ -19,6 +19,7 @@ from clipkd.data.heldout import HeldOutPairs
 from clipkd.data.views import PairedViews
 from clipkd.distill import Distiller
 from clipkd.eval.diagnostics import linear_cka, mean_cosine, similarity_kl
+from clipkd.models.encoders import eval_mode
 
 
 class EvalHook(Protocol):
@@ -75,12 +76,8 @@ class ValLossHook:
 
     @torch.no_grad()
     def __call__(self, distiller: Distiller, step: int) -> dict[str, float]:
-        was_training = distiller.student.training
-        distiller.student.eval()
-        try:
+        with eval_mode(distiller.student):
             return self._evaluate(distiller)
-        finally:
-            distiller.student.train(was_training)
 
     def _evaluate(self, distiller: Distiller) -> dict[str, float]:
         sums: dict[str, float] = defaultdict(float)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from clipkd.eval.datasets import CaptionedImages, account_unusable, collate_usable
 from clipkd.eval.retrieval_metrics import first_caption_only, retrieval_recall
 from clipkd.eval.zeroshot import embed_images
-from clipkd.models.encoders import ClipEncoder
+from clipkd.models.encoders import ClipEncoder, eval_mode
 
 
 @torch.inference_mode()
@@ -37,10 +37,8 @@ def evaluate_retrieval(encoder: ClipEncoder, data: CaptionedImages, device: Unio
     images); its ``(index, reason)`` is appended to ``unusable`` when given. No usable image:
     :class:`~clipkd.errors.DataQualityError` naming the first (and ``name``, the benchmark).
     """
-    was_training = encoder.training
-    encoder.eval()
     bad: list[tuple[int, str]] = []
-    try:
+    with eval_mode(encoder):
         loader = DataLoader(data.image_dataset(encoder.preprocess_val, skip_unusable=True), batch_size=batch_size,
                             num_workers=workers, collate_fn=collate_usable)
         img, _ = embed_images(encoder, loader, device, bad)
@@ -53,6 +51,4 @@ def evaluate_retrieval(encoder: ClipEncoder, data: CaptionedImages, device: Unio
         keep = first_caption_only(t2i) if first_caption else torch.arange(len(kept_captions))
         captions = [data.captions[kept_captions[i]] for i in keep.tolist()]
         txt = embed_captions(encoder, captions, device, batch_size)
-    finally:
-        encoder.train(was_training)
     return retrieval_recall(img, txt, t2i[keep].to(img.device), ks=ks)

@@ -18,7 +18,7 @@ from clipkd.eval.datasets import (Skipped, account_unusable, collate_usable, loa
                                   retrieval_dataset, template_text, zeroshot_dataset)
 from clipkd.eval.retrieval import evaluate_retrieval
 from clipkd.eval.zeroshot import embed_images, zeroshot_classifier, zeroshot_metrics
-from clipkd.models.encoders import ClipEncoder
+from clipkd.models.encoders import ClipEncoder, eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,8 @@ class Benchmark:
                                              model_key=model_key)
             loader = DataLoader(data.dataset(encoder.preprocess_val, skip_unusable=True), batch_size=s.batch_size,
                                 num_workers=s.workers, collate_fn=collate_usable)
-            was_training = encoder.training
-            encoder.eval()
-            try:
+            with eval_mode(encoder):
                 feats, targets = embed_images(encoder, loader, device, unusable)
-            finally:
-                encoder.train(was_training)
             self.skipped = account_unusable(what, data.names, data.skipped, unusable)  # raises if none is usable
             metrics = zeroshot_metrics(feats, targets, classifier)
         self.images = len(data.names) - len(unusable)

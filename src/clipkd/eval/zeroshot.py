@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from clipkd.errors import DataQualityError
 from clipkd.eval.datasets import UsableBatch, template_text
-from clipkd.models.encoders import ClipEncoder
+from clipkd.models.encoders import ClipEncoder, eval_mode
 
 
 _prompt_text = template_text
@@ -39,11 +39,9 @@ def zeroshot_classifier(encoder: ClipEncoder, classnames: Sequence[str], templat
     path = classifier_cache_path(cache_dir, model_key, classnames, templates) if cache_dir and model_key else None
     if path is not None and path.is_file():
         return torch.load(path, map_location=device, weights_only=True)
-    was_training = encoder.training
-    encoder.eval()
-    weights = build_zero_shot_classifier(encoder, encoder.tokenizer, list(classnames), list(templates),
-                                         num_classes_per_batch=classes_per_batch, device=device)
-    encoder.train(was_training)
+    with eval_mode(encoder):
+        weights = build_zero_shot_classifier(encoder, encoder.tokenizer, list(classnames), list(templates),
+                                             num_classes_per_batch=classes_per_batch, device=device)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -104,10 +102,6 @@ def zeroshot_evaluate(encoder: ClipEncoder, loader: DataLoader, classifier: torc
 
     ``unusable``: see :func:`embed_images` (metrics are those of the usable images).
     """
-    was_training = encoder.training
-    encoder.eval()
-    try:
+    with eval_mode(encoder):
         feats, targets = embed_images(encoder, loader, device, unusable)
-    finally:
-        encoder.train(was_training)
     return zeroshot_metrics(feats, targets, classifier)

@@ -8,15 +8,28 @@ Teacher and student are separate encoder objects, so they never have to share an
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipkd.models.masking import pixel_patch_mask
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block (BatchNorm running statistics, no dropout), its mode restored
+    afterwards, also after an exception."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 TextBatch = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 """What a tokenizer returns: token ids ``[N, L]``, or a mapping of tensors (e.g. ids + attention mask)."""

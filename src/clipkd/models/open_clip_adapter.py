@@ -21,7 +21,7 @@ from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 
 from clipkd.errors import HubUnreachable
-from clipkd.models.encoders import ClipEncoder, TextBatch
+from clipkd.models.encoders import ClipEncoder, TextBatch, eval_mode
 from clipkd.models.masking import vit_token_drop
 from clipkd.models.state_dict import read_state_dict
 
@@ -114,11 +114,8 @@ def _has_text_proj(model: torch.nn.Module) -> bool:
 
 def _probe_dim(model: torch.nn.Module) -> int:
     size = tuple(getattr(model.visual, "image_size", (224, 224)))
-    was_training = model.training
-    model.eval()
-    out = model.encode_image(torch.zeros(1, 3, *size))
-    model.train(was_training)
-    return int(out.shape[-1])
+    with eval_mode(model):
+        return int(model.encode_image(torch.zeros(1, 3, *size)).shape[-1])
 
 
 def load_weights(model: torch.nn.Module, checkpoint: Union[str, Path]) -> None:
