@@ -105,6 +105,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return run_eval(args)
 
 
+def _cmd_reinforce(args: argparse.Namespace) -> int:
+    from clipkd.reinforce.command import run_reinforce
+
+    return run_reinforce(args)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from clipkd.eval.report import write_report
 
@@ -192,6 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(fn=_cmd_eval)
+    p = command("reinforce", "run the teacher once over the training data: K augmented views per sample, the "
+                "teacher's embeddings, stored in sidecar shards beside the data (augmentation replay)")
+    p.add_argument("--config", "-c", default=None, help="run YAML (its teacher, data and seed are used)")
+    p.add_argument("--views", type=_positive_int, required=True, help="augmented views K per sample (1 without "
+                   "data.crop_scale)")
+    p.add_argument("--out", required=True, help="folder for the sidecars and manifest.json (re-run to resume)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="embedding storage type")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="records per teacher forward pass")
+    p.add_argument("--rows-per-shard", type=_positive_int, default=10000, help="CSV rows per sidecar")
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the run config, e.g. data.crop_scale=[0.5,1]")
+    p.set_defaults(fn=_cmd_reinforce)
     p = command("report", "result JSONs -> markdown table + bar chart")
     p.add_argument("results", nargs="+", help="result JSON files (clip_benchmark layout)")
     p.add_argument("--out", default=".", help="folder for report.md and report.png")

@@ -97,6 +97,38 @@ def _csv_row(row: dict, img_key: str, caption_key: str, root: Path) -> tuple[Opt
     return (root / name if name and name.strip() else None), row.get(caption_key)
 
 
+def _csv_sample(i: int, path: Optional[Path], caption: Optional[str], pass_index: int = 0) -> RawSample:
+    """Row ``i`` of a CSV as a record, as :meth:`CsvSource._sample` makes it (key: the row index; an unreadable
+    caption makes it ``bad_caption``)."""
+    error = "bad_caption" if caption is not None and not _readable(caption) else None
+    return RawSample(key=str(i), image=path, caption=caption, error=error, pass_index=pass_index)
+
+
+def stream_csv_records(path: Union[str, Path], img_key: str = "filepath", caption_key: str = "title",
+                       separator: str = ",", root: Union[str, Path, None] = None, start: int = 0,
+                       stop: Optional[int] = None) -> Iterator[RawSample]:
+    """Rows ``start`` to ``stop`` (exclusive; None: the end) of a CSV/TSV, read one at a time, as
+    :class:`CsvSource` makes them (same keys and reasons); memory does not grow with the file."""
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.DictReader(f, delimiter=separator)
+        try:
+            missing = [k for k in (img_key, caption_key) if k not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: column(s) {missing} not found (columns: {reader.fieldnames})")
+            for i, row in enumerate(reader):
+                if stop is not None and i >= stop:
+                    return
+                if i >= start:
+                    yield _csv_sample(i, *_csv_row(row, img_key, caption_key, root))
+        except csv.Error as exc:
+            raise ValueError(f"{path}, line {reader.line_num}: not a readable CSV ({exc})") from None
+
+
 class CsvSource:
     """CSV/TSV with an image-path column and a caption column; paths relative to ``root`` (or absolute).
 
@@ -211,6 +243,11 @@ class ShardSource:
     def records(self) -> Iterator[RawSample]:
         """Every record of every shard once, in shard order (no shuffling, no splitting)."""
         return self._records(self.shards, 0, 1)
+
+    def shard_records(self, index: int) -> Iterator[RawSample]:
+        """Every record of shard ``index`` (of the expanded list) once, in file order; a broken shard ends
+        with one ``shard_error`` record."""
+        return self._records([self.shards[index]], 0, 1)
 
     def _records(self, shards: Sequence[str], split: int, stride: int, pass_index: int = 0) -> Iterator[RawSample]:
         errors: list[str] = []

@@ -1,0 +1,112 @@
+"""`clipkd reinforce`: the teacher run once over a run config's training data, into sidecar shards.
+
+* Sidecar by sidecar, records in file order, fixed batches of ``batch_size`` records inside a sidecar, teacher in
+  eval mode without gradients: the numbers do not depend on how many processes build them.
+* Resumable: ``build.json`` (the settings) is written first; each sidecar is written atomically, then its
+  receipt; a re-run of the same command skips finished sidecars, and one with other settings is refused.
+* Several processes (under torchrun): sidecar ``i`` is built by rank ``i % world_size``; after a barrier rank 0
+  writes ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from clipkd.config import TrainConfig
+from clipkd.engine.builders import build_encoder, resolve_device
+from clipkd.engine.distributed import DistEnv
+from clipkd.models.encoders import ClipEncoder
+from clipkd.reinforce.files import remove_leftovers
+from clipkd.reinforce.identity import describe_teacher
+from clipkd.reinforce.manifest import finished, write_manifest
+from clipkd.reinforce.plan import SidecarSpec, make_plan
+from clipkd.reinforce.rows import ViewSpec
+from clipkd.reinforce.settings import (MANIFEST_FILE, RECEIPTS_DIR, BuildOptions, build_settings, check_folder,
+                                       check_request, claim_folder)
+from clipkd.reinforce.writer import SidecarWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildResult:
+    """What this process did; ``manifest`` on rank 0 only."""
+
+    built: list[int] = field(default_factory=list)
+    skipped: int = 0
+    records: int = 0
+    seconds: float = 0.0
+    manifest: Optional[dict[str, Any]] = None
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+def load_teachers(cfg: TrainConfig, device: torch.device) -> list[ClipEncoder]:
+    """The run's teacher (seeded as training seeds it), frozen, in eval mode, on ``device``."""
+    torch.manual_seed(cfg.seed)
+    teacher = build_encoder(cfg.teacher, role="teacher").to(device)
+    teacher.eval().requires_grad_(False)
+    return [teacher]
+
+
+def _prepare_folder(opts: BuildOptions, settings: dict[str, Any], sidecars: Sequence[SidecarSpec]) -> None:
+    """Rank 0, before the others start: claim the folder, drop left-overs of an interrupted write, and the
+    manifest while a sidecar is missing."""
+    claim_folder(opts.out, settings)
+    for path in remove_leftovers(opts.out) + remove_leftovers(opts.out / RECEIPTS_DIR):
+        log.info("removed %s (an interrupted write)", path)
+    if not all(finished(opts.out, s) for s in sidecars):
+        (opts.out / MANIFEST_FILE).unlink(missing_ok=True)
+
+
+def _claim(opts: BuildOptions, env: DistEnv, plan: Any, settings: dict[str, Any]) -> tuple[list[int], int]:
+    """Folder claimed (rank 0 first); (this process's sidecars still to build, how many it has built already)."""
+    if env.is_main:
+        _prepare_folder(opts, settings, plan.sidecars)
+    env.barrier()
+    check_folder(opts.out, settings)
+    mine = [s for s in plan.sidecars if s.index % env.world_size == env.rank]
+    todo = [s.index for s in mine if not finished(opts.out, s)]
+    return todo, len(mine) - len(todo)
+
+
+def _write_all(writer: SidecarWriter, plan: Any, todo: list[int], result: BuildResult,
+               after_sidecar: Optional[Callable[[int], None]]) -> None:
+    start = time.perf_counter()
+    for sidecar, records in plan.chunks(todo):
+        result.records += writer.write(sidecar, records)
+        result.built.append(sidecar.index)
+        if after_sidecar is not None:
+            after_sidecar(sidecar.index)
+    result.seconds = time.perf_counter() - start
+
+
+def run_build(cfg: TrainConfig, opts: BuildOptions, env: DistEnv = DistEnv(),
+              after_sidecar: Optional[Callable[[int], None]] = None) -> BuildResult:
+    """Build (or finish) the reinforced data of ``cfg`` in ``opts.out``; ``after_sidecar(index)`` runs after each
+    sidecar this process writes."""
+    check_request(cfg, opts)
+    plan = make_plan(cfg.data, opts.rows_per_shard)
+    settings = build_settings(cfg, opts, plan.identity)
+    todo, skipped = _claim(opts, env, plan, settings)
+    result = BuildResult(skipped=skipped)
+    device = resolve_device(cfg.device, env.local_rank)
+    teachers = load_teachers(cfg, device) if todo or env.is_main else []
+    spec = ViewSpec(cfg.seed, cfg.data.crop_scale, opts.views, cfg.data.max_image_pixels)
+    with tqdm(total=plan.size_hint(todo) if todo else 0, unit=" samples", desc="reinforce",
+              disable=not (env.is_main and cfg.logging.progress)) as bar:
+        writer = SidecarWriter(opts.out, teachers, spec, opts.dtype, opts.batch_size, device, bar)
+        _write_all(writer, plan, todo, result, after_sidecar)
+    env.barrier()
+    if env.is_main:
+        described = [describe_teacher(cfg.teacher, t) for t in teachers]
+        result.manifest = write_manifest(opts.out, settings, described, plan.sidecars)
+    return result

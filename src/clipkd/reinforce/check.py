@@ -1,0 +1,98 @@
+"""Is a reinforced cache still valid for a run? :func:`manifest_problems` compares the manifest with the run's
+teachers, data and K without building anything; :func:`fingerprint_problem` checks one record's content.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from clipkd.config import DataConfig, ModelConfig
+from clipkd.data.sources import RawSample, expand_shards
+from clipkd.reinforce.files import quick_digest, sha256_file
+from clipkd.reinforce.format import SidecarReader
+from clipkd.reinforce.identity import config_identity
+from clipkd.reinforce.rows import record_fingerprint
+from clipkd.reinforce.settings import FORMAT_VERSION
+
+_TEACHER_FIELDS = {"model": "model", "weights": "weights", "model_config_sha256": "model config (architecture or "
+                   "preprocessing settings)", "image_mean": "preprocessing: image_mean", "image_std":
+                   "preprocessing: image_std"}
+
+
+def _teacher_problems(i: int, saved: dict[str, Any], mc: ModelConfig) -> list[str]:
+    now = config_identity(mc)
+    where = f"teacher {i} ({mc.model})"
+    out = [f"{where}: {label} differs (cache: {saved.get(key)}, now: {now[key]})"
+           for key, label in _TEACHER_FIELDS.items() if saved.get(key) != now[key]]
+    if any(k.startswith(("image_", "model_config")) for k in now if saved.get(k) != now[k]):
+        out.append(f"{where}: the cache was built with preprocessing {' '.join(saved.get('preprocess', '').split())}")
+    return out
+
+
+def _shard_problems(data: dict[str, Any], dc: DataConfig) -> list[str]:
+    shards = expand_shards(dc.train)
+    if shards != data["shards"]:
+        first = next((f"{a} vs {b}" for a, b in zip(data["shards"], shards) if a != b), "one list is longer")
+        return [f"data.train: other shard list ({len(data['shards'])} shards in the cache, {len(shards)} now; "
+                f"first difference: {first})"]
+    out = []
+    for entry in data["sidecars"]:
+        path = Path(entry["source"])
+        if "data_bytes" not in entry:
+            continue  # not a local file: not checkable here (fingerprints are)
+        if not path.is_file():
+            out.append(f"data shard {path}: missing")
+        elif path.stat().st_size != entry["data_bytes"] or quick_digest(path) != entry["data_digest"]:
+            out.append(f"data shard {path}: replaced or changed since the cache was built")
+    return out
+
+
+def _csv_problems(data: dict[str, Any], dc: DataConfig) -> list[str]:
+    path = Path(str(dc.train))
+    fields = {"img_key": dc.csv_img_key, "caption_key": dc.csv_caption_key, "separator": dc.csv_separator}
+    out = [f"data.csv_{k}: {data[k]!r} in the cache, {v!r} now" for k, v in fields.items() if data[k] != v]
+    if not path.is_file():
+        return out + [f"data.train: CSV file not found: {path}"]
+    if sha256_file(path) != data["sha256"]:
+        out.append(f"data.train: CSV {path} changed since the cache was built (cache: {data['rows']} rows; check "
+                   "rows with fingerprint_problem)")
+    return out
+
+
+def _data_problems(data: dict[str, Any], dc: DataConfig) -> list[str]:
+    if data["format"] != dc.format:
+        return [f"data.format: {data['format']} in the cache, {dc.format} now"]
+    return _csv_problems(data, dc) if dc.format == "csv" else _shard_problems(data, dc)
+
+
+def manifest_problems(manifest: dict[str, Any], teachers: Sequence[ModelConfig], data: DataConfig,
+                      views: int) -> list[str]:
+    """What makes the cache of ``manifest`` unfit for a run with these teachers, data and K (empty: fit).
+
+    Weights are compared by file SHA-256 (or tag), preprocessing by the model config's digest and the mean/std
+    overrides, data by the shard list with each local shard's size and quick digest (or the CSV's SHA-256).
+    """
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return [f"format version {manifest.get('format_version')} (this clipkd reads {FORMAT_VERSION}): rebuild"]
+    out = []
+    if manifest["views"] != views:
+        out.append(f"views: the cache holds {manifest['views']} per sample, {views} asked for")
+    scale = list(data.crop_scale) if data.crop_scale else None
+    if manifest["crop_scale"] != scale:
+        out.append(f"data.crop_scale: {manifest['crop_scale']} in the cache, {scale} now")
+    if len(manifest["teachers"]) != len(teachers):
+        out.append(f"teachers: {len(manifest['teachers'])} in the cache, {len(teachers)} now")
+    for i, (saved, mc) in enumerate(zip(manifest["teachers"], teachers)):
+        out += _teacher_problems(i, saved, mc)
+    return out + _data_problems(manifest["data"], data)
+
+
+def fingerprint_problem(reader: SidecarReader, sidecar: int, index: int, raw: RawSample) -> Optional[str]:
+    """None when ``raw`` (record ``index`` of the data shard of ``sidecar``) is what the cache was built from;
+    else a message naming the record."""
+    stored = reader.record(sidecar, index).fingerprint
+    if record_fingerprint(raw) == stored:
+        return None
+    return (f"{raw.describe()}: content differs from what the cache was built from (sidecar {sidecar}, record "
+            f"{index}: fingerprint {stored.hex()} in the cache, {record_fingerprint(raw).hex()} now)")

@@ -1,0 +1,115 @@
+"""Sidecar shards: one safetensors file per data shard, row ``i`` = record ``i`` of that shard (file order).
+
+Tensors (n records, K views, D the teacher's embedding size, ``t`` the teacher's index in an ensemble):
+
+* ``fingerprint`` uint8 [n, 16] - :func:`clipkd.reinforce.fingerprint.fingerprint` of the record;
+* ``usable`` uint8 [n] - 1, or 0 for a record training skips (its other rows are zero);
+* ``crop`` int32 [n, K, 4] - each view's crop box ``(top, left, height, width)``;
+* ``teacher<t>.image`` [n, K, D], ``teacher<t>.text`` [n, D] - normalised embeddings (bf16, fp16 or fp32);
+* ``teacher<t>.scale`` float32 [1] - the teacher's logit-scale multiplier.
+
+Metadata: one key, ``clipkd``, holding JSON: format version, index, the data shard it mirrors (``source``:
+URL, or the CSV rows ``start``-``stop``), ``records``, ``views``, ``dtype``, ``usable`` and the ``unusable``
+count per reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import torch
+
+META_KEY = "clipkd"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def sidecar_name(index: int) -> str:
+    return f"sidecar-{index:05d}.safetensors"
+
+
+def image_field(teacher: int) -> str:
+    return f"teacher{teacher}.image"
+
+
+def text_field(teacher: int) -> str:
+    return f"teacher{teacher}.text"
+
+
+def scale_field(teacher: int) -> str:
+    return f"teacher{teacher}.scale"
+
+
+def sidecar_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
+    """The safetensors bytes of a sidecar (deterministic: equal tensors and metadata give equal bytes)."""
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in tensors.items()},
+                metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+
+
+@dataclass
+class SidecarRecord:
+    """One record's stored fields; ``images[t]`` is [K, D], ``texts[t]`` is [D] for teacher ``t``."""
+
+    fingerprint: bytes
+    usable: bool
+    crops: list[tuple[int, int, int, int]]
+    images: list[torch.Tensor]
+    texts: list[torch.Tensor]
+    scales: list[float]
+
+
+class SidecarReader:
+    """Reads single records from sidecar files without loading them: memory-mapped, at most ``max_open`` open."""
+
+    def __init__(self, folder: Union[str, Path], files: Sequence[str], max_open: int = 4):
+        self.folder, self.files, self.max_open = Path(folder), list(files), max(1, max_open)
+        self._open: OrderedDict[int, Any] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _handle(self, sidecar: int) -> Any:
+        from safetensors import safe_open
+
+        if sidecar in self._open:
+            self._open.move_to_end(sidecar)
+            return self._open[sidecar]
+        if not 0 <= sidecar < len(self.files):
+            raise IndexError(f"sidecar {sidecar} out of range: the cache has {len(self.files)}")
+        path = self.folder / self.files[sidecar]
+        if not path.is_file():
+            raise FileNotFoundError(f"sidecar file missing: {path}")
+        self._open[sidecar] = safe_open(str(path), framework="pt")
+        while len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return self._open[sidecar]
+
+    def meta(self, sidecar: int) -> dict[str, Any]:
+        return json.loads(self._handle(sidecar).metadata()[META_KEY])
+
+    def num_records(self, sidecar: int) -> int:
+        return int(self._handle(sidecar).get_slice("usable").get_shape()[0])
+
+    def num_teachers(self, sidecar: int) -> int:
+        return sum(1 for k in self._handle(sidecar).keys() if k.endswith(".image"))
+
+    def record(self, sidecar: int, index: int) -> SidecarRecord:
+        """Record ``index`` of sidecar ``sidecar`` (only its rows are read)."""
+        f, n = self._handle(sidecar), self.num_records(sidecar)
+        if not 0 <= index < n:
+            raise IndexError(f"record {index} out of range: {self.files[sidecar]} holds {n}")
+
+        def row(name: str) -> torch.Tensor:
+            return f.get_slice(name)[index:index + 1][0]
+
+        teachers = range(self.num_teachers(sidecar))
+        return SidecarRecord(
+            fingerprint=bytes(row("fingerprint").tolist()), usable=bool(row("usable").item()),
+            crops=[tuple(box) for box in row("crop").tolist()],
+            images=[row(image_field(t)) for t in teachers], texts=[row(text_field(t)) for t in teachers],
+            scales=[float(f.get_tensor(scale_field(t))[0]) for t in teachers])

@@ -1,0 +1,110 @@
+"""The sidecars of a training data section: which records each one mirrors, and reading them in file order.
+
+webdataset: one sidecar per tar shard, in the order of the expanded shard list. CSV/TSV: one sidecar per
+``rows_per_shard`` rows, read in one streaming pass (memory does not grow with the file).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+from clipkd.config import DataConfig
+from clipkd.data.sources import RawSample, ShardSource, stream_csv_records
+from clipkd.reinforce.files import quick_digest, sha256_file
+from clipkd.reinforce.format import sidecar_name
+
+Chunk = tuple["SidecarSpec", Iterator[RawSample]]
+
+
+@dataclass(frozen=True)
+class SidecarSpec:
+    """Sidecar ``index``: the shard URL it mirrors, or CSV rows ``start`` to ``stop`` (exclusive)."""
+
+    index: int
+    source: str
+    start: Optional[int] = None
+    stop: Optional[int] = None
+
+    @property
+    def file(self) -> str:
+        return sidecar_name(self.index)
+
+    def describe(self) -> dict[str, Any]:
+        """The data it mirrors, for its metadata and the manifest; a local shard's size and quick digest."""
+        if self.start is not None:
+            return {"source": self.source, "start": self.start, "stop": self.stop}
+        local = Path(self.source)
+        if not local.is_file():
+            return {"source": self.source}
+        return {"source": self.source, "data_bytes": local.stat().st_size, "data_digest": quick_digest(local)}
+
+
+def local_shard(url: str) -> bool:
+    return "://" not in url and not url.startswith("pipe:") and Path(url).is_file()
+
+
+class ShardPlan:
+    """One sidecar per webdataset shard."""
+
+    def __init__(self, dc: DataConfig):
+        self.source = ShardSource(dc.train)
+        self.sidecars = [SidecarSpec(i, url) for i, url in enumerate(self.source.shards)]
+        self.identity: dict[str, Any] = {"format": "webdataset", "shards": list(self.source.shards)}
+
+    def chunks(self, wanted: Sequence[int]) -> Iterator[Chunk]:
+        """(sidecar, its records in file order) for each wanted sidecar, in index order."""
+        for i in sorted(wanted):
+            yield self.sidecars[i], self.source.shard_records(i)
+
+    def size_hint(self, wanted: Sequence[int]) -> Optional[int]:
+        """Records in the wanted sidecars when every shard is a local file (tar headers only), else None."""
+        from clipkd.data.sources import count_shard_samples
+
+        urls = [self.sidecars[i].source for i in wanted]
+        return count_shard_samples(urls) if all(local_shard(u) for u in urls) else None
+
+
+class CsvPlan:
+    """One sidecar per ``rows_per_shard`` rows of a CSV/TSV."""
+
+    def __init__(self, dc: DataConfig, rows_per_shard: int):
+        if not isinstance(dc.train, str):
+            raise ValueError("data.train: a CSV source takes one file path")
+        self.path, self.dc = Path(dc.train), dc
+        rows = sum(1 for _ in self._stream())
+        if not rows:
+            raise ValueError(f"{self.path}: no rows")
+        bounds = range(0, rows, rows_per_shard)
+        self.sidecars = [SidecarSpec(i, f"rows {a}-{min(a + rows_per_shard, rows) - 1}", a,
+                                     min(a + rows_per_shard, rows)) for i, a in enumerate(bounds)]
+        self.identity = {"format": "csv", "path": str(self.path), "sha256": sha256_file(self.path), "rows": rows,
+                         "rows_per_shard": rows_per_shard, "img_key": dc.csv_img_key,
+                         "caption_key": dc.csv_caption_key, "separator": dc.csv_separator, "root": dc.root}
+
+    def _stream(self) -> Iterator[RawSample]:
+        dc = self.dc
+        return stream_csv_records(self.path, dc.csv_img_key, dc.csv_caption_key, dc.csv_separator, dc.root)
+
+    def chunks(self, wanted: Sequence[int]) -> Iterator[Chunk]:
+        """(sidecar, its rows in file order) for each wanted sidecar, in one pass over the file."""
+        todo, stream = set(wanted), self._stream()
+        for spec in self.sidecars:
+            if not todo:
+                return
+            rows = itertools.islice(stream, spec.stop - spec.start)
+            if spec.index in todo:
+                todo.discard(spec.index)
+                yield spec, rows
+            for _ in rows:  # what the consumer did not read (or a sidecar not wanted)
+                pass
+
+    def size_hint(self, wanted: Sequence[int]) -> Optional[int]:
+        return sum(self.sidecars[i].stop - self.sidecars[i].start for i in wanted)
+
+
+def make_plan(dc: DataConfig, rows_per_shard: int):
+    """The :class:`ShardPlan` or :class:`CsvPlan` of a data section."""
+    return CsvPlan(dc, rows_per_shard) if dc.format == "csv" else ShardPlan(dc)
