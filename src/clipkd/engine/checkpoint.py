@@ -19,7 +19,6 @@ Safety rules:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,8 @@ from typing import Any, Optional, Union
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from clipkd.files import fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -74,22 +75,6 @@ def list_checkpoints(run_dir: Union[str, Path]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write(path: Path, write) -> None:
     write(path)
     with open(path, "rb") as f:
@@ -101,9 +86,9 @@ def _write_payload(folder: Path, student: torch.nn.Module, state: dict[str, Any]
     _write(folder / STUDENT_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "clipkd-student"}))
     _write(folder / STATE_FILE, lambda p: torch.save(state, p))
     _write(folder / CONFIG_FILE, lambda p: p.write_text(config_yaml))
-    sums = {name: {"sha256": _sha256(folder / name), "bytes": (folder / name).stat().st_size} for name in PAYLOAD}
+    sums = {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size} for name in PAYLOAD}
     _write(folder / CHECKSUM_FILE, lambda p: p.write_text(json.dumps(sums, indent=1)))
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def _move_into_place(tmp: Path, final: Path) -> None:
@@ -113,7 +98,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         old = final.with_name(f"{_OLD_PREFIX}{final.name}-{os.getpid()}")
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -188,7 +173,7 @@ def verify_checkpoint(path: Path) -> None:
         expected = sums.get(name) or {}
         if not file.is_file():
             raise CorruptCheckpointError(f"{file}: missing")
-        if file.stat().st_size != expected.get("bytes") or _sha256(file) != expected.get("sha256"):
+        if file.stat().st_size != expected.get("bytes") or sha256_file(file) != expected.get("sha256"):
             raise CorruptCheckpointError(f"{file}: does not match its recorded checksum (truncated or altered)")
 
 

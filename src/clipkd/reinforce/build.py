@@ -22,7 +22,7 @@ from clipkd.config import TrainConfig
 from clipkd.engine.builders import build_encoder, resolve_device
 from clipkd.engine.distributed import DistEnv
 from clipkd.models.encoders import ClipEncoder
-from clipkd.reinforce.files import remove_leftovers
+from clipkd.files import remove_leftovers
 from clipkd.reinforce.identity import describe_teacher
 from clipkd.reinforce.manifest import finished, write_manifest
 from clipkd.reinforce.plan import SidecarSpec, make_plan

@@ -9,7 +9,7 @@ from typing import Any, Optional, Sequence
 
 from clipkd.config import DataConfig, ModelConfig
 from clipkd.data.sources import RawSample, expand_shards
-from clipkd.reinforce.files import quick_digest, sha256_file
+from clipkd.files import quick_digest, sha256_file
 from clipkd.reinforce.format import SidecarReader
 from clipkd.reinforce.identity import config_identity
 from clipkd.reinforce.rows import record_fingerprint

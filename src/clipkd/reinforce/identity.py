@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clipkd.config import ModelConfig
-from clipkd.reinforce.files import sha256_file
+from clipkd.files import sha256_file
 
 HUB_PREFIXES = ("hf-hub:", "local-dir:")
 

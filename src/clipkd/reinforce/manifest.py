@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from clipkd.reinforce.files import read_json, sha256_file, write_json
+from clipkd.files import read_json, sha256_file, write_json
 from clipkd.reinforce.format import SidecarReader
 from clipkd.reinforce.plan import SidecarSpec
 from clipkd.reinforce.settings import MANIFEST_FILE, RECEIPTS_DIR

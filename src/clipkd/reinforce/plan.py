@@ -13,7 +13,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from clipkd.config import DataConfig
 from clipkd.data.sources import RawSample, ShardSource, stream_csv_records
-from clipkd.reinforce.files import quick_digest, sha256_file
+from clipkd.files import quick_digest, sha256_file
 from clipkd.reinforce.format import sidecar_name
 
 Chunk = tuple["SidecarSpec", Iterator[RawSample]]

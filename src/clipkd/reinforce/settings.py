@@ -13,7 +13,7 @@ from typing import Any
 from clipkd.config import TrainConfig
 from clipkd.engine.config_diff import flatten
 from clipkd.errors import ConfigError
-from clipkd.reinforce.files import read_json, write_json
+from clipkd.files import read_json, write_json
 from clipkd.reinforce.identity import config_identity
 
 FORMAT_VERSION = 1

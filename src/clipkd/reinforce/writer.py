@@ -10,7 +10,7 @@ from typing import Any, Iterable, Optional, Sequence
 from clipkd.data.sources import RawSample
 from clipkd.models.encoders import ClipEncoder
 from clipkd.reinforce.encode import SidecarArrays, encode_rows
-from clipkd.reinforce.files import write_atomic, write_json
+from clipkd.files import write_atomic, write_json
 from clipkd.reinforce.format import DTYPES, sidecar_bytes
 from clipkd.reinforce.manifest import make_receipt, receipt_path
 from clipkd.reinforce.plan import SidecarSpec
