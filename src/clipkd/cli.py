@@ -63,9 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc > 1 and not launched_by_torchrun():
         from clipkd.engine.builders import preflight
-
         from clipkd.engine.run_dir import check_run_dir
-
         from clipkd.engine.threads import choose_threads
 
         preflight(cfg)  # report config problems once, here, not once per worker

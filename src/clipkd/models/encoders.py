@@ -31,6 +31,7 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         module.train(was_training)
 
+
 TextBatch = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 """What a tokenizer returns: token ids ``[N, L]``, or a mapping of tensors (e.g. ids + attention mask)."""
 
