@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +15,7 @@ from pydantic import ValidationError
 
 from clipkd.config import BenchmarkSpec, DataConfig, TrainConfig, error_lines
 from clipkd.config_paths import resolve_paths
-from clipkd.errors import ConfigError
+from clipkd.errors import ConfigError, HubUnreachable
 from clipkd.eval.args import DEFAULTS
 
 
@@ -365,39 +363,10 @@ def _read_benchmarks(specs: list[tuple[BenchmarkSpec, str]]) -> list:
     return benches
 
 
-_DOWNLOAD_FAILURE = re.compile(r"Failed (to download|initial config/weights load from HF Hub)")
-
-
-def _network_error(exc: BaseException) -> bool:
-    import urllib.error
-
-    modules = {cls.__module__.split(".")[0] for cls in type(exc).__mro__}
-    return bool(modules & {"huggingface_hub", "requests", "httpx", "urllib3"}) or \
-        isinstance(exc, (ConnectionError, TimeoutError, urllib.error.URLError))
-
-
-def download_failure(exc: BaseException) -> Optional[BaseException]:
-    """The model-hub or network error behind a failed model creation (open_clip re-raises it as a RuntimeError
-    or FileNotFoundError), or None when the failure is something else."""
-    seen, link, chain = set(), exc, []
-    while link is not None and id(link) not in seen:
-        seen.add(id(link))
-        if _network_error(link):
-            return link
-        chain.append(link)
-        link = link.__cause__ or link.__context__
-    for link in chain:  # clipkd's own HubUnreachable (model creation), or open_clip's wrapper, without a cause
-        if type(link).__name__ == "HubUnreachable" or \
-                (isinstance(link, RuntimeError) and _DOWNLOAD_FAILURE.search(str(link))):
-            return link
-    return None
-
-
-def _download_message(target: Target, failure: BaseException) -> str:
+def _download_message(target: Target, failure: HubUnreachable) -> str:
     from clipkd.models.shapes import hub_offline
 
-    why = "HF_HUB_OFFLINE is set" if hub_offline() else \
-        "the download failed" if type(failure).__name__ == "HubUnreachable" else _one_line(failure)[:300]
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else "the download failed"
     if target.model.startswith("hf-hub:"):
         instead = ("pass a local model config and checkpoint instead: --model /path/to/open_clip_config.json "
                    "--pretrained /path/to/weights.safetensors (or .pt/.bin)")
@@ -411,28 +380,14 @@ def _download_message(target: Target, failure: BaseException) -> str:
             f"the local cache; download them once with network access, or {instead}")
 
 
-class _DropDownloadLogs(logging.Filter):
-    """open_clip logs a download failure on the root logger before raising it; the raised error says it once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and "download" in record.getMessage().lower())
-
-
 @contextmanager
 def model_download_errors(target: Target):
-    """Model creation inside: a failed download becomes one clean line (:class:`ConfigError`) saying how to use a
-    local checkpoint instead, whatever open_clip or huggingface_hub raised."""
-    root, quiet = logging.getLogger(), _DropDownloadLogs()
-    root.addFilter(quiet)
+    """Model creation inside: :class:`~clipkd.errors.HubUnreachable` (raised by model creation when a download
+    fails) becomes one clean line naming this command's flags and how to use a local checkpoint instead."""
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - re-raised unless it is a download failure
-        failure = download_failure(exc)
-        if failure is None:
-            raise
-        raise ConfigError(_download_message(target, failure)) from None
-    finally:
-        root.removeFilter(quiet)
+    except HubUnreachable as exc:
+        raise ConfigError(_download_message(target, exc)) from None
 
 
 def load_encoder(args: argparse.Namespace, target: Optional[Target] = None):
