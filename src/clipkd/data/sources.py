@@ -98,8 +98,7 @@ def _csv_row(row: dict, img_key: str, caption_key: str, root: Path) -> tuple[Opt
 
 
 def _csv_sample(i: int, path: Optional[Path], caption: Optional[str], pass_index: int = 0) -> RawSample:
-    """Row ``i`` of a CSV as a record, as :meth:`CsvSource._sample` makes it (key: the row index; an unreadable
-    caption makes it ``bad_caption``)."""
+    """Row ``i`` of a CSV as a record (key: the row index; an unreadable caption makes it ``bad_caption``)."""
     error = "bad_caption" if caption is not None and not _readable(caption) else None
     return RawSample(key=str(i), image=path, caption=caption, error=error, pass_index=pass_index)
 
@@ -153,9 +152,7 @@ class CsvSource:
             yield self._sample(i)
 
     def _sample(self, i: int, pass_index: int = 0) -> RawSample:
-        path, caption = self.rows[i]
-        error = "bad_caption" if caption is not None and not _readable(caption) else None
-        return RawSample(key=str(i), image=path, caption=caption, error=error, pass_index=pass_index)
+        return _csv_sample(i, *self.rows[i], pass_index)
 
     def passes(self, epoch: int, split: int, num_splits: int, seed: int) -> Iterator[RawSample]:
         n = 0
