@@ -62,7 +62,7 @@ def report_untrained(encoder: ClipEncoder, name: str, role: str = "model") -> No
 def _teacher_hint(name: str) -> str:
     if name == LIT_NAME:
         return ("the heads file the demo trains (heads.safetensors), e.g. teacher.pretrained: "
-                "runs/demo/teacher/quick/heads.safetensors")
+                "runs/demo/teacher/full/heads.safetensors (after `clipkd demo`)")
     return ("an open_clip pretrained tag of the model (e.g. ViT-B-32 with openai), or a checkpoint file, e.g. a "
             "model of the teacher's architecture trained first with `distill.recipe: baseline` (no teacher "
             "needed): teacher.pretrained: runs/<run>/checkpoints/step_<N>/student.safetensors")
