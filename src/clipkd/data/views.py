@@ -59,6 +59,7 @@ class PairedViews:
         self.student_pp, self.teacher_pp = student.preprocess_val, teacher.preprocess_val
         self.student_tok, self.teacher_tok = student.tokenizer, teacher.tokenizer
         self.same_image = _signature(student) == _signature(teacher)
+        self.same_text = self.student_tok is self.teacher_tok  # one encoder on both sides (no teacher)
         self.crop_scale = tuple(crop_scale) if crop_scale else None
 
     def __call__(self, image: Image.Image, caption: str, rng: Optional[random.Random]) -> SampleViews:
@@ -68,7 +69,9 @@ class PairedViews:
             image = image.crop((left, top, left + w, top + h))
         s_img = self.student_pp(image)
         t_img = s_img if self.same_image else self.teacher_pp(image)
-        return SampleViews(s_img, t_img, _first(self.student_tok([caption])), _first(self.teacher_tok([caption])), crop)
+        s_txt = _first(self.student_tok([caption]))
+        t_txt = s_txt if self.same_text else _first(self.teacher_tok([caption]))
+        return SampleViews(s_img, t_img, s_txt, t_txt, crop)
 
 
 def collate_text(items: list[TextBatch]) -> TextBatch:
