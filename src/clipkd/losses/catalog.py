@@ -24,6 +24,20 @@ EQUATIONS: dict[str, str] = {
 """``{term name: equation}`` in the order ``clipkd losses`` prints them (embeddings L2-normalised, ``y =
 arange(N)``, ``P(.)`` = projection to the teacher's size)."""
 
+ENSEMBLE_RULES: dict[str, str] = {
+    "task": "unchanged: the student's own CLIP loss, no teacher",
+    "crd": "KL to the weighted mixture of the teachers' distributions: p = sum_t w_t softmax(s_t I_t T_t^T) "
+           "(and of T_t I_t^T), student's own S",
+    "fd": "sum_t w_t FD(P_t(student), teacher_t), one projection head P_t per teacher",
+    "icl": "sum_t w_t ICL(P_t(student), teacher_t, c_t), one projection head P_t and learned scale c_t per teacher",
+    "gd": "sum_t w_t GD(P_t(student) with the student's scale s, teacher_t with its scale s_t)",
+    "afd": "sum_t w_t clip_loss(F_t, a_t), F_t = normalise(phi_t([P_t(student); teacher_t])), per-teacher heads "
+           "and learned scale a_t",
+}
+"""``{term name: how it combines T teachers of weights w_t (sum 1)}``. Teacher embeddings are concatenated per
+teacher, ``[N, sum_t D_t]``, with one scale per teacher; one teacher reduces every rule to ``EQUATIONS``. A term
+without a rule here cannot run with an ensemble."""
+
 
 def add_term(name: str, text: str) -> None:
     """Make a term defined outside this module (a plug-in ``LossTerm`` with its own equation) known by name."""

@@ -26,7 +26,10 @@ import torch.nn.functional as F
 Scale = Union[float, torch.Tensor]
 F_ = TypeVar("F_", bound=Callable[..., object])
 
-__all__ = ["clip_loss", "crd_loss", "fd_loss", "icl_loss", "gd_loss", "afd_loss", "contrastive_grads"]
+__all__ = [
+    "clip_loss", "crd_loss", "crd_teacher_log_probs", "crd_loss_from_log_probs", "fd_loss", "icl_loss", "gd_loss",
+    "afd_loss", "contrastive_grads",
+]
 
 
 def _autocast_off(devices: set[str]) -> contextlib.ExitStack:
@@ -97,11 +100,41 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: Scale) -> torch.Tenso
     return _two_way_ce(logits, logits.T)
 
 
-def _kl_rows(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(target) || softmax(logits)), summed over columns, averaged over rows."""
-    log_p = F.log_softmax(target_logits, dim=1)
+def _kl_rows(log_p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || softmax(logits)) for a target given by its log-probabilities ``log_p``, summed over columns,
+    averaged over rows."""
     log_q = F.log_softmax(logits, dim=1)
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
+
+
+@full_precision
+def crd_teacher_log_probs(t_img: torch.Tensor, t_txt: torch.Tensor, t_scale: Scale) -> tuple[torch.Tensor, ...]:
+    """The teacher's CRD targets as log-probabilities: ``(log softmax(T), log softmax(T^T))``, ``T = s_t *
+    t_img @ t_txt^T`` (image->text rows, then text->image rows). No gradient reaches the teacher."""
+    t_img, t_txt = _prep(*_teacher(t_img, t_txt))
+    if isinstance(t_scale, torch.Tensor):
+        t_scale = t_scale.detach()
+    t_logits = _as_scale(t_scale, t_img) * t_img @ t_txt.T
+    return F.log_softmax(t_logits, dim=1), F.log_softmax(t_logits.T, dim=1)
+
+
+@full_precision
+def crd_loss_from_log_probs(
+    s_img: torch.Tensor,
+    s_txt: torch.Tensor,
+    s_scale: Scale,
+    log_p_i2t: torch.Tensor,
+    log_p_t2i: torch.Tensor,
+) -> torch.Tensor:
+    """CRD against given target distributions (log-probabilities, rows sum to 1 after ``exp``).
+
+    ``S = s_s * s_img @ s_txt^T``; ``L = 1/2 [ KL(p_i2t || softmax(S)) + KL(p_t2i || softmax(S^T)) ]``.
+    :func:`crd_loss` passes one teacher's distributions; an ensemble passes their weighted mixture.
+    """
+    log_p_i2t, log_p_t2i = _teacher(log_p_i2t, log_p_t2i)
+    s_img, s_txt, log_p_i2t, log_p_t2i = _prep(s_img, s_txt, log_p_i2t, log_p_t2i)
+    s_logits = _as_scale(s_scale, s_img) * s_img @ s_txt.T
+    return 0.5 * (_kl_rows(log_p_i2t, s_logits) + _kl_rows(log_p_t2i, s_logits.T))
 
 
 @full_precision
@@ -119,13 +152,8 @@ def crd_loss(
     ``L = 1/2 [ KL(softmax(T) || softmax(S)) + KL(softmax(T^T) || softmax(S^T)) ]``
     with KL summed over columns and averaged over rows.
     """
-    t_img, t_txt = _teacher(t_img, t_txt)
-    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, t_img, t_txt)
-    if isinstance(t_scale, torch.Tensor):
-        t_scale = t_scale.detach()
-    s_logits = _as_scale(s_scale, s_img) * s_img @ s_txt.T
-    t_logits = _as_scale(t_scale, t_img) * t_img @ t_txt.T
-    return 0.5 * (_kl_rows(t_logits, s_logits) + _kl_rows(t_logits.T, s_logits.T))
+    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, *_teacher(t_img, t_txt))  # one dtype for both sides
+    return crd_loss_from_log_probs(s_img, s_txt, s_scale, *crd_teacher_log_probs(t_img, t_txt, t_scale))
 
 
 @full_precision

@@ -3,6 +3,10 @@
 Which embeddings a term uses: ``task`` and ``crd`` use the student's own embeddings; ``fd``, ``icl``, ``gd``
 and ``afd`` use the student's embeddings projected to the teacher's size and re-normalised (identity when
 the sizes match). The learnable ICL/AFD scales and the AFD fusion heads live in the student module.
+
+Every term's ``ensemble`` (set by :class:`~clipkd.losses.combine.DistillLoss`; default one teacher) says how
+to split the concatenated teacher embeddings and combine the teachers: the formulas of
+:mod:`clipkd.losses.ensemble`, which reduce exactly to :mod:`clipkd.losses.functional` for one teacher.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import torch
 from torch import nn
 
 from clipkd.losses import catalog
+from clipkd.losses import ensemble as LE
 from clipkd.losses import functional as LF
 from clipkd.models.encoders import Embeddings
 from clipkd.models.student import NEEDS_AFD, NEEDS_ICL_SCALE, NEEDS_PROJECTION, NEEDS_TEACHER, StudentOutput
@@ -54,6 +59,8 @@ class LossTerm(nn.Module):
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset()
     equation: ClassVar[str]
+    ensemble: LE.Ensemble = LE.SINGLE
+    """The teachers this term combines (their sizes and weights); set by ``DistillLoss``."""
 
     def forward(self, student: StudentOutput, teacher: Optional[Embeddings]) -> torch.Tensor:
         if NEEDS_TEACHER in self.needs and teacher is None:
@@ -78,7 +85,7 @@ class CRDTerm(LossTerm):
     needs = frozenset({NEEDS_TEACHER})
 
     def compute(self, s, t):
-        return LF.crd_loss(s.img, s.txt, s.scale, t.img, t.txt, t.scale)
+        return LE.crd_loss(self.ensemble, s.img, s.txt, s.scale, t.img, t.txt, t.scale)
 
 
 @register_term
@@ -87,7 +94,7 @@ class FDTerm(LossTerm):
     needs = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION})
 
     def compute(self, s, t):
-        return LF.fd_loss(s.img_proj, s.txt_proj, t.img, t.txt)
+        return LE.fd_loss(self.ensemble, s.img_proj, s.txt_proj, t.img, t.txt)
 
 
 @register_term
@@ -96,7 +103,7 @@ class ICLTerm(LossTerm):
     needs = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION, NEEDS_ICL_SCALE})
 
     def compute(self, s, t):
-        return LF.icl_loss(s.img_proj, s.txt_proj, t.img, t.txt, s.icl_scale)
+        return LE.icl_loss(self.ensemble, s.img_proj, s.txt_proj, t.img, t.txt, s.icl_scale)
 
 
 @register_term
@@ -105,7 +112,7 @@ class GDTerm(LossTerm):
     needs = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION})
 
     def compute(self, s, t):
-        return LF.gd_loss(s.img_proj, s.txt_proj, s.scale, t.img, t.txt, t.scale)
+        return LE.gd_loss(self.ensemble, s.img_proj, s.txt_proj, s.scale, t.img, t.txt, t.scale)
 
 
 @register_term
@@ -114,4 +121,4 @@ class AFDTerm(LossTerm):
     needs = frozenset({NEEDS_TEACHER, NEEDS_AFD})
 
     def compute(self, s, t):
-        return LF.afd_loss(s.afd_img, s.afd_txt, s.afd_scale)
+        return LE.afd_loss(self.ensemble, s.afd_img, s.afd_txt, s.afd_scale)
