@@ -1,4 +1,4 @@
-"""The embedded demo: the LiT teacher, the teacher cache, and the quick demo end to end."""
+"""The embedded demo: the LiT teacher, and the quick demo end to end (reinforced data, augmented students)."""
 
 import json
 from pathlib import Path
@@ -6,31 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipkd.cache import TeacherCache
-from clipkd.config import ConfigError, load_config
 from clipkd.demo.fmnist import DEFAULT_SOURCE
 
 needs_fmnist = pytest.mark.skipif(not (DEFAULT_SOURCE / "t10k-labels-idx1-ubyte.gz").exists(),
                                   reason="dataset-fashion-mnist is not installed (make setup installs it)")
-
-
-def test_teacher_cache_round_trip_and_missing_key(tmp_path):
-    img, txt = torch.randn(3, 4), torch.randn(3, 4)
-    path = TeacherCache(["a", "b", "c"], img, txt, 42.0).save(tmp_path / "c.safetensors")
-    cache = TeacherCache.load(path)
-    e = cache.lookup(["c", "a"])
-    assert torch.equal(e.img, img[[2, 0]]) and torch.equal(e.txt, txt[[2, 0]]) and e.scale.item() == 42.0
-    with pytest.raises(KeyError, match="no entry for sample 'zz'"):
-        cache.lookup(["zz"])
-
-
-def test_teacher_cache_refuses_augmentation():
-    base = ["run_dir=r", "teacher.model=clipkd-tiny-teacher", "student.model=clipkd-tiny-vit", "data.format=csv",
-            "data.train=x.csv", "optim.steps=3", "distill.teacher_cache=c.safetensors"]
-    with pytest.raises(ConfigError, match="crop_scale: null"):
-        load_config(None, base)
-    cache = load_config(None, base + ["data.crop_scale=null"]).distill.teacher_cache
-    assert cache == str(Path.cwd() / "c.safetensors")  # command-line paths: relative to the working folder
 
 
 def test_lit_teacher_is_heterogeneous_and_frozen():

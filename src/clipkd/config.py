@@ -42,7 +42,12 @@ class DistillConfig(_Strict):
     weights: Optional[dict[str, float]] = Field(None, description="replaces the recipe's weights when set; "
                                                                   "used as given (no GD batch rule)")
     mask_ratio: Optional[float] = Field(None, ge=0.0, lt=1.0, description="replaces the recipe's mask ratio")
-    teacher_cache: Optional[str] = Field(None, description="teacher embeddings per sample key (no augmentation)")
+    teacher_cache: Optional[str] = Field(None, description="a `clipkd reinforce` folder: train from its stored "
+                                         "views and teacher embeddings; the teacher is not loaded")
+    cache_views: Optional[int] = Field(None, ge=1, description="use the first this many stored views of each sample "
+                                       "(null: all the cache holds)")
+    view_order: Literal["cycle", "random"] = Field("cycle", description="epoch e uses stored view e mod K (cycle), "
+                                                   "or one drawn from (seed, epoch, sample) (random)")
 
     @field_validator("recipe")
     @classmethod
@@ -252,13 +257,6 @@ class TrainConfig(_Strict):
         if why is not None:
             raise ValidationError.from_exception_data(cls.__name__, [_teacher_error(why)])
         return cfg
-
-    @model_validator(mode="after")
-    def _cache_without_augmentation(self):
-        if self.distill.teacher_cache and self.data.crop_scale is not None:
-            raise ValueError("distill.teacher_cache needs data.crop_scale: null (cached embeddings describe the "
-                             "un-augmented image; augmentation replay is not supported yet)")
-        return self
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], base: Union[str, Path, None] = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 
@@ -11,9 +11,6 @@ from clipkd.losses.combine import DistillLoss
 from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
 from clipkd.models.student import NEEDS_TEACHER, DistillStudent, StudentOutput
 from clipkd.models.teacher import FrozenTeacher
-
-if TYPE_CHECKING:
-    from clipkd.cache import TeacherCache
 
 
 @dataclass
@@ -25,6 +22,7 @@ class DistillBatch:
     teacher_images: torch.Tensor
     teacher_text: TextBatch
     keys: Optional[list[str]] = None
+    teacher: Optional[Embeddings] = None  # the teacher's stored embeddings (reinforced data): no teacher forward
 
     def __len__(self) -> int:
         return int(self.student_images.shape[0])
@@ -34,8 +32,10 @@ class DistillBatch:
         move = lambda x: x.to(device, non_blocking=non_blocking)  # noqa: E731
         s_img = move(self.student_images)
         t_img = s_img if self.teacher_images is self.student_images else move(self.teacher_images)
+        cached = None if self.teacher is None else Embeddings(move(self.teacher.img), move(self.teacher.txt),
+                                                              move(self.teacher.scale))
         return DistillBatch(s_img, _map_text(self.student_text, move), t_img, _map_text(self.teacher_text, move),
-                            self.keys)
+                            self.keys, cached)
 
 
 def _map_text(text: TextBatch, fn) -> TextBatch:
@@ -46,15 +46,15 @@ def _map_text(text: TextBatch, fn) -> TextBatch:
 class Distiller:
     """The objects of a distillation run. ``student`` is the only module that trains.
 
-    ``teacher`` is None when no active loss term needs one (e.g. recipe ``baseline``): nothing builds, moves
-    or runs a teacher then.
+    ``teacher`` is None when no active loss term needs one (e.g. recipe ``baseline``), and when the teacher's
+    embeddings come with the batches (reinforced data, ``DistillBatch.teacher``): nothing builds, moves or runs
+    a teacher then.
     """
 
     teacher: Optional[FrozenTeacher]
     student: DistillStudent
     loss: DistillLoss
     mask_ratio: float = 0.0
-    teacher_cache: Optional["TeacherCache"] = None
 
     @property
     def view_encoders(self) -> tuple[ClipEncoder, ClipEncoder]:
@@ -66,13 +66,11 @@ class Distiller:
         return student, (self.teacher.encoder if self.teacher is not None else student)
 
     def teacher_embeddings(self, batch: DistillBatch) -> Embeddings:
-        """From the cache when there is one (by sample key), else a teacher forward."""
-        if self.teacher_cache is not None:
-            if batch.keys is None:
-                raise ValueError("a teacher cache needs sample keys in the batch")
-            return self.teacher_cache.lookup(batch.keys, batch.student_images.device)
+        """The batch's stored teacher embeddings when it carries them (reinforced data), else a teacher forward."""
+        if batch.teacher is not None:
+            return batch.teacher
         if self.teacher is None:
-            raise ValueError("this distiller has no teacher (its loss terms need none)")
+            raise ValueError("this distiller has no teacher, and the batch carries no stored teacher embeddings")
         return self.teacher(batch.teacher_images, batch.teacher_text)
 
     def teacher_for(self, batch: DistillBatch) -> Optional[Embeddings]:
@@ -105,15 +103,19 @@ def build_distiller(
     teacher: Optional[ClipEncoder],
     weights: Mapping[str, float],
     mask_ratio: float = 0.0,
+    stored_teacher_dim: Optional[int] = None,
 ) -> Distiller:
     """Freeze ``teacher``, wrap ``student`` with exactly the heads the weighted terms need.
 
     ``teacher`` may be None when no weighted term needs one (e.g. ``{"task": 1}``): the student then trains
-    alone and the distiller has no teacher.
+    alone and the distiller has no teacher. ``stored_teacher_dim``: no teacher either, its embeddings (of this
+    size) come with every batch (reinforced data).
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
     loss = DistillLoss(weights)
+    if teacher is None and stored_teacher_dim is not None:
+        return Distiller(None, DistillStudent(student, stored_teacher_dim, loss.needs), loss, mask_ratio)
     if teacher is None:
         if loss.needs_teacher:
             users = sorted(n for n, t in loss.terms.items() if NEEDS_TEACHER in t.needs)

@@ -23,6 +23,11 @@ class HubUnreachable(RuntimeError):
     local checkpoint file instead."""
 
 
+class CacheMismatch(ValueError):
+    """Reinforced data (``distill.teacher_cache``) that does not describe the data being read: a record's content
+    fingerprint differs, or the cache holds no view of a record training can use. Never used silently."""
+
+
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, DataQualityError, TrainingDiverged, HubUnreachable)
 
 

@@ -14,6 +14,7 @@ import torch
 from clipkd.data.sources import RawSample, UnusableImage, open_image
 from clipkd.data.views import PairedViews, SampleViews, collate_text
 from clipkd.distill import DistillBatch
+from clipkd.models.encoders import Embeddings
 
 __all__ = ["unusable_reason", "decode_record", "collate_views"]
 
@@ -58,4 +59,13 @@ def collate_views(views: Sequence[SampleViews]) -> DistillBatch:
         teacher_images=s_img if shared else torch.stack([v.teacher_image for v in views]),
         teacher_text=collate_text([v.teacher_text for v in views]),
         keys=[v.key for v in views],
+        teacher=_stored_teacher(views),
     )
+
+
+def _stored_teacher(views: Sequence[SampleViews]) -> Optional[Embeddings]:
+    """The views' stored teacher embeddings as a batch (reinforced data), or None when they carry none."""
+    if views[0].teacher is None:
+        return None
+    return Embeddings(torch.stack([v.teacher.img for v in views]), torch.stack([v.teacher.txt for v in views]),
+                      views[0].teacher.scale)

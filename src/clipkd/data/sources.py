@@ -35,7 +35,9 @@ TEXT_KEYS = ("txt", "json")
 class RawSample:
     """One undecoded record: ``image`` is bytes (shards) or a path (CSV); ``caption`` may be missing.
 
-    ``error``: why the record is unusable, when known before decoding; ``pass_index``: the pass it belongs to.
+    ``error``: why the record is unusable, when known before decoding; ``pass_index``: the pass it belongs to;
+    ``origin``: where it sits in the data, ``(part, index)``: shard ``part`` of the expanded shard list and its
+    ``index``-th record in file order, or ``(0, row)`` for a CSV row (None for a broken shard's error record).
     """
 
     key: str
@@ -43,6 +45,7 @@ class RawSample:
     caption: Optional[str]
     error: Optional[str] = None
     pass_index: int = 0
+    origin: Optional[tuple[int, int]] = None
 
     def describe(self) -> str:
         """Where to find the record: the shard key, or the CSV row and its image path."""
@@ -100,7 +103,7 @@ def _csv_row(row: dict, img_key: str, caption_key: str, root: Path) -> tuple[Opt
 def _csv_sample(i: int, path: Optional[Path], caption: Optional[str], pass_index: int = 0) -> RawSample:
     """Row ``i`` of a CSV as a record (key: the row index; an unreadable caption makes it ``bad_caption``)."""
     error = "bad_caption" if caption is not None and not _readable(caption) else None
-    return RawSample(key=str(i), image=path, caption=caption, error=error, pass_index=pass_index)
+    return RawSample(key=str(i), image=path, caption=caption, error=error, pass_index=pass_index, origin=(0, i))
 
 
 def stream_csv_records(path: Union[str, Path], img_key: str = "filepath", caption_key: str = "title",
@@ -239,29 +242,33 @@ class ShardSource:
 
     def records(self) -> Iterator[RawSample]:
         """Every record of every shard once, in shard order (no shuffling, no splitting)."""
-        return self._records(self.shards, 0, 1)
+        return self._records(range(len(self.shards)), 0, 1)
 
     def shard_records(self, index: int) -> Iterator[RawSample]:
         """Every record of shard ``index`` (of the expanded list) once, in file order; a broken shard ends
         with one ``shard_error`` record."""
-        return self._records([self.shards[index]], 0, 1)
+        return self._records([index], 0, 1)
 
-    def _records(self, shards: Sequence[str], split: int, stride: int, pass_index: int = 0) -> Iterator[RawSample]:
+    def _records(self, parts: Sequence[int], split: int, stride: int, pass_index: int = 0) -> Iterator[RawSample]:
+        """The records of shards ``parts`` (indices into the expanded list), every ``stride``-th from ``split``;
+        each with its origin (shard index, index in the shard's file order)."""
         errors: list[str] = []
 
         def handler(exc: Exception) -> bool:
             errors.append(str(exc))
             return True  # skip the rest of a broken shard, keep going
 
-        samples = wds.tariterators.tarfile_samples([{"url": u} for u in shards], handler=handler)
+        samples = wds.tariterators.tarfile_samples([{"url": self.shards[p]} for p in parts], handler=handler)
+        where = _Origins(self.shards, parts)
         for i, sample in enumerate(samples):
             yield from self._errors(errors, split, pass_index)
+            origin = where.next(sample.get("__url__"))
             if i % stride != split:
                 continue
             _, image = _pick(sample, IMAGE_KEYS)
             caption, error = _caption(*_pick(sample, TEXT_KEYS))
             yield RawSample(key=f"{sample.get('__url__')}/{sample['__key__']}", image=image, caption=caption,
-                            error=error, pass_index=pass_index)
+                            error=error, pass_index=pass_index, origin=origin)
         yield from self._errors(errors, split, pass_index)
 
     @staticmethod
@@ -281,7 +288,7 @@ class ShardSource:
         n = 0
         while True:
             rng = _rng(seed, epoch, n, split)
-            shards = list(self.shards)
+            shards = list(range(len(self.shards)))
             _rng(seed, epoch, n).shuffle(shards)
             if len(shards) >= num_splits:
                 mine, stride, offset = shards[split::num_splits], 1, 0
@@ -294,9 +301,27 @@ class ShardSource:
             if not read:
                 raise DataQualityError(
                     f"a pass over loader split {split} of {num_splits} read no record from {len(mine)} shard(s) "
-                    f"(first: {mine[0]}): empty or unreadable shards, or fewer samples than loader workers x "
+                    f"(first: {self.shards[mine[0]]}): empty or unreadable shards, or fewer samples than loader workers x "
                     "processes; check the training data")
             n += 1
+
+
+class _Origins:
+    """(shard index, record index in its file order) of consecutive samples read from shards ``parts``."""
+
+    def __init__(self, shards: Sequence[str], parts: Sequence[int]):
+        self.shards, self.parts = shards, list(parts)
+        self.pos, self.url, self.count = -1, None, 0
+
+    def next(self, url: Optional[str]) -> Optional[tuple[int, int]]:
+        if url != self.url:  # the next shard that yields samples (a broken or empty one may yield none)
+            self.url, self.count = url, 0
+            self.pos = next((j for j in range(self.pos + 1, len(self.parts)) if self.shards[self.parts[j]] == url),
+                            len(self.parts))
+        if self.pos >= len(self.parts):
+            return None
+        self.count += 1
+        return self.parts[self.pos], self.count - 1
 
 
 def _shuffled(items: Iterator[RawSample], size: int, rng: random.Random) -> Iterator[RawSample]:

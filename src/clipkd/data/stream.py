@@ -24,7 +24,7 @@ import signal
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Protocol, Union
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -54,6 +54,13 @@ MIN_RECORDS = 100  # the unusable share is judged from this many records read on
 MAX_EXAMPLES = 5  # unusable records remembered (and logged) per reason and split
 PARENT_CHECK_EVERY = 64  # records between two checks that the parent process is still there
 _PARENT_PID: Optional[int] = None  # in a loader worker: the pid of the process that started it
+
+
+class StoredViews(Protocol):
+    """Where the views come from with reinforced data (:class:`clipkd.reinforce.replay.ReinforcedViews`)."""
+
+    def decode(self, raw: RawSample, views: PairedViews, epoch: int,
+               max_pixels: Optional[int] = None) -> Union[SampleViews, str]: ...
 
 
 @dataclass
@@ -185,8 +192,10 @@ class DistillStream(IterableDataset):
 
     def __init__(self, source: Source, views: PairedViews, batch_size: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, workers: int = 0, augment: bool = True, batches_per_split: Optional[int] = None,
-                 max_skip_fraction: float = 1.0, max_image_pixels: Optional[int] = None):
+                 max_skip_fraction: float = 1.0, max_image_pixels: Optional[int] = None,
+                 stored: Optional[StoredViews] = None):
         super().__init__()
+        self.stored = stored
         self.source, self.views, self.batch_size, self.seed = source, views, batch_size, seed
         self.rank, self.world_size, self.workers, self.augment = rank, world_size, max(workers, 1), augment
         self.max_skip_fraction, self.max_image_pixels = max_skip_fraction, max_image_pixels
@@ -244,6 +253,8 @@ class DistillStream(IterableDataset):
             yield collate_views(views), BatchInfo(split, consumed, dict(skipped), ledger.take_examples())
 
     def _views(self, raw: RawSample, epoch: int, split: int, index: int) -> Union[SampleViews, str]:
+        if self.stored is not None:  # reinforced data: the stored view of this epoch, with its teacher embeddings
+            return self.stored.decode(raw, self.views, epoch, self.max_image_pixels)
         rng = random.Random(f"clipkd-aug:{self.seed}:{epoch}:{split}:{index}") if self.augment else None
         return decode_record(raw, self.views, rng, self.max_image_pixels)
 

@@ -3,7 +3,8 @@
 Training augmentation is a random resized crop drawn ONCE per sample and shared by both sides, then each
 side applies its own deterministic preprocessing (resize to its resolution, centre crop, its normalisation).
 The teacher therefore describes exactly the region the student sees, whatever their resolutions; the crop
-box is returned so it can be replayed later (e.g. by a teacher-embedding cache).
+box is returned so it can be replayed later; reinforced data (:mod:`clipkd.reinforce`) stores boxes and replays
+them with :meth:`PairedViews.at`.
 When both sides' preprocessing is identical the tensor is computed once and shared.
 """
 
@@ -32,6 +33,12 @@ def sample_crop(image: Image.Image, scale: Sequence[float], rng: random.Random) 
         torch.random.set_rng_state(state)
 
 
+def crop_region(image: Image.Image, box: CropBox) -> Image.Image:
+    """The region ``box`` (top, left, height, width) of ``image``."""
+    top, left, height, width = box
+    return image.crop((left, top, left + width, top + height))
+
+
 def _signature(enc: ClipEncoder) -> str:
     return repr(enc.preprocess_val)
 
@@ -44,6 +51,17 @@ class SampleViews:
     teacher_text: TextBatch
     crop: Optional[CropBox]
     key: str = ""
+    teacher: Optional["CachedTeacher"] = None  # the teacher's stored embeddings of this view (reinforced data)
+
+
+@dataclass
+class CachedTeacher:
+    """A view's teacher embeddings read from reinforced data: ``img``/``txt`` [D] (ensembles: the teachers'
+    embeddings concatenated) and the teachers' scale multipliers ``scale`` (0-d, or [T] for T > 1 teachers)."""
+
+    img: torch.Tensor
+    txt: torch.Tensor
+    scale: torch.Tensor
 
 
 def _first(tokens: TextBatch) -> TextBatch:
@@ -64,9 +82,12 @@ class PairedViews:
 
     def __call__(self, image: Image.Image, caption: str, rng: Optional[random.Random]) -> SampleViews:
         crop = sample_crop(image, self.crop_scale, rng) if (self.crop_scale and rng is not None) else None
+        return self.at(image, caption, crop)
+
+    def at(self, image: Image.Image, caption: str, crop: Optional[CropBox]) -> SampleViews:
+        """Both sides' views of the region ``crop`` (top, left, height, width) of ``image``; None: all of it."""
         if crop is not None:
-            top, left, h, w = crop
-            image = image.crop((left, top, left + w, top + h))
+            image = crop_region(image, crop)
         s_img = self.student_pp(image)
         t_img = s_img if self.same_image else self.teacher_pp(image)
         s_txt = _first(self.student_tok([caption]))

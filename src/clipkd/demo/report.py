@@ -15,8 +15,10 @@ COLUMNS = (("zeroshot_top1", "zero-shot top-1", "%"), ("zeroshot_top5", "top-5",
 NOTES = """Zero-shot: {test} single Fashion-MNIST test items, 10 classes, held-out prompt phrasings.
 Retrieval: {test} test pairs (30% two-item scenes), held-out caption phrasings; each caption's own image is
 the only correct answer, so identical caption texts of other images count as misses (duplicates are not merged).
-Students: the same tiny open_clip ViT ({student}), same seed and budget ({steps} steps x {batch});
-`clipkd` = task + CRD + ICL + 2000*FD against the cached teacher embeddings. Gap recovered = (clipkd - baseline)
+Students: the same tiny open_clip ViT ({student}), same seed, budget ({steps} steps x {batch}) and augmentation
+(random resized crops, scale {crop}); `clipkd` = task + CRD + ICL + 2000*FD against the teacher's stored embeddings
+of {views} augmented views per training pair (`clipkd reinforce`; view e mod {views} in epoch e), `baseline` =
+task loss alone on fresh random crops. Gap recovered = (clipkd - baseline)
 / (teacher - baseline) on zero-shot top-1."""
 
 

@@ -1,13 +1,16 @@
 """`clipkd demo`: a real pretrained teacher makes a tiny student better, offline, on 2 CPU cores.
 
 1. Fashion-MNIST (Debian's dataset-fashion-mnist) -> webdataset shards with varied, composed captions.
-2. A LiT teacher (frozen EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads) and its embedding cache.
-3. The same tiny open_clip ViT student trained twice, same budget and seed: `baseline` and `clipkd`.
+2. A LiT teacher (frozen EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads), run once over K augmented views
+   of every training pair (`clipkd reinforce`: reinforced data).
+3. The same tiny open_clip ViT student trained twice, same budget, seed and augmentation: `baseline` (online random
+   crops, no teacher) and `clipkd` (the stored views replayed, no teacher forward).
 4. Zero-shot and retrieval on the test split for all three, parameters and latency -> report.md/.json/PNGs.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,9 +30,10 @@ from clipkd.offline import set_offline
 
 STUDENT = "clipkd-tiny-vit"
 SIZES = {
-    "quick": {"train": 512, "val": 128, "test": 256, "steps": 40, "teacher_steps": 150, "batch": 64},
-    "full": {"train": 2000, "val": 500, "test": 1000, "steps": 400, "teacher_steps": 400, "batch": 128},
+    "quick": {"train": 512, "val": 128, "test": 256, "steps": 40, "teacher_steps": 150, "batch": 64, "views": 2},
+    "full": {"train": 2000, "val": 500, "test": 1000, "steps": 400, "teacher_steps": 400, "batch": 128, "views": 4},
 }
+CROP_SCALE = (0.8, 1.0)  # the students' augmentation: a random resized crop, replayed from the stored views
 METRICS = {"zeroshot_top1": "acc1", "zeroshot_top5": "acc5", "mean_per_class_recall": "mean_per_class_recall",
            "t2i_r1": "image_retrieval_recall@1", "t2i_r5": "image_retrieval_recall@5",
            "i2t_r1": "text_retrieval_recall@1", "i2t_r5": "text_retrieval_recall@5"}
@@ -41,7 +45,7 @@ def student_config(out: Path, recipe: str, data: dict, heads: Path, cache: Path,
         "teacher": {"model": LIT_NAME, "pretrained": str(heads)}, "student": {"model": STUDENT},
         "distill": {"recipe": recipe, "teacher_cache": str(cache)},
         "data": {"format": "webdataset", "train": data["train"], "num_samples": size["train"],
-                 "batch_size": size["batch"], "workers": 2, "crop_scale": None, "shuffle_buffer": 500},
+                 "batch_size": size["batch"], "workers": 2, "crop_scale": list(CROP_SCALE), "shuffle_buffer": 500},
         "optim": {"lr": 1e-3, "warmup_steps": max(1, size["steps"] // 10), "steps": size["steps"]},
         "checkpoint": {"every_steps": size["steps"], "keep_last": 1},
         "logging": {"every_steps": 5, "tensorboard": False, "progress": True},
@@ -80,6 +84,22 @@ def benchmarks(data_dir: Path, data: dict) -> list[Benchmark]:
     return [Benchmark(zs), Benchmark(rt)]
 
 
+def reinforce(cfg, out: Path, views: int) -> Path:
+    """The teacher once over ``views`` augmented views of every training pair (`clipkd reinforce`), reused when a
+    previous demo built it with the same teacher and data; a folder of other settings is rebuilt."""
+    from clipkd.errors import ConfigError
+    from clipkd.reinforce.build import run_build
+    from clipkd.reinforce.settings import BuildOptions
+
+    opts = BuildOptions(out=out, views=views, dtype="bf16", batch_size=128)
+    try:
+        run_build(cfg, opts)
+    except ConfigError:  # another teacher or data: this folder is the demo's own
+        shutil.rmtree(out)
+        run_build(cfg, opts)
+    return out
+
+
 def _train(cfg) -> None:
     """Train a student, or finish it when a previous demo left it (complete or interrupted) with this config;
     a student of another config is moved aside and trained anew."""
@@ -105,8 +125,11 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
     data_dir = work / "data" / ("quick" if quick else "full")
     data = prepare_dataset(data_dir, source, train=size["train"], val=size["val"], test=size["test"], seed=0)
     log(f"data: {size['train']} train / {size['val']} val / {size['test']} test pairs in {data_dir}")
-    teacher, heads, cache = build_teacher(work / "teacher" / ("quick" if quick else "full"), data["train"],
-                                          size["teacher_steps"])
+    teacher_dir = work / "teacher" / ("quick" if quick else "full")
+    teacher, heads = build_teacher(teacher_dir, data["train"], size["teacher_steps"])
+    cache = teacher_dir / f"reinforced-k{size['views']}"
+    reinforce(validate_config(student_config(out, "clipkd", data, heads, cache, size, 0)), cache, size["views"])
+    log(f"teacher: {size['views']} augmented views of each training pair stored in {cache}")
     benches = benchmarks(data_dir, data)
     report: dict = {"teacher": evaluate(teacher, benches)}
     log(f"teacher: zero-shot top-1 {report['teacher']['zeroshot_top1']:.3f}")
@@ -118,7 +141,7 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
         report[recipe]["run_dir"] = cfg.run_dir
         log(f"{recipe}: zero-shot top-1 {report[recipe]['zeroshot_top1']:.3f}")
     report["setup"] = {"mode": "quick" if quick else "full", "seed": seed, **size, "student": STUDENT,
-                       "teacher": LIT_NAME, "seconds": round(time.perf_counter() - started, 1)}
+                       "teacher": LIT_NAME, "crop": list(CROP_SCALE), "seconds": round(time.perf_counter() - started, 1)}
     from clipkd.demo.report import write_demo_report
 
     table = write_demo_report(report, out)

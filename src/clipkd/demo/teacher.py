@@ -1,7 +1,8 @@
 """The demo teacher: frozen pretrained towers, heads trained contrastively (LiT) on the demo's training split.
 
-The towers are frozen, so their features are computed once per training pair; the heads train on those
-features in seconds, and the same features give the teacher-embedding cache the students train against.
+The towers are frozen, so their features are computed once per training pair and the heads train on those
+features in seconds. The students then train from reinforced data (:mod:`clipkd.reinforce`): the teacher's
+embeddings of K augmented views per sample, stored once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from clipkd.cache import TeacherCache
 from clipkd.engine.optim import clamp_logit_scales
 from clipkd.data.sources import RawSample, ShardSource, open_image
 from clipkd.losses.functional import clip_loss
@@ -61,23 +61,17 @@ def fit_heads(enc: CompositeEncoder, img_f: torch.Tensor, txt_f: torch.Tensor, s
 
 
 def build_teacher(out_dir: Path, train_shards: Sequence[str], steps: int, seed: int = 0):
-    """Train (or reuse) the teacher heads and its embedding cache; return (encoder, heads path, cache path)."""
+    """Train (or reuse) the teacher heads; return (encoder, heads path)."""
     out_dir = Path(out_dir)
-    heads, cache, manifest = out_dir / "heads.safetensors", out_dir / "train_cache.safetensors", out_dir / "teacher.json"
+    heads, manifest = out_dir / "heads.safetensors", out_dir / "teacher.json"
     params = {"shards": [str(s) for s in train_shards], "steps": steps, "seed": seed}
-    if manifest.is_file() and json.loads(manifest.read_text()).get("params") == params and heads.is_file() \
-            and cache.is_file():
+    if manifest.is_file() and json.loads(manifest.read_text()).get("params") == params and heads.is_file():
         log.info("reusing the trained teacher in %s", out_dir)
-        return create_lit_encoder(heads=heads), heads, cache
+        return create_lit_encoder(heads=heads), heads
     torch.manual_seed(seed)
     enc = create_lit_encoder()
-    records = read_records(train_shards)
-    img_f, txt_f = tower_features(enc, records)
+    img_f, txt_f = tower_features(enc, read_records(train_shards))
     losses = fit_heads(enc, img_f, txt_f, steps, seed=seed)
-    with torch.no_grad():
-        img = torch.nn.functional.normalize(enc.image_head(img_f), dim=-1)
-        txt = torch.nn.functional.normalize(enc.text_head(txt_f), dim=-1)
     save_heads(enc, heads)
-    TeacherCache([r.key for r in records], img, txt, enc.scale().item()).save(cache)
     manifest.write_text(json.dumps({"params": params, "loss_first": losses[0], "loss_last": losses[-1]}, indent=2))
-    return enc, heads, cache
+    return enc, heads

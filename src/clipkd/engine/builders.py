@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
@@ -20,6 +20,9 @@ from clipkd.errors import ConfigError
 from clipkd.models.factory import COMPOSITE_MODELS, create_encoder, known_model
 from clipkd.models.shapes import (ArchitectureError, Shapes, checkpoint_shapes, expected_shapes, fit_problem,
                                   model_config_problem, pretrained_tag_problem)
+
+if TYPE_CHECKING:
+    from clipkd.reinforce.replay import ReinforcedViews
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +177,35 @@ def preflight(cfg: TrainConfig) -> None:
         problems += check_data("eval.val_data", cfg.eval.val_data)
     for i, spec in enumerate(cfg.eval.benchmarks):
         problems += check_benchmark(f"eval.benchmarks.{i}", spec)
-    if teacher is not None and cfg.distill.teacher_cache and not Path(cfg.distill.teacher_cache).is_file():
-        problems.append(f"distill.teacher_cache: file not found: {cfg.distill.teacher_cache}")
+    if teacher is not None and cfg.distill.teacher_cache:
+        problems += [f"distill.teacher_cache: {cfg.distill.teacher_cache}: {p}" for p in open_teacher_cache(cfg)[1]]
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def open_teacher_cache(cfg: TrainConfig) -> tuple[Optional[dict], list[str]]:
+    """(manifest, problems) of the run's reinforced data (``distill.teacher_cache``), compared with its teacher,
+    data, ``data.crop_scale`` and ``distill.cache_views`` (:func:`clipkd.reinforce.check.cache_problems`)."""
+    from clipkd.reinforce.check import cache_problems
+
+    assert cfg.teacher is not None and cfg.distill.teacher_cache
+    return cache_problems(cfg.distill.teacher_cache, [cfg.teacher], cfg.data, cfg.distill.cache_views)
+
+
+def stored_views(cfg: TrainConfig) -> Optional["ReinforcedViews"]:
+    """The stored views training reads instead of running the teacher, or None without a teacher cache (or when
+    no loss term uses the teacher). Raises :class:`ConfigError` for a cache that does not fit the run."""
+    if not (teacher_in_use(cfg) and cfg.distill.teacher_cache):
+        return None
+    from clipkd.reinforce.replay import ReinforcedViews, ViewChoice
+
+    manifest, problems = open_teacher_cache(cfg)
+    if problems or manifest is None:
+        raise ConfigError("distill.teacher_cache: the cache does not fit this run:\n" +
+                          "\n".join(f"  {p}" for p in problems))
+    d = cfg.distill
+    return ReinforcedViews(d.teacher_cache, manifest, ViewChoice(d.cache_views or manifest["views"], d.view_order,
+                                                                 cfg.seed))
 
 
 def build_encoder(mc: ModelConfig, role: str = "model") -> ClipEncoder:
@@ -200,16 +228,24 @@ def global_batch_size(cfg: TrainConfig, world_size: int = 1) -> int:
     return cfg.data.batch_size * cfg.optim.accum_steps * world_size
 
 
-def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1) -> Distiller:
+def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
+                                stored: Optional["ReinforcedViews"] = None) -> Distiller:
     """Teacher (frozen) and student (with the heads the configured terms need).
 
     Without a teacher term (recipe ``baseline``) no teacher is built: the distiller's ``teacher`` is None.
+    With ``stored`` views (reinforced data, :func:`stored_views`) neither: the batches bring the teacher's
+    embeddings, whose size the cache's manifest gives.
     The student is built first, so its initialisation depends on the seed alone, with or without a teacher.
     ``world_size``: the number of training processes; a recipe's GD weight follows the global batch
     (:func:`global_batch_size`) and the teacher's embedding dim.
     """
     torch.manual_seed(cfg.seed)  # identical initialisation for the same seed (and on every rank)
     student = build_encoder(cfg.student, role="student")
+    if stored is not None:
+        weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), stored.embed_dim)
+        log.info("teacher embeddings from %s (%d stored views per sample, %s order): no teacher is built",
+                 stored.folder, stored.choice.views, stored.choice.order)
+        return build_distiller(student, None, weights, mask_ratio, stored_teacher_dim=stored.embed_dim)
     teacher = build_encoder(cfg.teacher, role="teacher") if teacher_in_use(cfg) else None
     if teacher is None and cfg.teacher is not None:
         d = cfg.distill
@@ -231,10 +267,12 @@ def build_source(dc: DataConfig) -> Source:
 
 
 def build_stream(dc: DataConfig, distiller: Distiller, seed: int, rank: int = 0,
-                 world_size: int = 1, batches_per_split: Optional[int] = None) -> DistillStream:
+                 world_size: int = 1, batches_per_split: Optional[int] = None,
+                 stored: Optional["ReinforcedViews"] = None) -> DistillStream:
     """The training batch stream for one process, each side with its own views and tokenizer (held-out pairs:
-    :meth:`clipkd.engine.hooks.ValLossHook.from_config`)."""
+    :meth:`clipkd.engine.hooks.ValLossHook.from_config`); with ``stored`` views, the student's view replays a
+    stored crop and the batch carries the teacher's stored embeddings."""
     views = PairedViews(*distiller.view_encoders, dc.crop_scale)
     return DistillStream(build_source(dc), views, dc.batch_size, seed=seed, rank=rank, world_size=world_size,
                          workers=dc.workers, batches_per_split=batches_per_split,
-                         max_skip_fraction=dc.max_skip_fraction, max_image_pixels=dc.max_image_pixels)
+                         max_skip_fraction=dc.max_skip_fraction, max_image_pixels=dc.max_image_pixels, stored=stored)

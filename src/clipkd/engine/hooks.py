@@ -20,6 +20,7 @@ from clipkd.data.views import PairedViews
 from clipkd.distill import Distiller
 from clipkd.eval.diagnostics import linear_cka, mean_cosine, similarity_kl
 from clipkd.models.encoders import eval_mode
+from clipkd.models.student import NEEDS_TEACHER
 
 
 class EvalHook(Protocol):
@@ -44,6 +45,14 @@ def embedding_diagnostics(parts: dict[str, torch.Tensor], s_scale: float, t_scal
         out["image_cosine"] = mean_cosine(parts["s_img_proj"], parts["t_img"])
         out["text_cosine"] = mean_cosine(parts["s_txt_proj"], parts["t_txt"])
     return out
+
+
+def _losses(distiller: Distiller, s, t) -> dict[str, torch.Tensor]:
+    """The loss terms of a held-out batch; without a teacher (reinforced data: held-out pairs have no stored
+    embeddings) only the terms that need none, e.g. ``task``, and no total."""
+    if t is not None or not distiller.loss.needs_teacher:
+        return distiller.loss(s, t)
+    return {n: term(s, None) for n, term in distiller.loss.terms.items() if NEEDS_TEACHER not in term.needs}
 
 
 class ValLossHook:
@@ -87,7 +96,7 @@ class ValLossHook:
             batch = batch.to(self.device)
             t = distiller.teacher(batch.teacher_images, batch.teacher_text) if distiller.teacher is not None else None
             s = distiller.student(batch.student_images, batch.student_text, t, 0.0)
-            for k, v in distiller.loss(s, t).items():
+            for k, v in _losses(distiller, s, t).items():
                 sums[k] += float(v) * len(batch)
             if t is not None:  # the diagnostics compare with the teacher: none without one
                 for k, v in {"s_img": s.img, "s_txt": s.txt, "s_img_proj": s.img_proj, "s_txt_proj": s.txt_proj,

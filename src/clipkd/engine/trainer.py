@@ -29,13 +29,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipkd.cache import TeacherCache
 from clipkd.config import TrainConfig, dump_config
 from clipkd.data.stream import DataPosition, make_loader
 from clipkd.distill import DistillBatch
 from clipkd.engine import checkpoint as ckpt
 from clipkd.engine.builders import (build_distiller_from_config, build_stream, global_batch_size, preflight,
-                                    resolve_device)
+                                    resolve_device, stored_views)
 from clipkd.engine.distributed import DistEnv, current_env, local_processes, wrap_ddp
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.hooks import EvalHook, ValLossHook
@@ -100,17 +99,16 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.env.local_rank)
         random.seed(cfg.seed + self.env.rank)
         np.random.seed(cfg.seed + self.env.rank)
+        stored = stored_views(cfg)  # reinforced data: no teacher is built
         # seeded: identical initialisation on every rank
-        self.distiller = build_distiller_from_config(cfg, world_size=self.env.world_size)
+        self.distiller = build_distiller_from_config(cfg, world_size=self.env.world_size, stored=stored)
         torch.manual_seed(cfg.seed + self.env.rank)
-        if self.distiller.teacher is not None:  # None when no loss term uses a teacher (recipe baseline)
-            if cfg.distill.teacher_cache:
-                self.distiller.teacher_cache = TeacherCache.load(cfg.distill.teacher_cache)
+        if self.distiller.teacher is not None:  # None for recipe baseline and for reinforced data
             self.distiller.teacher.to(self.device)
         self.student = self.distiller.student.to(self.device)
         self.student_fn = wrap_ddp(self.student, self.env, self.device)
         self.stream = build_stream(cfg.data, self.distiller, cfg.seed, rank=self.env.rank,
-                                   world_size=self.env.world_size)
+                                   world_size=self.env.world_size, stored=stored)
         o = cfg.optim
         self.accum = o.accum_steps
         self.total_steps = o.steps or o.epochs * max(1, self.stream.batches_per_epoch // self.accum)
@@ -176,7 +174,7 @@ class Trainer:
 
     def _check_config(self, path: Path) -> None:
         saved, current = ckpt.read_config(path), self.cfg.model_dump(mode="json")
-        if self.distiller.teacher is None:  # the teacher section and cache of a teacherless run play no part
+        if not self.distiller.loss.needs_teacher:  # the teacher section and cache of a teacherless run play no part
             saved, current = ({**c, "teacher": None, "distill": {**(c.get("distill") or {}), "teacher_cache": None}}
                               for c in (saved, current))
         changes = breaking_changes(saved, current)

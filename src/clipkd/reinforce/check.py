@@ -68,7 +68,8 @@ def _data_problems(data: dict[str, Any], dc: DataConfig) -> list[str]:
 
 def manifest_problems(manifest: dict[str, Any], teachers: Sequence[ModelConfig], data: DataConfig,
                       views: int) -> list[str]:
-    """What makes the cache of ``manifest`` unfit for a run with these teachers, data and K (empty: fit).
+    """What makes the cache of ``manifest`` unfit for a run with these teachers, data and K views (empty: fit;
+    a run may use fewer views than the cache holds).
 
     Weights are compared by file SHA-256 (or tag), preprocessing by the model config's digest and the mean/std
     overrides, data by the shard list with each local shard's size and quick digest (or the CSV's SHA-256).
@@ -76,7 +77,7 @@ def manifest_problems(manifest: dict[str, Any], teachers: Sequence[ModelConfig],
     if manifest.get("format_version") != FORMAT_VERSION:
         return [f"format version {manifest.get('format_version')} (this clipkd reads {FORMAT_VERSION}): rebuild"]
     out = []
-    if manifest["views"] != views:
+    if views > manifest["views"]:
         out.append(f"views: the cache holds {manifest['views']} per sample, {views} asked for")
     scale = list(data.crop_scale) if data.crop_scale else None
     if manifest["crop_scale"] != scale:
@@ -96,3 +97,22 @@ def fingerprint_problem(reader: SidecarReader, sidecar: int, index: int, raw: Ra
         return None
     return (f"{raw.describe()}: content differs from what the cache was built from (sidecar {sidecar}, record "
             f"{index}: fingerprint {stored.hex()} in the cache, {record_fingerprint(raw).hex()} now)")
+
+
+def cache_problems(folder: str, teachers: Sequence[ModelConfig], data: DataConfig, views: Optional[int]
+                   ) -> tuple[Optional[dict[str, Any]], list[str]]:
+    """(manifest, problems) of training from the reinforced data in ``folder``; ``views`` None: all it holds.
+
+    A folder that is not a finished build is a problem; no teacher is built, no sidecar is opened.
+    """
+    from clipkd.reinforce.manifest import load_manifest
+
+    if not Path(folder).is_dir():
+        return None, ["folder not found (make it with `clipkd reinforce -c run.yaml --views K --out DIR`)"]
+    try:
+        manifest = load_manifest(folder)
+    except FileNotFoundError as exc:
+        return None, [str(exc)]
+    except ValueError as exc:
+        return None, [f"manifest.json is not readable JSON ({exc})"]
+    return manifest, manifest_problems(manifest, teachers, data, views or manifest["views"])

@@ -19,7 +19,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 
@@ -97,6 +97,16 @@ class SidecarReader:
 
     def num_teachers(self, sidecar: int) -> int:
         return sum(1 for k in self._handle(sidecar).keys() if k.endswith(".image"))
+
+    def row(self, sidecar: int, name: str, index: int, view: Optional[int] = None) -> torch.Tensor:
+        """Row ``index`` of tensor ``name`` (only that row is read; with ``view``, only that view of it)."""
+        part = self._handle(sidecar).get_slice(name)
+        return part[index:index + 1][0] if view is None else part[index:index + 1, view:view + 1][0, 0]
+
+    def scales(self, sidecar: int) -> list[float]:
+        """Each teacher's logit-scale multiplier."""
+        f = self._handle(sidecar)
+        return [float(f.get_tensor(scale_field(t))[0]) for t in range(self.num_teachers(sidecar))]
 
     def record(self, sidecar: int, index: int) -> SidecarRecord:
         """Record ``index`` of sidecar ``sidecar`` (only its rows are read)."""

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
-from clipkd.data.views import CropBox, sample_crop
+from clipkd.data.views import CropBox, crop_region, sample_crop
 
 
 def view_seed(seed: int, fingerprint: bytes, k: int) -> int:
@@ -36,5 +36,4 @@ def view_boxes(image: Image.Image, crop_scale: Optional[Sequence[float]], seed: 
 
 def replay(image: Image.Image, box: CropBox) -> Image.Image:
     """The region of ``image`` a stored view saw (then each side applies its own ``preprocess_val``)."""
-    top, left, height, width = box
-    return image.crop((left, top, left + width, top + height))
+    return crop_region(image, box)

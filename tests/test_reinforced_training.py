@@ -1,0 +1,220 @@
+"""Training from reinforced data (``distill.teacher_cache``): the same losses and gradients as the online teacher
+on the same augmentation, the epoch's view replayed for the student, no teacher built, exact resume and
+accumulation, and a cache that does not describe the run refused with what differs.
+
+The online side is computed here independently: crop boxes from hashlib + ``sample_crop`` (the documented view
+seed), crops with PIL, the teacher built from the same weights file and run on each side's own preprocessing.
+"""
+
+import io
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from clipkd.config import load_config
+from clipkd.data.decode import collate_views
+from clipkd.data.sources import CsvSource
+from clipkd.data.stream import DataPosition
+from clipkd.data.views import PairedViews, sample_crop
+from clipkd.distill import build_distiller
+from clipkd.engine import builders
+from clipkd.engine.builders import build_distiller_from_config, build_stream, stored_views
+from clipkd.engine.trainer import Trainer
+from clipkd.errors import CacheMismatch, ConfigError
+from conftest import STUDENT, TEACHER, make_encoder
+from test_reinforce import (SCALE, SEED, build, data, expected_fingerprint, expected_view_seed,  # noqa: F401
+                            overrides, weights)
+
+ALL_TERMS = {"task": 1.0, "crd": 1.0, "fd": 50.0, "icl": 1.0, "gd": 1.0, "afd": 1.0}
+
+
+@pytest.fixture(scope="module")
+def cache(data, weights, tmp_path_factory):
+    """K=2 views, fp32 and bf16, for the CSV (rows of 16) and the shards."""
+    root = tmp_path_factory.mktemp("caches")
+    out = {}
+    for fmt, dtype in (("csv", "fp32"), ("csv", "bf16"), ("webdataset", "fp32")):
+        out[fmt, dtype] = root / f"{fmt}-{dtype}"
+        build(out[fmt, dtype], data, weights[0], fmt=fmt, dtype=dtype)
+    return out
+
+
+def run_config(data, weights_file, cache_dir, tmp, fmt="csv", **extra):
+    items = {"run_dir": str(tmp / "run"), "distill.teacher_cache": str(cache_dir), "data.batch_size": 8,
+             "data.workers": 0, "logging.tensorboard": False, "optim.warmup_steps": 1, **extra}
+    return load_config(None, overrides(data, weights_file, fmt, **items))
+
+
+def first_batch(cfg, epoch=0):
+    stored = stored_views(cfg)
+    distiller = build_distiller_from_config(cfg, stored=stored)
+    stream = build_stream(cfg.data, distiller, cfg.seed, stored=stored)
+    stream.start(DataPosition(epoch))
+    batch, _ = next(iter(stream))
+    return distiller, batch
+
+
+def online_batch(student, teacher, data, keys, view):
+    """Both sides' views of CSV rows ``keys``, crops drawn here from the documented view seed."""
+    rows = {r.key: r for r in CsvSource(data["csv"]).records()}
+    views = PairedViews(student, teacher, SCALE)
+    out = []
+    for key in keys:
+        raw = rows[key]
+        raw_bytes = Path(raw.image).read_bytes()
+        image = Image.open(io.BytesIO(raw_bytes)).convert("RGB")
+        fp = expected_fingerprint(raw_bytes, raw.caption)
+        box = sample_crop(image, SCALE, random.Random(expected_view_seed(SEED, fp, view)))
+        one = views.at(image, raw.caption, box)
+        one.key = key
+        out.append(one)
+    return collate_views(out)
+
+
+def loss_and_grads(distiller, student_images, student_text, teacher_emb):
+    distiller.student.zero_grad()
+    gen = torch.Generator().manual_seed(7)  # MFD masks: drawn at train time, the same draws on both sides
+    s = distiller.student(student_images, student_text, teacher_emb, distiller.mask_ratio, gen)
+    values = distiller.loss(s, teacher_emb)
+    values["loss"].backward()
+    return values, {n: p.grad.clone() for n, p in distiller.student.named_parameters() if p.grad is not None}
+
+
+FP32 = dict(rtol=1e-5, atol=1e-6)  # float32 rounding: the build ran the teacher on other batches of samples
+
+
+@pytest.mark.parametrize("dtype,tol", [("fp32", FP32), ("bf16", dict(rtol=2e-2, atol=2e-2))])
+def test_cached_losses_and_gradients_equal_the_online_teachers(dtype, tol, cache, data, weights, tmp_path):
+    cfg = run_config(data, weights[0], cache["csv", dtype], tmp_path, **{"distill.weights": ALL_TERMS,
+                                                                         "distill.mask_ratio": 0.5})
+    distiller, batch = first_batch(cfg)
+    assert distiller.teacher is None and batch.teacher is not None and batch.teacher.img.shape == (8, 384)
+    teacher = make_encoder(TEACHER, pretrained=str(weights[0])).eval()
+    online = online_batch(distiller.student.encoder, teacher, data, batch.keys, view=0)  # epoch 0: view 0
+    assert torch.equal(online.student_images, batch.student_images)  # the student's view is the replayed crop
+    with torch.no_grad():
+        t_online = teacher.embed(online.teacher_images, online.teacher_text)
+    torch.testing.assert_close(batch.teacher.img, t_online.img, **tol)
+    torch.testing.assert_close(batch.teacher.txt, t_online.txt, **tol)
+    cached_values, cached_grads = loss_and_grads(distiller, batch.student_images, batch.student_text, batch.teacher)
+    online_values, online_grads = loss_and_grads(distiller, online.student_images, online.student_text, t_online)
+    assert set(cached_values) == {"loss", *ALL_TERMS}
+    loose = FP32 if dtype == "fp32" else dict(rtol=5e-2, atol=5e-3)
+    for name in cached_values:
+        torch.testing.assert_close(cached_values[name], online_values[name], **loose, msg=name)
+    limit = 1e-4 if dtype == "fp32" else 5e-2  # largest difference, relative to the gradient's largest entry
+    for name, g in online_grads.items():
+        worst = float((cached_grads[name] - g).abs().max() / g.abs().max().clamp_min(1e-12))
+        assert worst <= limit, (name, worst)
+
+
+def test_epoch_e_replays_view_e_mod_k_and_random_order_is_seeded(cache, data, weights, tmp_path):
+    cfg = run_config(data, weights[0], cache["csv", "fp32"], tmp_path)
+    teacher = make_encoder(TEACHER, pretrained=str(weights[0])).eval()
+    for epoch in (0, 1, 2):
+        distiller, batch = first_batch(cfg, epoch)
+        online = online_batch(distiller.student.encoder, teacher, data, batch.keys, view=epoch % 2)
+        assert torch.equal(online.student_images, batch.student_images), epoch
+    rnd = run_config(data, weights[0], cache["csv", "fp32"], tmp_path, **{"distill.view_order": "random"})
+    seen: dict = {}
+    for epoch in range(6):
+        now = epoch_teacher_rows(rnd, epoch)
+        assert now == epoch_teacher_rows(rnd, epoch)  # seeded: the same draw every time
+        for key, row in now.items():
+            seen.setdefault(key, set()).add(row)
+    counts = [len(v) for v in seen.values()]
+    assert max(counts) == 2 and sum(c == 2 for c in counts) >= len(counts) // 2  # both views appear, no third
+
+
+def epoch_teacher_rows(cfg, epoch):
+    """{sample key: its stored teacher image embedding (first entries)} over one epoch."""
+    stored = stored_views(cfg)
+    stream = build_stream(cfg.data, build_distiller_from_config(cfg, stored=stored), cfg.seed, stored=stored)
+    stream.start(DataPosition(epoch))
+    return {k: tuple(row[:4].tolist()) for batch, _ in stream for k, row in zip(batch.keys, batch.teacher.img)}
+
+
+def test_training_from_the_cache_builds_no_teacher_and_resumes_exactly(cache, data, weights, tmp_path, monkeypatch):
+    real = builders.build_encoder
+
+    def no_teacher(mc, role="model"):
+        assert role != "teacher", "the teacher was built although its embeddings are stored"
+        return real(mc, role)
+
+    monkeypatch.setattr(builders, "build_encoder", no_teacher)
+    extra = {"distill.recipe": "clipkd", "optim.steps": 7, "checkpoint.every_steps": 3, "data.workers": 2,
+             "data.max_skip_fraction": 1.0}  # the last shard: 2 of 4 records unusable
+    c = cache["webdataset", "fp32"]
+    full = Trainer(run_config(data, weights[0], c, tmp_path / "a", "webdataset", **extra)).fit()
+    part = tmp_path / "b" / "run"
+    (part / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step_00000003", part / "checkpoints" / "step_00000003")
+    resumed = Trainer(run_config(data, weights[0], c, tmp_path / "b", "webdataset", **extra), resume="latest").fit()
+    assert resumed.step == 7 and full.history[3:] == resumed.history  # bit-exact on CPU, across an epoch end
+    assert set(full.skipped) == {"bad_image", "missing_caption"} and full.history[0]["crd"] > 0
+
+
+def test_accumulation_from_the_cache_equals_one_batch(cache, data, weights, tmp_path):
+    one = Trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "one", **{"optim.steps": 1})).fit()
+    two = Trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "two",
+                             **{"optim.steps": 1, "data.batch_size": 4, "optim.accum_steps": 2})).fit()
+    for name, value in one.history[0].items():
+        assert two.history[0][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+
+
+# --- refusals ------------------------------------------------------------------------------------------------
+
+def _refused(cfg, *expected):
+    with pytest.raises(ConfigError) as err:
+        Trainer(cfg)
+    for text in expected:
+        assert text in str(err.value), str(err.value)
+
+
+def test_other_teacher_weights_preprocessing_k_or_crops_are_refused(cache, data, weights, tmp_path):
+    c = cache["csv", "fp32"]
+    _refused(run_config(data, weights[1], c, tmp_path), "distill.teacher_cache", "teacher 0", "weights differs")
+    _refused(run_config(data, weights[0], c, tmp_path, **{"teacher.image_mean": [0.5, 0.5, 0.5]}),
+             "preprocessing: image_mean differs")
+    _refused(run_config(data, weights[0], c, tmp_path, **{"distill.cache_views": 3}),
+             "views: the cache holds 2 per sample, 3 asked for")
+    _refused(run_config(data, weights[0], c, tmp_path, **{"data.crop_scale": [0.9, 1.0]}), "data.crop_scale")
+    _refused(run_config(data, weights[0], tmp_path / "nothing", tmp_path), "folder not found", "clipkd reinforce")
+
+
+def test_edited_csv_row_and_replaced_shard_are_refused(cache, data, weights, tmp_path):
+    edited = tmp_path / "edited"
+    shutil.copytree(Path(data["csv"]).parent, edited)
+    csv_file = edited / Path(data["csv"]).name
+    lines = csv_file.read_text().splitlines()
+    lines[5] = lines[5].rsplit(",", 1)[0] + ",an edited caption"
+    csv_file.write_text("\n".join(lines) + "\n")
+    cfg = run_config({**data, "csv": csv_file}, weights[0], cache["csv", "fp32"], tmp_path)
+    _refused(cfg, "data.train", "changed since the cache was built")
+    shards = tmp_path / "shards"
+    shutil.copytree(Path(data["webdataset"]).parent, shards)
+    (shards / "shard-00001.tar").write_bytes((shards / "shard-00000.tar").read_bytes())
+    cfg = run_config({**data, "webdataset": str(shards / "shard-{00000..00002}.tar")}, weights[0],
+                     cache["webdataset", "fp32"], tmp_path, "webdataset")
+    _refused(cfg, "data.train: other shard list")
+
+
+def test_image_changed_behind_an_unchanged_csv_stops_training_naming_it(cache, data, weights, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(Path(data["csv"]).parent, copy)
+    for row in (10, 12, 13, 14, 15):  # an epoch reads 32 of the 40 rows: some of these are read
+        (copy / "images" / f"0000{row}.jpg").write_bytes((copy / "images" / "000011.jpg").read_bytes())
+    shutil.copytree(cache["csv", "fp32"], tmp_path / "cache")
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    manifest["data"]["path"] = str(copy / Path(data["csv"]).name)  # the CSV itself is byte-identical
+    (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
+    cfg = run_config({**data, "csv": copy / Path(data["csv"]).name}, weights[0], tmp_path / "cache", tmp_path,
+                     **{"optim.steps": 6, "data.workers": 2})
+    with pytest.raises(CacheMismatch, match=r"0000(10|12|13|14|15)\.jpg: content differs from what the "
+                       "cache was built from"):
+        Trainer(cfg).fit()
