@@ -48,6 +48,10 @@ TABLE = [
     # unknown keys, at every level
     (["bogus=1"], "bogus", "unknown field"),
     (["teacher.bogus=1"], "teacher.bogus", "unknown field"),
+    (["teacher=[{model: clipkd-tiny-teacher, wieght: 2}]"], "teacher.0.wieght", "did you mean `teacher.0.weight`"),
+    (["teacher=[{model: clipkd-tiny-teacher, weight: 0}]"], "teacher.0.weight", "greater than 0"),
+    (["teacher=[{model: clipkd-tiny-teacher}, {model: no-such-model}]"], "teacher.1.model",
+     "unknown model 'no-such-model'"),
     (["student.bogus=1"], "student.bogus", "unknown field"),
     (["distill.bogus=1"], "distill.bogus", "unknown field"),
     (["data.bogus=1"], "data.bogus", "unknown field"),

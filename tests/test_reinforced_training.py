@@ -218,3 +218,68 @@ def test_image_changed_behind_an_unchanged_csv_stops_training_naming_it(cache, d
     with pytest.raises(CacheMismatch, match=r"0000(10|12|13|14|15)\.jpg: content differs from what the "
                        "cache was built from"):
         Trainer(cfg).fit()
+
+
+# --- teacher ensembles ---------------------------------------------------------------------------------------
+
+def ensemble_overrides(weights, shares=(1, 3)):
+    """Two teachers of different sizes, resolutions, normalisations and tokenizers (384-d 48 px, 256-d 32 px)."""
+    members = [{"model": TEACHER, "pretrained": str(weights[0]), "weight": shares[0]},
+               {"model": STUDENT, "weight": shares[1]}]
+    return {"teacher": members}
+
+
+def test_online_ensemble_views_each_teachers_own_preprocessing_and_a_one_teacher_list_is_the_plain_teacher(
+        data, weights, tmp_path):
+    from clipkd.models.teacher import TeacherEnsemble
+
+    cfg = load_config(None, overrides(data, weights[0], "csv", **{"run_dir": str(tmp_path / "e"),
+                      "data.batch_size": 8, "data.workers": 0, **ensemble_overrides(weights)}))
+    distiller = build_distiller_from_config(cfg)
+    assert isinstance(distiller.teacher, TeacherEnsemble) and distiller.teacher.embed_dims == [384, 256]
+    assert distiller.loss.ensemble.weights == (0.25, 0.75) and distiller.student.teacher_dims == (384, 256)
+    stream = build_stream(cfg.data, distiller, cfg.seed)
+    batch, _ = next(iter(stream))
+    assert [tuple(x.shape) for x in batch.teacher_images] == [(8, 3, 48, 48), (8, 3, 32, 32)]
+    t = distiller.teacher_embeddings(batch)
+    assert t.img.shape == (8, 640) and t.scale.shape == (2,)
+    plain = Trainer(load_config(None, overrides(data, weights[0], "csv", **{
+        "run_dir": str(tmp_path / "p"), "data.batch_size": 8, "data.workers": 0, "optim.steps": 2}))).fit()
+    listed = Trainer(load_config(None, overrides(data, weights[0], "csv", **{
+        "run_dir": str(tmp_path / "l"), "data.batch_size": 8, "data.workers": 0, "optim.steps": 2,
+        "teacher": [{"model": TEACHER, "pretrained": str(weights[0])}]}))).fit()
+    assert plain.history == listed.history  # bit-exact
+
+
+def test_ensemble_from_reinforced_data_equals_the_online_ensemble(data, weights, tmp_path):
+    from clipkd.reinforce.build import run_build
+    from clipkd.reinforce.settings import BuildOptions
+    from test_reinforce import one_thread
+
+    extra = {"data.batch_size": 8, "data.workers": 0, "distill.weights": ALL_TERMS, **ensemble_overrides(weights)}
+    cfg = load_config(None, overrides(data, weights[0], "csv", **{"run_dir": str(tmp_path / "r"), **extra}))
+    with one_thread():
+        manifest = run_build(cfg, BuildOptions(out=tmp_path / "cache", views=2, dtype="fp32", batch_size=8,
+                                               rows_per_shard=16)).manifest
+    assert [t["embed_dim"] for t in manifest["teachers"]] == [384, 256]
+    cached = load_config(None, overrides(data, weights[0], "csv", **{
+        "run_dir": str(tmp_path / "r"), "distill.teacher_cache": str(tmp_path / "cache"), **extra}))
+    distiller, batch = first_batch(cached)
+    assert distiller.teacher is None and batch.teacher.img.shape == (8, 640) and batch.teacher.scale.shape == (2,)
+    online_teachers = _build_teachers(cfg)  # the same seeded construction as the build (the second is random)
+    online = online_batch(distiller.student.encoder, online_teachers, data, batch.keys, view=0)
+    from clipkd.models.teacher import TeacherEnsemble
+
+    t_online = TeacherEnsemble(online_teachers)(online.teacher_images, online.teacher_text)
+    torch.testing.assert_close(batch.teacher.img, t_online.img, **FP32)
+    torch.testing.assert_close(batch.teacher.scale, t_online.scale, **FP32)
+    cached_values, _ = loss_and_grads(distiller, batch.student_images, batch.student_text, batch.teacher)
+    online_values, _ = loss_and_grads(distiller, online.student_images, online.student_text, t_online)
+    for name in cached_values:
+        torch.testing.assert_close(cached_values[name], online_values[name], **FP32, msg=name)
+
+
+def _build_teachers(cfg):
+    from clipkd.reinforce.build import load_teachers
+
+    return load_teachers(cfg, torch.device("cpu"))

@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union, get_args
+from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from clipkd.config_paths import resolve_override, resolve_paths
@@ -35,6 +36,28 @@ class ModelConfig(_Strict):
     pretrained: Optional[str] = Field(None, description="open_clip pretrained tag, checkpoint path, or null (random)")
     image_mean: Optional[tuple[float, float, float]] = None
     image_std: Optional[tuple[float, float, float]] = None
+
+
+class TeacherConfig(ModelConfig):
+    """A teacher; in an ensemble (``teacher`` given as a list) ``weight`` is its share (normalised to sum 1)."""
+
+    weight: float = Field(1.0, gt=0, description="share of this teacher in an ensemble (normalised to sum 1)")
+
+
+def _one_or_list(value: Any) -> str:
+    """Which form a ``teacher`` setting has: one section, or a list (an ensemble); validated as that form only."""
+    return "list[TeacherConfig]" if isinstance(value, list) else "TeacherConfig"
+
+
+def teacher_list(teacher: Union[TeacherConfig, list[TeacherConfig], None]) -> list[TeacherConfig]:
+    """The teachers of a ``teacher`` setting: none, one, or the ensemble's list."""
+    return [] if teacher is None else list(teacher) if isinstance(teacher, list) else [teacher]
+
+
+def teacher_weights(teachers: Sequence[TeacherConfig]) -> list[float]:
+    """The teachers' weights normalised to sum 1."""
+    total = sum(t.weight for t in teachers)
+    return [t.weight / total for t in teachers]
 
 
 class DistillConfig(_Strict):
@@ -209,7 +232,7 @@ def _teacher_required(distill: DistillConfig) -> Optional[str]:
 
 def _raw_teacher_problem(data: Any) -> Optional[str]:
     """:func:`_teacher_required` of a raw config without a teacher whose other parts have errors."""
-    if not isinstance(data, dict) or data.get("teacher") is not None:
+    if not isinstance(data, dict) or data.get("teacher") not in (None, []):
         return None
     try:
         distill = DistillConfig.model_validate(data.get("distill") or {})
@@ -230,8 +253,11 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     threads: Optional[int] = Field(None, ge=1, description="CPU threads per process for tensor ops; null: its "
                                    "share of the usable cores (OMP_NUM_THREADS wins)")
-    teacher: Optional[ModelConfig] = Field(None, description="the frozen teacher; required when a loss term or "
-                                           "distill.teacher_cache uses it; not built when none does (baseline)")
+    teacher: Optional[Annotated[Union[Annotated[TeacherConfig, Tag("TeacherConfig")],
+                                      Annotated[list[TeacherConfig], Tag("list[TeacherConfig]")]],
+                                Discriminator(_one_or_list)]] = Field(
+        None, description="the frozen teacher, or a list of teachers (an ensemble); required when a loss term or "
+                          "distill.teacher_cache uses it; not built when none does (baseline)")
     student: ModelConfig
     distill: DistillConfig = DistillConfig()
     data: DataConfig
@@ -253,7 +279,7 @@ class TrainConfig(_Strict):
             if why is None:
                 raise
             raise ValidationError.from_exception_data(err.title, [_teacher_error(why), *err.errors()]) from None
-        why = _teacher_required(cfg.distill) if cfg.teacher is None else None
+        why = _teacher_required(cfg.distill) if not teacher_list(cfg.teacher) else None
         if why is not None:
             raise ValidationError.from_exception_data(cls.__name__, [_teacher_error(why)])
         return cfg
@@ -352,12 +378,19 @@ def _error_line(e: Any, root: Optional[type[BaseModel]] = None) -> tuple[str, st
     ``root``: the model validated, to suggest the nearest field name for an unknown one.
     """
     parts = list(e["loc"])
-    if e["type"] != "extra_forbidden":
-        parts = [p for p in parts if not (isinstance(p, str) and _UNION_TAG.match(p))]
     msg = _unknown_field(root, parts) if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+    parts = [p for p in parts if not _is_tag(p)]
     if e["type"] == "missing" and parts and isinstance(parts[-1], int):
         msg, parts = f"too few items (item {parts[-1]} is missing)", parts[:-1]
     return ".".join(str(p) for p in parts), msg
+
+
+def _is_tag(part: Any) -> bool:
+    """A union-member tag in a pydantic ``loc`` (``str``, ``list[...]``, or a section's class name)."""
+    if not isinstance(part, str):
+        return False
+    cls = globals().get(part)
+    return bool(_UNION_TAG.match(part)) or (isinstance(cls, type) and issubclass(cls, BaseModel))
 
 
 def error_lines(err: ValidationError) -> list[tuple[str, str]]:

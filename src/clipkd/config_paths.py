@@ -63,6 +63,7 @@ _PATH_FIELDS: tuple[tuple[str, Callable[[Any, Path], Any]], ...] = (
     ("run_dir", _path),
     ("teacher.model", _model), ("student.model", _model),
     ("teacher.pretrained", _pretrained), ("student.pretrained", _pretrained),
+    ("teacher.*.model", _model), ("teacher.*.pretrained", _pretrained),  # an ensemble: a list of teachers
     ("distill.teacher_cache", _path),
     ("data.train", _urls), ("data.root", _path),
     ("eval.val_data.train", _urls), ("eval.val_data.root", _path),

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
 from clipkd.losses.combine import DistillLoss
 from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
 from clipkd.models.student import NEEDS_TEACHER, DistillStudent, StudentOutput
-from clipkd.models.teacher import FrozenTeacher
+from clipkd.models.teacher import FrozenTeacher, TeacherEnsemble
 
 
 @dataclass
 class DistillBatch:
-    """One batch with a view per side: each side's own preprocessing and own tokenizer."""
+    """One batch with a view per side: each side's own preprocessing and own tokenizer.
+
+    With a teacher ensemble ``teacher_images`` and ``teacher_text`` are tuples, one entry per teacher.
+    """
 
     student_images: torch.Tensor
     student_text: TextBatch
@@ -31,14 +34,17 @@ class DistillBatch:
         """The batch on ``device``; images shared by both sides stay shared."""
         move = lambda x: x.to(device, non_blocking=non_blocking)  # noqa: E731
         s_img = move(self.student_images)
-        t_img = s_img if self.teacher_images is self.student_images else move(self.teacher_images)
+        t_img = s_img if self.teacher_images is self.student_images else _map_text(self.teacher_images, move)
         cached = None if self.teacher is None else Embeddings(move(self.teacher.img), move(self.teacher.txt),
                                                               move(self.teacher.scale))
         return DistillBatch(s_img, _map_text(self.student_text, move), t_img, _map_text(self.teacher_text, move),
                             self.keys, cached)
 
 
-def _map_text(text: TextBatch, fn) -> TextBatch:
+def _map_text(text, fn):
+    """``fn`` on every tensor of a token batch (a tensor or a mapping), or of an ensemble's tuple of them."""
+    if isinstance(text, tuple):
+        return tuple(_map_text(t, fn) for t in text)
     return fn(text) if isinstance(text, torch.Tensor) else {k: fn(v) for k, v in text.items()}
 
 
@@ -51,19 +57,22 @@ class Distiller:
     a teacher then.
     """
 
-    teacher: Optional[FrozenTeacher]
+    teacher: Optional[Union[FrozenTeacher, TeacherEnsemble]]
     student: DistillStudent
     loss: DistillLoss
     mask_ratio: float = 0.0
 
     @property
-    def view_encoders(self) -> tuple[ClipEncoder, ClipEncoder]:
-        """The (student, teacher-side) encoders whose preprocessing and tokenizers make a batch's two views.
+    def view_encoders(self) -> tuple[ClipEncoder, Union[ClipEncoder, list[ClipEncoder]]]:
+        """The (student, teacher-side) encoders whose preprocessing and tokenizers make a batch's two views
+        (an ensemble: the list of its teachers' encoders).
 
         Without a teacher the student's encoder serves both sides (the teacher view is then the student's).
         """
         student = self.student.encoder
-        return student, (self.teacher.encoder if self.teacher is not None else student)
+        if self.teacher is None:
+            return student, student
+        return student, (self.teacher.encoder if isinstance(self.teacher, FrozenTeacher) else self.teacher.encoders)
 
     def teacher_embeddings(self, batch: DistillBatch) -> Embeddings:
         """The batch's stored teacher embeddings when it carries them (reinforced data), else a teacher forward."""
@@ -100,27 +109,33 @@ class Distiller:
 
 def build_distiller(
     student: ClipEncoder,
-    teacher: Optional[ClipEncoder],
+    teacher: Union[ClipEncoder, Sequence[ClipEncoder], None],
     weights: Mapping[str, float],
     mask_ratio: float = 0.0,
-    stored_teacher_dim: Optional[int] = None,
+    stored_teacher_dims: Optional[Sequence[int]] = None,
+    teacher_weights: Optional[Sequence[float]] = None,
 ) -> Distiller:
-    """Freeze ``teacher``, wrap ``student`` with exactly the heads the weighted terms need.
+    """Freeze ``teacher`` (or an ensemble: a list of teachers, ``teacher_weights`` summing to 1, default equal),
+    wrap ``student`` with exactly the heads the weighted terms need.
 
     ``teacher`` may be None when no weighted term needs one (e.g. ``{"task": 1}``): the student then trains
-    alone and the distiller has no teacher. ``stored_teacher_dim``: no teacher either, its embeddings (of this
-    size) come with every batch (reinforced data).
+    alone and the distiller has no teacher. ``stored_teacher_dims``: no teacher either, the embeddings of teachers
+    of these sizes come with every batch (reinforced data).
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    loss = DistillLoss(weights)
-    if teacher is None and stored_teacher_dim is not None:
-        return Distiller(None, DistillStudent(student, stored_teacher_dim, loss.needs), loss, mask_ratio)
-    if teacher is None:
+    teachers = None if teacher is None else list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    dims = list(stored_teacher_dims) if stored_teacher_dims is not None else \
+        [t.embed_dim for t in teachers] if teachers else None
+    ensemble = dims is not None and len(dims) > 1
+    loss = DistillLoss(weights, dims if ensemble else None, teacher_weights if ensemble else None)
+    if teacher is None and dims is not None:
+        return Distiller(None, DistillStudent(student, dims, loss.needs), loss, mask_ratio)
+    if teachers is None:
         if loss.needs_teacher:
             users = sorted(n for n, t in loss.terms.items() if NEEDS_TEACHER in t.needs)
             raise ValueError(f"loss term(s) {', '.join(users)} need a teacher, and none was given")
         return Distiller(None, DistillStudent(student, student.embed_dim, loss.needs), loss, mask_ratio)
-    frozen = teacher if isinstance(teacher, FrozenTeacher) else FrozenTeacher(teacher)
-    module = DistillStudent(student, frozen.embed_dim, loss.needs)
-    return Distiller(frozen, module, loss, mask_ratio)
+    frozen = TeacherEnsemble(teachers) if ensemble else \
+        teachers[0] if isinstance(teachers[0], FrozenTeacher) else FrozenTeacher(teachers[0])
+    return Distiller(frozen, DistillStudent(student, dims, loss.needs), loss, mask_ratio)

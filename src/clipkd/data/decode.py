@@ -56,7 +56,7 @@ def collate_views(views: Sequence[SampleViews]) -> DistillBatch:
     return DistillBatch(
         student_images=s_img,
         student_text=collate_text([v.student_text for v in views]),
-        teacher_images=s_img if shared else torch.stack([v.teacher_image for v in views]),
+        teacher_images=s_img if shared else collate_text([v.teacher_image for v in views]),
         teacher_text=collate_text([v.teacher_text for v in views]),
         keys=[v.key for v in views],
         teacher=_stored_teacher(views),

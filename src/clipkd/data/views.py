@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from PIL import Image
@@ -73,10 +73,16 @@ def _first(tokens: TextBatch) -> TextBatch:
 class PairedViews:
     """Builds both sides' views of a decoded image and its caption."""
 
-    def __init__(self, student: ClipEncoder, teacher: ClipEncoder, crop_scale: Optional[Sequence[float]] = (0.9, 1.0)):
-        self.student_pp, self.teacher_pp = student.preprocess_val, teacher.preprocess_val
-        self.student_tok, self.teacher_tok = student.tokenizer, teacher.tokenizer
-        self.same_image = _signature(student) == _signature(teacher)
+    def __init__(self, student: ClipEncoder, teacher: Union[ClipEncoder, Sequence[ClipEncoder]],
+                 crop_scale: Optional[Sequence[float]] = (0.9, 1.0)):
+        self.student_pp, self.student_tok = student.preprocess_val, student.tokenizer
+        self.ensemble = None if isinstance(teacher, ClipEncoder) else list(teacher)
+        if self.ensemble is not None:  # each teacher its own view and tokens: tuples, in teacher order
+            self.teacher_pp = lambda image: tuple(t.preprocess_val(image) for t in self.ensemble)
+            self.teacher_tok = lambda texts: tuple(_first(t.tokenizer(texts)) for t in self.ensemble)
+        else:
+            self.teacher_pp, self.teacher_tok = teacher.preprocess_val, teacher.tokenizer
+        self.same_image = self.ensemble is None and _signature(student) == _signature(teacher)
         self.same_text = self.student_tok is self.teacher_tok  # one encoder on both sides (no teacher)
         self.crop_scale = tuple(crop_scale) if crop_scale else None
 
@@ -91,12 +97,15 @@ class PairedViews:
         s_img = self.student_pp(image)
         t_img = s_img if self.same_image else self.teacher_pp(image)
         s_txt = _first(self.student_tok([caption]))
-        t_txt = s_txt if self.same_text else _first(self.teacher_tok([caption]))
+        t_txt = s_txt if self.same_text else self.teacher_tok([caption]) if self.ensemble else \
+            _first(self.teacher_tok([caption]))
         return SampleViews(s_img, t_img, s_txt, t_txt, crop)
 
 
 def collate_text(items: list[TextBatch]) -> TextBatch:
-    """Stack per-sample token tensors (or dicts of them) into a batch."""
+    """Stack per-sample token tensors (or dicts of them; an ensemble: tuples of them) into a batch."""
+    if isinstance(items[0], tuple):
+        return tuple(collate_text([it[t] for it in items]) for t in range(len(items[0])))
     if isinstance(items[0], torch.Tensor):
         return torch.stack(items)
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
-from clipkd.config import BenchmarkSpec, DataConfig, ModelConfig, TrainConfig, teacher_terms
+from clipkd.config import (BenchmarkSpec, DataConfig, ModelConfig, TrainConfig, teacher_list, teacher_terms,
+                           teacher_weights)
 from clipkd.config_paths import LIST_KEYWORDS, WEIGHT_SUFFIXES
 from clipkd.data.sources import CsvSource, ShardSource, Source, expand_shards
 from clipkd.data.stream import DistillStream
@@ -168,16 +169,16 @@ def preflight(cfg: TrainConfig) -> None:
     on the meta device, pretrained tags are fetched (or found in the cache), data files and CSV columns exist.
     """
     problems: list[str] = []
-    teacher = cfg.teacher if teacher_in_use(cfg) else None  # one the run does not build is not checked either
-    for side, mc in (("teacher", teacher), ("student", cfg.student)):
-        if mc is not None:
-            problems += check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")
+    teachers = teacher_list(cfg.teacher) if teacher_in_use(cfg) else []  # one the run does not build: unchecked
+    named = [("teacher" if not isinstance(cfg.teacher, list) else f"teacher.{i}", mc) for i, mc in enumerate(teachers)]
+    for side, mc in [*named, ("student", cfg.student)]:
+        problems += check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")
     problems += check_data("data", cfg.data)
     if cfg.eval.val_data is not None:
         problems += check_data("eval.val_data", cfg.eval.val_data)
     for i, spec in enumerate(cfg.eval.benchmarks):
         problems += check_benchmark(f"eval.benchmarks.{i}", spec)
-    if teacher is not None and cfg.distill.teacher_cache:
+    if teachers and cfg.distill.teacher_cache:
         problems += [f"distill.teacher_cache: {cfg.distill.teacher_cache}: {p}" for p in open_teacher_cache(cfg)[1]]
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
@@ -189,7 +190,7 @@ def open_teacher_cache(cfg: TrainConfig) -> tuple[Optional[dict], list[str]]:
     from clipkd.reinforce.check import cache_problems
 
     assert cfg.teacher is not None and cfg.distill.teacher_cache
-    return cache_problems(cfg.distill.teacher_cache, [cfg.teacher], cfg.data, cfg.distill.cache_views)
+    return cache_problems(cfg.distill.teacher_cache, teacher_list(cfg.teacher), cfg.data, cfg.distill.cache_views)
 
 
 def stored_views(cfg: TrainConfig) -> Optional["ReinforcedViews"]:
@@ -220,7 +221,7 @@ def teacher_in_use(cfg: TrainConfig) -> bool:
     Recipe ``baseline`` (task loss only) never does: a teacher section given with it, and a
     ``distill.teacher_cache``, are ignored.
     """
-    return cfg.teacher is not None and bool(teacher_terms(cfg.distill))
+    return bool(teacher_list(cfg.teacher)) and bool(teacher_terms(cfg.distill))
 
 
 def global_batch_size(cfg: TrainConfig, world_size: int = 1) -> int:
@@ -241,21 +242,31 @@ def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
     """
     torch.manual_seed(cfg.seed)  # identical initialisation for the same seed (and on every rank)
     student = build_encoder(cfg.student, role="student")
+    teachers = teacher_list(cfg.teacher)
+    shares = teacher_weights(teachers) if teachers else None
     if stored is not None:
-        weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), stored.embed_dim)
         log.info("teacher embeddings from %s (%d stored views per sample, %s order): no teacher is built",
                  stored.folder, stored.choice.views, stored.choice.order)
-        return build_distiller(student, None, weights, mask_ratio, stored_teacher_dim=stored.embed_dim)
-    teacher = build_encoder(cfg.teacher, role="teacher") if teacher_in_use(cfg) else None
-    if teacher is None and cfg.teacher is not None:
+        weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), _gd_dim(stored.embed_dims,
+                                                                                                 shares))
+        return build_distiller(student, None, weights, mask_ratio, stored.embed_dims, shares)
+    built = [build_encoder(t, role="teacher") for t in teachers] if teacher_in_use(cfg) else []
+    if not built and teachers:
         d = cfg.distill
         source = "distill.weights" if d.weights is not None else f"distill.recipe '{d.recipe}'"
         ignored = " and distill.teacher_cache" if d.teacher_cache else ""
         log.info("%s has no loss term that uses a teacher: the student trains alone, the teacher section%s "
-                 "(%s) is ignored and no teacher is built", source, ignored, cfg.teacher.model)
-    dim = teacher.embed_dim if teacher is not None else student.embed_dim  # no teacher: GD is not active
-    weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), dim)
-    return build_distiller(student, teacher, weights, mask_ratio)
+                 "(%s) is ignored and no teacher is built", source, ignored, ", ".join(t.model for t in teachers))
+    dims = [t.embed_dim for t in built] or [student.embed_dim]  # no teacher: GD is not active
+    weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), _gd_dim(dims, shares))
+    return build_distiller(student, built or None, weights, mask_ratio, teacher_weights=shares)
+
+
+def _gd_dim(dims: list[int], shares: Optional[list[float]]) -> int:
+    """The teacher embedding size a recipe's GD weight is calibrated for; an ensemble: the weighted mean size."""
+    if len(dims) == 1 or not shares:
+        return dims[0]
+    return round(sum(d * w for d, w in zip(dims, shares)))
 
 
 def build_source(dc: DataConfig) -> Source:

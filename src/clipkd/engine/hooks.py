@@ -20,7 +20,7 @@ from clipkd.data.views import PairedViews
 from clipkd.distill import Distiller
 from clipkd.eval.diagnostics import linear_cka, mean_cosine, similarity_kl
 from clipkd.models.encoders import eval_mode
-from clipkd.models.student import NEEDS_TEACHER
+from clipkd.models.student import NEEDS_TEACHER, StudentOutput
 
 
 class EvalHook(Protocol):
@@ -45,6 +45,16 @@ def embedding_diagnostics(parts: dict[str, torch.Tensor], s_scale: float, t_scal
         out["image_cosine"] = mean_cosine(parts["s_img_proj"], parts["t_img"])
         out["text_cosine"] = mean_cosine(parts["s_txt_proj"], parts["t_txt"])
     return out
+
+
+def _student(distiller: Distiller, batch, t) -> StudentOutput:
+    """The student's embeddings of a held-out batch; without a teacher's embeddings (reinforced data) only its
+    own (the heads that take the teacher's embeddings, AFD's, cannot run)."""
+    if t is not None or not distiller.loss.needs_teacher:
+        return distiller.student(batch.student_images, batch.student_text, t, 0.0)
+    enc = distiller.student.encoder
+    return StudentOutput(img=enc.encode_image(batch.student_images), txt=enc.encode_text(batch.student_text),
+                         scale=enc.scale())
 
 
 def _losses(distiller: Distiller, s, t) -> dict[str, torch.Tensor]:
@@ -95,10 +105,10 @@ class ValLossHook:
         for batch in self.pairs:
             batch = batch.to(self.device)
             t = distiller.teacher(batch.teacher_images, batch.teacher_text) if distiller.teacher is not None else None
-            s = distiller.student(batch.student_images, batch.student_text, t, 0.0)
+            s = _student(distiller, batch, t)
             for k, v in _losses(distiller, s, t).items():
                 sums[k] += float(v) * len(batch)
-            if t is not None:  # the diagnostics compare with the teacher: none without one
+            if t is not None and t.scale.dim() == 0:  # the diagnostics compare with one teacher: none otherwise
                 for k, v in {"s_img": s.img, "s_txt": s.txt, "s_img_proj": s.img_proj, "s_txt_proj": s.txt_proj,
                              "t_img": t.img, "t_txt": t.txt}.items():
                     parts[k].append(v.float().cpu())

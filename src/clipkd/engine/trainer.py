@@ -396,9 +396,13 @@ class Trainer:
         s = self.student
         out = {"lr": self.optimizer.param_groups[0]["lr"], "logit_scale": s.encoder.scale().item()}
         for name in ("icl_logit_scale", "afd_logit_scale"):
-            p = getattr(s, name)
-            if p is not None:
-                out[name.replace("_logit", "")] = p.detach().exp().item()
+            for prefix in ("", "ensemble_"):  # an ensemble: one scale per teacher
+                p = getattr(s, prefix + name, None)
+                if p is None:
+                    continue
+                values = p.detach().exp().reshape(-1).tolist()
+                key = name.replace("_logit", "")
+                out.update({key: values[0]} if p.dim() == 0 else {f"{key}_{i}": v for i, v in enumerate(values)})
         if self.scaler.is_enabled():
             out.update(loss_scale=self.scaler.get_scale(), fp16_overflow_steps=self.fp16_overflows)
         return out

@@ -200,6 +200,13 @@ def collect_specs(args: argparse.Namespace) -> list[BenchmarkSpec]:
     return [spec for spec, _ in _collect(args)]
 
 
+def _one_teacher(cfg, run: str, flag: str) -> None:
+    """Refuse a run whose teacher is an ensemble: ``flag`` compares with one teacher."""
+    if isinstance(cfg.teacher, list):
+        raise ConfigError(f"{flag}: run {run} distils an ensemble of {len(cfg.teacher)} teachers; evaluate each "
+                          "with --model NAME --pretrained WEIGHTS")
+
+
 def _run_config(run: str) -> TrainConfig:
     """The saved config of a run folder, or a one-line error saying why it cannot be used."""
     from clipkd.config import load_config
@@ -265,6 +272,7 @@ def _check_model_args(args: argparse.Namespace) -> Target:
         if cfg.teacher is None:
             raise ConfigError(f"--side teacher: run {args.run} has no teacher (distill.recipe baseline trains the "
                               "student alone)")
+        _one_teacher(cfg, args.run, "--side teacher")
         problems = check_model("teacher.model", cfg.teacher.model, cfg.teacher.pretrained, "teacher.pretrained")
         target = Target(cfg.teacher.model, cfg.teacher.pretrained, side, f"--run {args.run} --side teacher",
                         f"teacher.pretrained in {Path(args.run) / 'config.yaml'}")
@@ -299,6 +307,7 @@ def _check_diagnostics(args: argparse.Namespace) -> None:
                           "config")
     else:
         problems = [f"--run {args.run}: {p}" for p in check_data("eval.val_data", cfg.eval.val_data)]
+    _one_teacher(cfg, args.run, "--diagnostics")
     problems += [f"--run {args.run}: {p}" for side, mc in (("teacher", cfg.teacher), ("student", cfg.student))
                  for p in check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")]
     if problems:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
-from clipkd.config import TrainConfig
+from clipkd.config import TrainConfig, teacher_list
 from clipkd.engine.builders import build_encoder, resolve_device
 from clipkd.engine.distributed import DistEnv
 from clipkd.models.encoders import ClipEncoder
@@ -50,11 +50,13 @@ class BuildResult:
 
 
 def load_teachers(cfg: TrainConfig, device: torch.device) -> list[ClipEncoder]:
-    """The run's teacher (seeded as training seeds it), frozen, in eval mode, on ``device``."""
+    """The run's teachers (an ensemble's in order; seeded as training seeds them), frozen, in eval mode, on
+    ``device``."""
     torch.manual_seed(cfg.seed)
-    teacher = build_encoder(cfg.teacher, role="teacher").to(device)
-    teacher.eval().requires_grad_(False)
-    return [teacher]
+    teachers = [build_encoder(mc, role="teacher").to(device) for mc in teacher_list(cfg.teacher)]
+    for t in teachers:
+        t.eval().requires_grad_(False)
+    return teachers
 
 
 def _prepare_folder(opts: BuildOptions, settings: dict[str, Any], sidecars: Sequence[SidecarSpec]) -> None:
@@ -107,6 +109,6 @@ def run_build(cfg: TrainConfig, opts: BuildOptions, env: DistEnv = DistEnv(),
         _write_all(writer, plan, todo, result, after_sidecar)
     env.barrier()
     if env.is_main:
-        described = [describe_teacher(cfg.teacher, t) for t in teachers]
+        described = [describe_teacher(mc, t) for mc, t in zip(teacher_list(cfg.teacher), teachers)]
         result.manifest = write_manifest(opts.out, settings, described, plan.sidecars)
     return result

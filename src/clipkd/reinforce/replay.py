@@ -56,7 +56,7 @@ class ReinforcedViews:
         data = manifest["data"]
         self.rows_per_shard: Optional[int] = data.get("rows_per_shard") if data["format"] == "csv" else None
         self.teachers = len(manifest["teachers"])
-        self.embed_dim = sum(int(t["embed_dim"]) for t in manifest["teachers"])
+        self.embed_dims = [int(t["embed_dim"]) for t in manifest["teachers"]]
         self._reader: Optional[SidecarReader] = None
         self._scales: dict[int, torch.Tensor] = {}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipkd.config import TrainConfig
+from clipkd.config import TrainConfig, teacher_list
 from clipkd.engine.config_diff import flatten
 from clipkd.errors import ConfigError
 from clipkd.files import read_json, write_json
@@ -43,7 +43,7 @@ class BuildOptions:
 
 def check_request(cfg: TrainConfig, opts: BuildOptions) -> None:
     """What a build needs from the run config, before any file is read: a teacher, and K=1 without crops."""
-    if cfg.teacher is None:
+    if not teacher_list(cfg.teacher):
         raise ConfigError("invalid config:\n  teacher: required by `clipkd reinforce` (the model whose outputs "
                           "are stored); add a teacher section (teacher.model, teacher.pretrained)")
     if cfg.data.crop_scale is None and opts.views != 1:
@@ -56,7 +56,8 @@ def build_settings(cfg: TrainConfig, opts: BuildOptions, data_identity: dict[str
     return {"format": "clipkd-reinforced", "format_version": FORMAT_VERSION, "views": opts.views,
             "dtype": opts.dtype, "seed": cfg.seed, "batch_size": opts.batch_size,
             "crop_scale": list(cfg.data.crop_scale) if cfg.data.crop_scale else None,
-            "max_image_pixels": cfg.data.max_image_pixels, "teachers": [config_identity(cfg.teacher)],
+            "max_image_pixels": cfg.data.max_image_pixels,
+            "teachers": [config_identity(mc) for mc in teacher_list(cfg.teacher)],
             "data": data_identity}
 
 
