@@ -283,3 +283,27 @@ def _build_teachers(cfg):
     from clipkd.reinforce.build import load_teachers
 
     return load_teachers(cfg, torch.device("cpu"))
+
+
+def test_two_processes_from_the_cache_equal_one_process_with_the_same_global_batch(cache, data, weights, tmp_path):
+    """`clipkd train --nproc 2` (batch 4 each) from reinforced data: the global-batch terms of step 1 equal one
+    process taking the same two splits' batches as 2 micro-batches of 4 (2 loader workers: the same 2 splits)."""
+    import os
+    import subprocess
+    import sys
+
+    from clipkd.engine.logger import read_metrics
+
+    extra = {"data.batch_size": 4, "optim.steps": 1, "logging.every_steps": 1, "distill.recipe": "clipkd"}
+    two = run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "two", **extra, **{"data.workers": 1})
+    argv = overrides(data, weights[0], "csv", **{"run_dir": two.run_dir, "distill.teacher_cache": str(
+        cache["csv", "fp32"]), "data.workers": 1, "logging.tensorboard": False, "optim.warmup_steps": 1, **extra})
+    done = subprocess.run([sys.executable, "-m", "clipkd", "train", "--nproc", "2", *argv], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "no teacher is built" in done.stderr
+    one = Trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "one", **extra,
+                             **{"data.workers": 2, "optim.accum_steps": 2})).fit()
+    row = read_metrics(two.run_dir, "train")[0]
+    for name in ("loss", "task", "crd", "icl", "fd"):
+        assert row[f"train/{name}"] == pytest.approx(one.history[0][name], rel=1e-5, abs=1e-6), name
