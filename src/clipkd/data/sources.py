@@ -301,8 +301,8 @@ class ShardSource:
             if not read:
                 raise DataQualityError(
                     f"a pass over loader split {split} of {num_splits} read no record from {len(mine)} shard(s) "
-                    f"(first: {self.shards[mine[0]]}): empty or unreadable shards, or fewer samples than loader workers x "
-                    "processes; check the training data")
+                    f"(first: {self.shards[mine[0]]}): empty or unreadable shards, or fewer samples than loader "
+                    "workers x processes; check the training data")
             n += 1
 
 

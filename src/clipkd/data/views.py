@@ -78,13 +78,18 @@ class PairedViews:
         self.student_pp, self.student_tok = student.preprocess_val, student.tokenizer
         self.ensemble = None if isinstance(teacher, ClipEncoder) else list(teacher)
         if self.ensemble is not None:  # each teacher its own view and tokens: tuples, in teacher order
-            self.teacher_pp = lambda image: tuple(t.preprocess_val(image) for t in self.ensemble)
-            self.teacher_tok = lambda texts: tuple(_first(t.tokenizer(texts)) for t in self.ensemble)
+            self.teacher_pp, self.teacher_tok = self._ensemble_views, self._ensemble_tokens
         else:
             self.teacher_pp, self.teacher_tok = teacher.preprocess_val, teacher.tokenizer
         self.same_image = self.ensemble is None and _signature(student) == _signature(teacher)
         self.same_text = self.student_tok is self.teacher_tok  # one encoder on both sides (no teacher)
         self.crop_scale = tuple(crop_scale) if crop_scale else None
+
+    def _ensemble_views(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
+        return tuple(t.preprocess_val(image) for t in self.ensemble)
+
+    def _ensemble_tokens(self, texts: Sequence[str]) -> tuple[TextBatch, ...]:
+        return tuple(_first(t.tokenizer(texts)) for t in self.ensemble)
 
     def __call__(self, image: Image.Image, caption: str, rng: Optional[random.Random]) -> SampleViews:
         crop = sample_crop(image, self.crop_scale, rng) if (self.crop_scale and rng is not None) else None

@@ -162,12 +162,14 @@ def check_benchmark(field: str, spec: BenchmarkSpec, names: Optional[dict[str, s
         _check_list_file(name("templates"), spec.templates)
 
 
-def preflight(cfg: TrainConfig) -> None:
+def preflight(cfg: TrainConfig) -> Optional[dict]:
     """Checks that need the filesystem, the model registry or checkpoint headers, before anything is built.
 
     Model configs are parsed, checkpoints are compared by tensor names and shapes with the architecture built
-    on the meta device, pretrained tags are fetched (or found in the cache), data files and CSV columns exist.
+    on the meta device, pretrained tags are fetched (or found in the cache), data files and CSV columns exist,
+    reinforced data fits the run. Returns the reinforced data's manifest when the run trains from it (checked).
     """
+    manifest = None
     problems: list[str] = []
     teachers = teacher_list(cfg.teacher) if teacher_in_use(cfg) else []  # one the run does not build: unchecked
     named = [("teacher" if not isinstance(cfg.teacher, list) else f"teacher.{i}", mc) for i, mc in enumerate(teachers)]
@@ -179,9 +181,11 @@ def preflight(cfg: TrainConfig) -> None:
     for i, spec in enumerate(cfg.eval.benchmarks):
         problems += check_benchmark(f"eval.benchmarks.{i}", spec)
     if teachers and cfg.distill.teacher_cache:
-        problems += [f"distill.teacher_cache: {cfg.distill.teacher_cache}: {p}" for p in open_teacher_cache(cfg)[1]]
+        manifest, found = open_teacher_cache(cfg)
+        problems += [f"distill.teacher_cache: {cfg.distill.teacher_cache}: {p}" for p in found]
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
+    return manifest
 
 
 def open_teacher_cache(cfg: TrainConfig) -> tuple[Optional[dict], list[str]]:
@@ -193,14 +197,17 @@ def open_teacher_cache(cfg: TrainConfig) -> tuple[Optional[dict], list[str]]:
     return cache_problems(cfg.distill.teacher_cache, teacher_list(cfg.teacher), cfg.data, cfg.distill.cache_views)
 
 
-def stored_views(cfg: TrainConfig) -> Optional["ReinforcedViews"]:
+def stored_views(cfg: TrainConfig, checked: Optional[dict] = None) -> Optional["ReinforcedViews"]:
     """The stored views training reads instead of running the teacher, or None without a teacher cache (or when
-    no loss term uses the teacher). Raises :class:`ConfigError` for a cache that does not fit the run."""
+    no loss term uses the teacher). Raises :class:`ConfigError` for a cache that does not fit the run.
+
+    ``checked``: the manifest :func:`preflight` returned (already compared with the run: not compared again).
+    """
     if not (teacher_in_use(cfg) and cfg.distill.teacher_cache):
         return None
     from clipkd.reinforce.replay import ReinforcedViews, ViewChoice
 
-    manifest, problems = open_teacher_cache(cfg)
+    manifest, problems = (checked, []) if checked is not None else open_teacher_cache(cfg)
     if problems or manifest is None:
         raise ConfigError("distill.teacher_cache: the cache does not fit this run:\n" +
                           "\n".join(f"  {p}" for p in problems))

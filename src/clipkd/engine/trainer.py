@@ -91,7 +91,7 @@ class Trainer:
                  env: Optional[DistEnv] = None, overwrite: bool = False, allow_config_change: bool = False):
         self.cfg = cfg
         self.env = env or current_env()
-        preflight(cfg)
+        manifest = preflight(cfg)  # reinforced data's, when the run trains from it
         apply_threads(cfg.threads, local_processes())
         self.run_dir = Path(cfg.run_dir)
         self.allow_config_change = allow_config_change
@@ -99,7 +99,7 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.env.local_rank)
         random.seed(cfg.seed + self.env.rank)
         np.random.seed(cfg.seed + self.env.rank)
-        stored = stored_views(cfg)  # reinforced data: no teacher is built
+        stored = stored_views(cfg, manifest)  # reinforced data: no teacher is built
         # seeded: identical initialisation on every rank
         self.distiller = build_distiller_from_config(cfg, world_size=self.env.world_size, stored=stored)
         torch.manual_seed(cfg.seed + self.env.rank)
