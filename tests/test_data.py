@@ -153,3 +153,23 @@ def test_stream_batches_share_identical_images(tmp_path):
 def test_data_position_round_trip():
     p = DataPosition(2, 5, {0: 40, 1: 32})
     assert DataPosition.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+
+
+def test_sample_crop_touches_only_the_cpu_generator_and_keeps_its_boxes(monkeypatch):
+    """A crop draw must not reseed the CUDA generators (torch.manual_seed does, and records a stack trace on a
+    CUDA build each time), must restore the CPU generator, and must keep drawing the boxes reinforced data
+    already stores (pinned here)."""
+    import random
+
+    from PIL import Image
+
+    from clipkd.data.views import sample_crop
+
+    cuda_seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda_seeds.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: cuda_seeds.append(seed))
+    image = Image.new("RGB", (56, 40))
+    before = torch.random.get_rng_state()
+    boxes = [sample_crop(image, (0.5, 1.0), random.Random(seed)) for seed in range(3)]
+    assert torch.equal(torch.random.get_rng_state(), before) and cuda_seeds == []
+    assert boxes == [(0, 0, 40, 52), (7, 9, 32, 36), (1, 3, 37, 40)]  # as drawn before the fix
