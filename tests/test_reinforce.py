@@ -410,9 +410,9 @@ def test_manifest_problems_names_each_change(csv_fp32, data, weights):
     manifest = load_manifest(csv_fp32[0])
     assert _problems(manifest, data, weights[0]) == []
     (weights_problem,) = _problems(manifest, data, weights[1])
-    assert weights_problem.startswith(f"teacher 0 ({TEACHER}): weights differs (cache: sha256:")
+    assert weights_problem.startswith(f"teacher 0 ({TEACHER}): weights: sha256:")
     mean = _problems(manifest, data, weights[0], **{"teacher.image_mean": [0.5, 0.5, 0.5]})
-    assert "image_mean differs (cache: None, now: [0.5, 0.5, 0.5])" in mean[0]
+    assert "image_mean: None in the cache, [0.5, 0.5, 0.5] now" in mean[0]
     assert "built with preprocessing Compose(" in mean[1] and "0.485" in mean[1]
     assert _problems(manifest, data, weights[0], views=3) == ["views: the cache holds 2 per sample, 3 asked for"]
     assert _problems(manifest, data, weights[0], **{"data.crop_scale": [0.9, 1.0]}) == [

@@ -178,9 +178,9 @@ def _refused(cfg, *expected):
 
 def test_other_teacher_weights_preprocessing_k_or_crops_are_refused(cache, data, weights, tmp_path):
     c = cache["csv", "fp32"]
-    _refused(run_config(data, weights[1], c, tmp_path), "distill.teacher_cache", "teacher 0", "weights differs")
+    _refused(run_config(data, weights[1], c, tmp_path), "distill.teacher_cache", "teacher 0", "weights: sha256:", "in the cache, ")
     _refused(run_config(data, weights[0], c, tmp_path, **{"teacher.image_mean": [0.5, 0.5, 0.5]}),
-             "preprocessing: image_mean differs")
+             "preprocessing: image_mean: None in the cache, [0.5, 0.5, 0.5] now")
     _refused(run_config(data, weights[0], c, tmp_path, **{"distill.cache_views": 3}),
              "views: the cache holds 2 per sample, 3 asked for")
     _refused(run_config(data, weights[0], c, tmp_path, **{"data.crop_scale": [0.9, 1.0]}), "data.crop_scale")

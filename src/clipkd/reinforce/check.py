@@ -23,7 +23,7 @@ _TEACHER_FIELDS = {"model": "model", "weights": "weights", "model_config_sha256"
 def _teacher_problems(i: int, saved: dict[str, Any], mc: ModelConfig) -> list[str]:
     now = config_identity(mc)
     where = f"teacher {i} ({mc.model})"
-    out = [f"{where}: {label} differs (cache: {saved.get(key)}, now: {now[key]})"
+    out = [f"{where}: {label}: {saved.get(key)} in the cache, {now[key]} now"
            for key, label in _TEACHER_FIELDS.items() if saved.get(key) != now[key]]
     if any(k.startswith(("image_", "model_config")) for k in now if saved.get(k) != now[k]):
         out.append(f"{where}: the cache was built with preprocessing {' '.join(saved.get('preprocess', '').split())}")
