@@ -198,10 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_eval)
     p = command("reinforce", "run the teacher once over the training data: K augmented views per sample, the "
                 "teacher's embeddings, stored in sidecar shards beside the data (augmentation replay)")
-    p.add_argument("--config", "-c", default=None, help="run YAML (its teacher, data and seed are used)")
+    p.add_argument("--config", "-c", default=None, help="run YAML (its teacher or teachers, data and seed are used)")
     p.add_argument("--views", type=_positive_int, required=True, help="augmented views K per sample (1 without "
                    "data.crop_scale)")
-    p.add_argument("--out", required=True, help="folder for the sidecars and manifest.json (re-run to resume)")
+    p.add_argument("--out", required=True, help="folder for the sidecars and manifest.json (re-run to resume; train "
+                   "from it with distill.teacher_cache=OUT)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="embedding storage type")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="records per teacher forward pass")
     p.add_argument("--rows-per-shard", type=_positive_int, default=10000, help="CSV rows per sidecar")

@@ -84,5 +84,7 @@ def _build(cfg: TrainConfig, opts: BuildOptions, env: "DistEnv") -> int:
         unusable = ", ".join(f"{k} {v}" for k, v in m["unusable"].items()) or "none"
         print(f"done: {len(m['data']['sidecars'])} sidecars, {m['records']} records ({m['usable']} usable; unusable: "
               f"{unusable}) in {opts.out}; this process: {result.records} records in {result.seconds:.1f} s "
-              f"({result.samples_per_s:.1f} samples/s), {result.skipped} sidecar(s) already built")
+              f"({result.samples_per_s:.1f} samples/s), {result.skipped} sidecar(s) already built\n"
+              f"train from it (no teacher forward): clipkd train <the same config and overrides> "
+              f"distill.teacher_cache={opts.out}")
     return 0
