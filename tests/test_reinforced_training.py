@@ -21,7 +21,6 @@ from clipkd.data.decode import collate_views
 from clipkd.data.sources import CsvSource
 from clipkd.data.stream import DataPosition
 from clipkd.data.views import PairedViews, sample_crop
-from clipkd.distill import build_distiller
 from clipkd.engine import builders
 from clipkd.engine.builders import build_distiller_from_config, build_stream, stored_views
 from clipkd.engine.trainer import Trainer
