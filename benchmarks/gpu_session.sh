@@ -2,7 +2,9 @@
 # Everything a lent GPU machine should check, in one short run (about 5 minutes on one H200):
 #   1. the CUDA tests (tests/test_cuda.py: exact accumulation, DDP + NCCL gather path, bf16 training + resume);
 #   2. samples/s and step memory of the paper-sized pair (ViT-B-16 teacher -> ViT-T-16 student, bf16,
-#      clipkd recipe, random weights and inputs) for one batch of B and of 4B, and 4 x B through GradCache.
+#      clipkd recipe, random weights and inputs) for one batch of B and of 4B, and 4 x B through GradCache;
+#   3. the same pair: a clipkd step with the online teacher, and from reinforced data (the teacher's embeddings
+#      in the batch, no teacher), each / the baseline step (reinforce_speed.py part 4, fp32, batch 128).
 # Usage (repo root; clipkd importable or PYTHONPATH=src): bash benchmarks/gpu_session.sh OUT_DIR
 # With several GPUs also run: python benchmarks/distributed_overhead.py --device cuda --nproc N ...
 set -u
@@ -19,3 +21,6 @@ for cfg in "direct $B 1" "direct $((4 * B)) 1" "global $B 4" "global $B 1"; do
   timeout 150 $PY benchmarks/scaling.py --device cuda --student ViT-T-16 --teacher ViT-B-16 --precision bf16 \
     --mode "$1" --batch "$2" --accum "$3" --steps 10 --warmup 3 2>"$OUT/scaling.err" | tee -a "$OUT/scaling.jsonl"
 done
+timeout 240 $PY benchmarks/reinforce_speed.py --parts online --online-device cuda --online-batch ${BATCH:-128} \
+  --online-repeats 10 --online-warmup 3 2>"$OUT/reinforce_speed.err" | tee "$OUT/reinforce_speed.txt"
+

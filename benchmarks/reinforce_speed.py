@@ -709,7 +709,7 @@ def _student(ctx: OnlineContext):
     from clipkd.models import create_open_clip_encoder
 
     torch.manual_seed(ctx.seed)  # every variant starts from the same student weights
-    return create_open_clip_encoder(ctx.student_name)
+    return create_open_clip_encoder(ctx.student_name).to(ctx.device)
 
 
 def baseline_step(ctx: OnlineContext) -> Callable[[], None]:
@@ -771,7 +771,8 @@ def part_online(args: argparse.Namespace) -> dict[str, float]:
     from clipkd.models import create_open_clip_encoder
 
     torch.manual_seed(1)
-    teacher = create_open_clip_encoder(args.online_teacher)
+    device = torch.device(args.online_device)
+    teacher = create_open_clip_encoder(args.online_teacher).to(device)
     probe = create_open_clip_encoder(args.online_student)
     n = args.online_batch
     captions = [f"a photo of a {c} square number {i}" for i, c in zip(range(n), ["red", "green", "blue"] * n)]
@@ -780,12 +781,13 @@ def part_online(args: argparse.Namespace) -> dict[str, float]:
     same = (tuple(probe.image_size) == tuple(teacher.image_size)
             and repr(probe.preprocess_val) == repr(teacher.preprocess_val))
     t_img = s_img if same else torch.randn(n, 3, *teacher.image_size, generator=g)  # shared, as the loader does
-    batch = DistillBatch(s_img, probe.tokenize(captions), t_img, teacher.tokenize(captions))
+    batch = DistillBatch(s_img, probe.tokenize(captions), t_img, teacher.tokenize(captions)).to(device)
     del probe
-    ctx = OnlineContext(teacher, args.online_student, batch, torch.device("cpu"))
+    ctx = OnlineContext(teacher, args.online_student, batch, device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fns = {name: make(ctx) for name, make in STEP_VARIANTS.items()}
     print(f"\n== 4. online teacher: {args.online_teacher} -> {args.online_student}, {teacher.image_size[0]} px, batch "
-          f"{n}, random weights, pre-made tensors; {args.online_warmup} warm-up + {args.online_repeats} timed, "
+          f"{n}, {device.type}, random weights, pre-made tensors; {args.online_warmup} warm-up + {args.online_repeats} timed, "
           "interleaved")
     names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -795,8 +797,10 @@ def part_online(args: argparse.Namespace) -> dict[str, float]:
     monitor = OtherLoad()
     for r in range(args.online_repeats):
         for name in rotated(names, r):
+            sync()
             t0 = time.perf_counter()
             fns[name]()
+            sync()
             times[name].append(time.perf_counter() - t0)
     load = monitor.report()
     med = {k: median(v) for k, v in times.items()}
@@ -851,6 +855,7 @@ def main() -> None:
     g.add_argument("--online-batch", type=int, default=8)
     g.add_argument("--online-repeats", type=int, default=5)
     g.add_argument("--online-warmup", type=int, default=1)
+    g.add_argument("--online-device", default="cpu", help="cpu or cuda (a lent GPU: benchmarks/gpu_session.sh)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
