@@ -173,3 +173,45 @@ def test_sample_crop_touches_only_the_cpu_generator_and_keeps_its_boxes(monkeypa
     boxes = [sample_crop(image, (0.5, 1.0), random.Random(seed)) for seed in range(3)]
     assert torch.equal(torch.random.get_rng_state(), before) and cuda_seeds == []
     assert boxes == [(0, 0, 40, 52), (7, 9, 32, 36), (1, 3, 37, 40)]  # as drawn before the fix
+
+
+def test_csv_source_reads_each_row_as_dictreader_does_without_holding_the_rows(tmp_path):
+    """Rows come back from a byte-range index exactly as csv.DictReader reads them (quoted newlines and quotes,
+    CRLF, blank lines, short rows, bytes that are not UTF-8, a TSV), and memory holds 16 bytes per row."""
+    import csv
+    import tracemalloc
+
+    from clipkd.data.sources import CsvSource
+
+    text = ('filepath,title,extra\r\n'
+            'a.jpg,"a caption\nover two lines",x\r\n'
+            '\r\n'
+            'b.jpg,"she said ""hi""",\r\n'
+            'c.jpg,a 5" screen\r\n'
+            'd.jpg\r\n'
+            ',no image,y\n'
+            'e.jpg,caf\xe9 \u00e9t\u00e9,z\n').encode("utf-8") + b'f.jpg,bad \xff byte,w\n'
+    path = tmp_path / "rows.csv"
+    path.write_bytes(text)
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+        expected = list(csv.DictReader(f))
+    source = CsvSource(path)
+    assert len(source) == len(expected) == 7
+    assert [source.row(i) for i in range(len(source))] == [dict(r, **{k: None for k in ("title", "extra")
+                                                                       if k not in r}) for r in expected]
+    assert [r.caption for r in source.records()][:2] == ["a caption\nover two lines", 'she said "hi"']
+    tsv = tmp_path / "rows.tsv"
+    tsv.write_text("filepath\ttitle\nx.jpg\ta, b\n")
+    assert CsvSource(tsv, separator="\t").row(0) == {"filepath": "x.jpg", "title": "a, b"}
+
+    big = tmp_path / "big.csv"
+    big.write_text("filepath,title\n" + "".join(f"images/{i:07d}.jpg,a caption for image number {i}\n"
+                                                for i in range(100_000)))
+    tracemalloc.start()
+    try:
+        source = CsvSource(big)
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(source) == 100_000 and source.row(99_999)["title"] == "a caption for image number 99999"
+    assert held < 2_500_000  # the index: 1.6 MB; the rows as Python objects would take ~25 MB

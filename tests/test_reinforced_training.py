@@ -45,7 +45,8 @@ def cache(data, weights, tmp_path_factory):
 
 def run_config(data, weights_file, cache_dir, tmp, fmt="csv", **extra):
     items = {"run_dir": str(tmp / "run"), "distill.teacher_cache": str(cache_dir), "data.batch_size": 8,
-             "data.workers": 0, "logging.tensorboard": False, "optim.warmup_steps": 1, **extra}
+             "data.workers": 0, "logging.tensorboard": False, "optim.warmup_steps": 1,
+             "data.max_skip_fraction": 1.0, **extra}  # the fixture data holds unusable records on purpose
     return load_config(None, overrides(data, weights_file, fmt, **items))
 
 
@@ -146,8 +147,7 @@ def test_training_from_the_cache_builds_no_teacher_and_resumes_exactly(cache, da
         return real(mc, role)
 
     monkeypatch.setattr(builders, "build_encoder", no_teacher)
-    extra = {"distill.recipe": "clipkd", "optim.steps": 7, "checkpoint.every_steps": 3, "data.workers": 2,
-             "data.max_skip_fraction": 1.0}  # the last shard: 2 of 4 records unusable
+    extra = {"distill.recipe": "clipkd", "optim.steps": 7, "checkpoint.every_steps": 3, "data.workers": 2}
     c = cache["webdataset", "fp32"]
     full = Trainer(run_config(data, weights[0], c, tmp_path / "a", "webdataset", **extra)).fit()
     part = tmp_path / "b" / "run"
@@ -296,7 +296,8 @@ def test_two_processes_from_the_cache_equal_one_process_with_the_same_global_bat
     extra = {"data.batch_size": 4, "optim.steps": 1, "logging.every_steps": 1, "distill.recipe": "clipkd"}
     two = run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "two", **extra, **{"data.workers": 1})
     argv = overrides(data, weights[0], "csv", **{"run_dir": two.run_dir, "distill.teacher_cache": str(
-        cache["csv", "fp32"]), "data.workers": 1, "logging.tensorboard": False, "optim.warmup_steps": 1, **extra})
+        cache["csv", "fp32"]), "data.workers": 1, "logging.tensorboard": False, "optim.warmup_steps": 1,
+        "data.max_skip_fraction": 1.0, **extra})
     done = subprocess.run([sys.executable, "-m", "clipkd", "train", "--nproc", "2", *argv], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

@@ -131,44 +131,119 @@ def stream_csv_records(path: Union[str, Path], img_key: str = "filepath", captio
             raise ValueError(f"{path}, line {reader.line_num}: not a readable CSV ({exc})") from None
 
 
+class _Lines:
+    """The lines of a binary file, decoded (``surrogateescape``), with the byte offset reached so far."""
+
+    def __init__(self, f):
+        self.f, self.pos = f, 0
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
+        line = self.f.readline()
+        if not line:
+            raise StopIteration
+        self.pos += len(line)
+        return line.decode("utf-8", "surrogateescape")
+
+
+def index_csv(path: Path, separator: str, keys: Sequence[str]) -> tuple[list[str], "np.ndarray"]:
+    """(header, ``[rows, 2]`` int64 byte ranges of every non-blank row) of a CSV/TSV, in one streaming pass.
+
+    The csv module itself finds the rows (a quoted field may span lines), so each range parses back to the row
+    :class:`csv.DictReader` would give; 16 bytes per row stay in memory. Errors as :func:`read_csv_rows`.
+    """
+    import array
+
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    ranges = array.array("q")
+    with path.open("rb") as f:
+        lines = _Lines(f)
+        reader = csv.reader(lines, delimiter=separator)
+        try:
+            header = next(reader, [])
+            missing = [k for k in keys if k not in header]
+            if missing:
+                raise ValueError(f"{path}: column(s) {missing} not found (columns: {header or None})")
+            while True:
+                start = lines.pos
+                row = next(reader, None)
+                if row is None:
+                    break
+                if row:  # a blank line is no row (as for DictReader)
+                    ranges.extend((start, lines.pos))
+        except csv.Error as exc:
+            raise ValueError(f"{path}, line {reader.line_num}: not a readable CSV ({exc})") from None
+    return header, np.frombuffer(ranges, dtype=np.int64).reshape(-1, 2).copy()
+
+
 class CsvSource:
     """CSV/TSV with an image-path column and a caption column; paths relative to ``root`` (or absolute).
 
     Bytes that are not UTF-8 do not stop the read: such a caption makes its row unusable (``bad_caption``).
+    Memory does not hold the rows: an index of each row's byte range (16 bytes per row, :func:`index_csv`), and
+    each record is read from the file when it is needed (each process opens its own handle).
     """
 
     def __init__(self, path: Union[str, Path], img_key: str = "filepath", caption_key: str = "title",
                  separator: str = ",", root: Union[str, Path, None] = None):
         self.path = Path(path)
-        root = Path(root) if root is not None else self.path.parent
-        rows = read_csv_rows(self.path, separator, (img_key, caption_key), errors="surrogateescape")
-        self.rows = [_csv_row(r, img_key, caption_key, root) for r in rows]
-        if not self.rows:
+        self.root = Path(root) if root is not None else self.path.parent
+        self.img_key, self.caption_key, self.separator = img_key, caption_key, separator
+        self.header, self.ranges = index_csv(self.path, separator, (img_key, caption_key))
+        if not len(self.ranges):
             raise ValueError(f"{self.path}: no rows")
+        self._handle: Optional[tuple[int, Any]] = None
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.ranges)
+
+    def __getstate__(self) -> dict[str, Any]:  # a loader worker opens its own file handle
+        return {**self.__dict__, "_handle": None}
+
+    def _file(self):
+        import os
+
+        if self._handle is None or self._handle[0] != os.getpid():
+            self._handle = (os.getpid(), self.path.open("rb"))
+        return self._handle[1]
+
+    def row(self, i: int) -> dict[str, Optional[str]]:
+        """Row ``i`` (0 = the first row after the header) as :class:`csv.DictReader` gives it."""
+        start, stop = (int(x) for x in self.ranges[i])
+        f = self._file()
+        f.seek(start)
+        text = f.read(stop - start).decode("utf-8", "surrogateescape")
+        fields = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.separator), [])
+        return {k: (fields[j] if j < len(fields) else None) for j, k in enumerate(self.header)}
 
     def records(self) -> Iterator[RawSample]:
         """Every row once, in file order (no shuffling, no splitting); keys as in :meth:`passes`."""
-        for i in range(len(self.rows)):
+        for i in range(len(self)):
             yield self._sample(i)
 
     def _sample(self, i: int, pass_index: int = 0) -> RawSample:
-        return _csv_sample(i, *self.rows[i], pass_index)
+        return _csv_sample(i, *_csv_row(self.row(i), self.img_key, self.caption_key, self.root), pass_index)
 
     def passes(self, epoch: int, split: int, num_splits: int, seed: int) -> Iterator[RawSample]:
+        import numpy as np
+
         n = 0
         while True:
-            order = list(range(len(self.rows)))
-            _rng(seed, epoch, n).shuffle(order)  # same permutation for every split: splits stay disjoint
+            # the same permutation for every split (splits stay disjoint); int32/int64 indices, not Python ints
+            order = np.random.default_rng(_rng(seed, epoch, n).getrandbits(64)).permutation(len(self))
             mine = order[split::num_splits]
-            if not mine:
+            if not len(mine):
                 raise DataQualityError(f"{self.path}: no record for loader split {split} of {num_splits}: "
-                                       f"{len(self.rows)} rows cannot be split over {num_splits} loader workers x "
+                                       f"{len(self)} rows cannot be split over {num_splits} loader workers x "
                                        "processes; use fewer data.workers or processes")
             for i in mine:
-                yield self._sample(i, n)
+                yield self._sample(int(i), n)
             n += 1
 
 
