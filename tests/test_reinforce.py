@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from clipkd.cli import main
 from clipkd.config import load_config
-from clipkd.data.sources import CsvSource, ShardSource, stream_csv_records
+from clipkd.data.sources import CsvSource, ShardSource
 from clipkd.data.synthetic import write_csv, write_shards
 from clipkd.data.views import PairedViews, sample_crop
 from clipkd.errors import ConfigError
@@ -200,10 +200,10 @@ def check_against_reference(stored: dict, records: list, teacher, tol: dict) -> 
         torch.testing.assert_close(stored["teacher0.text"][i], txt.to(stored["teacher0.text"].dtype), **tol)
 
 
-def test_streamed_csv_rows_and_one_shards_records_equal_the_sources(data):
+def test_csv_row_ranges_and_one_shards_records_equal_the_sources(data):
     every = list(CsvSource(data["csv"]).records())
-    assert list(stream_csv_records(data["csv"])) == every
-    assert list(stream_csv_records(data["csv"], start=5, stop=12)) == every[5:12]
+    assert [r.origin for r in every] == [(0, i) for i in range(40)]
+    assert list(CsvSource(data["csv"]).records(5, 12)) == every[5:12]
     shards = ShardSource(data["webdataset"])
     per_shard = [list(shards.shard_records(i)) for i in range(3)]
     assert [len(p) for p in per_shard] == [16, 16, 4]
@@ -430,7 +430,7 @@ def test_edited_csv_row_is_named(csv_fp32, data, weights):
     (problem,) = _problems(manifest, {**data, "csv": edited}, weights[0])
     assert problem.startswith(f"data.train: CSV {edited} changed since the cache was built")
     reader = open_reader(csv_fp32[0], manifest)
-    rows = list(stream_csv_records(edited, start=19, stop=22))
+    rows = list(CsvSource(edited).records(19, 22))
     assert fingerprint_problem(reader, 1, 3, rows[0]) is None and fingerprint_problem(reader, 1, 5, rows[2]) is None
     message = fingerprint_problem(reader, 1, 4, rows[1])
     assert message.startswith("row 20: ") and "sidecar 1, record 4" in message

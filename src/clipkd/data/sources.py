@@ -19,9 +19,12 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Protocol, Sequence, Union
 
 import webdataset as wds
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from clipkd.errors import DataQualityError
 
@@ -104,31 +107,6 @@ def _csv_sample(i: int, path: Optional[Path], caption: Optional[str], pass_index
     """Row ``i`` of a CSV as a record (key: the row index; an unreadable caption makes it ``bad_caption``)."""
     error = "bad_caption" if caption is not None and not _readable(caption) else None
     return RawSample(key=str(i), image=path, caption=caption, error=error, pass_index=pass_index, origin=(0, i))
-
-
-def stream_csv_records(path: Union[str, Path], img_key: str = "filepath", caption_key: str = "title",
-                       separator: str = ",", root: Union[str, Path, None] = None, start: int = 0,
-                       stop: Optional[int] = None) -> Iterator[RawSample]:
-    """Rows ``start`` to ``stop`` (exclusive; None: the end) of a CSV/TSV, read one at a time, as
-    :class:`CsvSource` makes them (same keys and reasons); memory does not grow with the file."""
-    path = Path(path)
-    root = Path(root) if root is not None else path.parent
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
-    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
-        reader = csv.DictReader(f, delimiter=separator)
-        try:
-            missing = [k for k in (img_key, caption_key) if k not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: column(s) {missing} not found (columns: {reader.fieldnames})")
-            for i, row in enumerate(reader):
-                if stop is not None and i >= stop:
-                    return
-                if i >= start:
-                    yield _csv_sample(i, *_csv_row(row, img_key, caption_key, root))
-        except csv.Error as exc:
-            raise ValueError(f"{path}, line {reader.line_num}: not a readable CSV ({exc})") from None
 
 
 class _Lines:
@@ -222,9 +200,10 @@ class CsvSource:
         fields = next(csv.reader(io.StringIO(text, newline=""), delimiter=self.separator), [])
         return {k: (fields[j] if j < len(fields) else None) for j, k in enumerate(self.header)}
 
-    def records(self) -> Iterator[RawSample]:
-        """Every row once, in file order (no shuffling, no splitting); keys as in :meth:`passes`."""
-        for i in range(len(self)):
+    def records(self, start: int = 0, stop: Optional[int] = None) -> Iterator[RawSample]:
+        """Rows ``start`` to ``stop`` (exclusive; None: the end) once, in file order (no shuffling, no
+        splitting); keys as in :meth:`passes`."""
+        for i in range(start, len(self) if stop is None else min(stop, len(self))):
             yield self._sample(i)
 
     def _sample(self, i: int, pass_index: int = 0) -> RawSample:

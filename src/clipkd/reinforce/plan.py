@@ -1,18 +1,17 @@
 """The sidecars of a training data section: which records each one mirrors, and reading them in file order.
 
 webdataset: one sidecar per tar shard, in the order of the expanded shard list. CSV/TSV: one sidecar per
-``rows_per_shard`` rows, read in one streaming pass (memory does not grow with the file).
+``rows_per_shard`` rows, read by range from the file's row index (16 bytes per row in memory).
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from clipkd.config import DataConfig
-from clipkd.data.sources import RawSample, ShardSource, stream_csv_records
+from clipkd.data.sources import CsvSource, RawSample, ShardSource
 from clipkd.files import quick_digest, sha256_file
 from clipkd.reinforce.format import sidecar_name
 
@@ -68,15 +67,14 @@ class ShardPlan:
 
 
 class CsvPlan:
-    """One sidecar per ``rows_per_shard`` rows of a CSV/TSV."""
+    """One sidecar per ``rows_per_shard`` rows of a CSV/TSV (rows read by range from the file's row index)."""
 
     def __init__(self, dc: DataConfig, rows_per_shard: int):
         if not isinstance(dc.train, str):
             raise ValueError("data.train: a CSV source takes one file path")
-        self.path, self.dc = Path(dc.train), dc
-        rows = sum(1 for _ in self._stream())
-        if not rows:
-            raise ValueError(f"{self.path}: no rows")
+        self.path = Path(dc.train)
+        self.source = CsvSource(self.path, dc.csv_img_key, dc.csv_caption_key, dc.csv_separator, dc.root)
+        rows = len(self.source)
         bounds = range(0, rows, rows_per_shard)
         self.sidecars = [SidecarSpec(i, f"rows {a}-{min(a + rows_per_shard, rows) - 1}", a,
                                      min(a + rows_per_shard, rows)) for i, a in enumerate(bounds)]
@@ -84,22 +82,11 @@ class CsvPlan:
                          "rows_per_shard": rows_per_shard, "img_key": dc.csv_img_key,
                          "caption_key": dc.csv_caption_key, "separator": dc.csv_separator, "root": dc.root}
 
-    def _stream(self) -> Iterator[RawSample]:
-        dc = self.dc
-        return stream_csv_records(self.path, dc.csv_img_key, dc.csv_caption_key, dc.csv_separator, dc.root)
-
     def chunks(self, wanted: Sequence[int]) -> Iterator[Chunk]:
-        """(sidecar, its rows in file order) for each wanted sidecar, in one pass over the file."""
-        todo, stream = set(wanted), self._stream()
-        for spec in self.sidecars:
-            if not todo:
-                return
-            rows = itertools.islice(stream, spec.stop - spec.start)
-            if spec.index in todo:
-                todo.discard(spec.index)
-                yield spec, rows
-            for _ in rows:  # what the consumer did not read (or a sidecar not wanted)
-                pass
+        """(sidecar, its rows in file order) for each wanted sidecar, in index order."""
+        for i in sorted(wanted):
+            spec = self.sidecars[i]
+            yield spec, self.source.records(spec.start, spec.stop)
 
     def size_hint(self, wanted: Sequence[int]) -> Optional[int]:
         return sum(self.sidecars[i].stop - self.sidecars[i].start for i in wanted)
