@@ -55,8 +55,8 @@ def _csv_problems(data: dict[str, Any], dc: DataConfig) -> list[str]:
     if not path.is_file():
         return out + [f"data.train: CSV file not found: {path}"]
     if sha256_file(path) != data["sha256"]:
-        out.append(f"data.train: CSV {path} changed since the cache was built (cache: {data['rows']} rows; check "
-                   "rows with fingerprint_problem)")
+        out.append(f"data.train: CSV {path} changed since the cache was built (the cache has {data['rows']} rows); "
+                   "rebuild it with `clipkd reinforce`")
     return out
 
 
@@ -89,14 +89,19 @@ def manifest_problems(manifest: dict[str, Any], teachers: Sequence[ModelConfig],
     return out + _data_problems(manifest["data"], data)
 
 
-def fingerprint_problem(reader: SidecarReader, sidecar: int, index: int, raw: RawSample) -> Optional[str]:
+def fingerprint_problem(reader: SidecarReader, sidecar: int, index: int, raw: RawSample,
+                        fp: Optional[bytes] = None) -> Optional[str]:
     """None when ``raw`` (record ``index`` of the data shard of ``sidecar``) is what the cache was built from;
-    else a message naming the record."""
-    stored = reader.record(sidecar, index).fingerprint
-    if record_fingerprint(raw) == stored:
+    else a message naming the record. ``fp``: the record's fingerprint when already computed."""
+    fp = fp if fp is not None else record_fingerprint(raw)
+    try:
+        stored = bytes(reader.row(sidecar, "fingerprint", index).tolist())
+    except IndexError as exc:
+        return f"{raw.describe()}: not in the cache ({exc}); the data has more records than the cache was built from"
+    if fp == stored:
         return None
     return (f"{raw.describe()}: content differs from what the cache was built from (sidecar {sidecar}, record "
-            f"{index}: fingerprint {stored.hex()} in the cache, {record_fingerprint(raw).hex()} now)")
+            f"{index}: fingerprint {stored.hex()} in the cache, {fp.hex()} now)")
 
 
 def cache_problems(folder: str, teachers: Sequence[ModelConfig], data: DataConfig, views: Optional[int]

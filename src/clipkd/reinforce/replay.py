@@ -21,6 +21,7 @@ from clipkd.data.decode import unusable_reason
 from clipkd.data.sources import RawSample, UnusableImage, open_image
 from clipkd.data.views import CachedTeacher, PairedViews, SampleViews
 from clipkd.errors import CacheMismatch
+from clipkd.reinforce.check import fingerprint_problem
 from clipkd.reinforce.fingerprint import fingerprint
 from clipkd.reinforce.format import SidecarReader, image_field, text_field
 from clipkd.reinforce.rows import record_bytes
@@ -102,15 +103,9 @@ class ReinforcedViews:
 
     def _checked_row(self, raw: RawSample, fp: bytes) -> tuple[int, int]:
         sidecar, row = self.locate(raw.origin)  # type: ignore[arg-type]
-        try:
-            stored = bytes(self.reader.row(sidecar, "fingerprint", row).tolist())
-        except IndexError as exc:
-            raise CacheMismatch(f"{raw.describe()}: not in the cache ({exc}); the data has more records than the "
-                                "cache was built from") from None
-        if stored != fp:
-            raise CacheMismatch(f"{raw.describe()}: content differs from what the cache was built from (sidecar "
-                                f"{sidecar}, record {row}: fingerprint {stored.hex()} in the cache, {fp.hex()} "
-                                "now); rebuild the cache with `clipkd reinforce`")
+        problem = fingerprint_problem(self.reader, sidecar, row, raw, fp)
+        if problem:
+            raise CacheMismatch(f"{problem}; rebuild the cache with `clipkd reinforce`")
         return sidecar, row
 
     def _teacher(self, sidecar: int, row: int, view: int) -> CachedTeacher:
