@@ -27,13 +27,13 @@ from clipkd.cli import main
 from clipkd.config import load_config
 from clipkd.data.sources import CsvSource, ShardSource
 from clipkd.data.synthetic import write_csv, write_shards
-from clipkd.data.views import PairedViews, sample_crop
+from clipkd.data.views import PairedViews, crop_region as replay, sample_crop
 from clipkd.errors import ConfigError
 from clipkd.reinforce.build import run_build
 from clipkd.reinforce.check import fingerprint_problem, manifest_problems
 from clipkd.reinforce.manifest import load_manifest, open_reader
 from clipkd.reinforce.settings import BuildOptions
-from clipkd.reinforce.views import replay, view_boxes, view_seed
+from clipkd.reinforce.views import view_boxes, view_seed
 from conftest import STUDENT, TEACHER, make_encoder
 
 SCALE = (0.5, 1.0)

@@ -54,6 +54,13 @@ def teacher_list(teacher: Union[TeacherConfig, list[TeacherConfig], None]) -> li
     return [] if teacher is None else list(teacher) if isinstance(teacher, list) else [teacher]
 
 
+def teacher_fields(teacher: Union[TeacherConfig, list[TeacherConfig], None]) -> list[tuple[str, TeacherConfig]]:
+    """``(setting name, section)`` of each teacher, as messages name them: ``teacher``, or ``teacher.<i>`` in a
+    list."""
+    listed = isinstance(teacher, list)
+    return [(f"teacher.{i}" if listed else "teacher", mc) for i, mc in enumerate(teacher_list(teacher))]
+
+
 def teacher_weights(teachers: Sequence[TeacherConfig]) -> list[float]:
     """The teachers' weights normalised to sum 1."""
     total = sum(t.weight for t in teachers)

@@ -69,20 +69,29 @@ def _rng(*parts: int) -> random.Random:
     return random.Random("clipkd:" + ":".join(map(str, parts)))
 
 
+def _prepare_csv(path: Path) -> None:
+    """A clear error for a missing file; long fields allowed (long captions are the tokenizer's business)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV file not found: {path}")
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+
+
+def _require_columns(path: Path, header: Optional[Sequence[str]], keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in (header or [])]
+    if missing:
+        raise ValueError(f"{path}: column(s) {missing} not found (columns: {list(header) if header else None})")
+
+
 def read_csv_rows(path: Path, separator: str, keys: Sequence[str], errors: str = "strict") -> list[dict]:
     """All rows of a CSV/TSV as dicts; clear errors for a missing file, missing columns or a malformed file.
 
     ``errors``: how bytes that are not UTF-8 are decoded (``surrogateescape`` keeps them recognisable).
     """
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # long captions are the tokenizer's business
+    _prepare_csv(path)
     with path.open(newline="", encoding="utf-8", errors=errors) as f:
         reader = csv.DictReader(f, delimiter=separator)
         try:
-            missing = [k for k in keys if k not in (reader.fieldnames or [])]
-            if missing:
-                raise ValueError(f"{path}: column(s) {missing} not found (columns: {reader.fieldnames})")
+            _require_columns(path, reader.fieldnames, keys)
             return list(reader)
         except (csv.Error, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}, line {reader.line_num}: not a readable CSV ({exc})") from None
@@ -136,18 +145,14 @@ def index_csv(path: Path, separator: str, keys: Sequence[str]) -> tuple[list[str
 
     import numpy as np
 
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV file not found: {path}")
-    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
+    _prepare_csv(path)
     ranges = array.array("q")
     with path.open("rb") as f:
         lines = _Lines(f)
         reader = csv.reader(lines, delimiter=separator)
         try:
             header = next(reader, [])
-            missing = [k for k in keys if k not in header]
-            if missing:
-                raise ValueError(f"{path}: column(s) {missing} not found (columns: {header or None})")
+            _require_columns(path, header, keys)
             while True:
                 start = lines.pos
                 row = next(reader, None)

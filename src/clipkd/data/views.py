@@ -65,7 +65,10 @@ class CachedTeacher:
     scale: torch.Tensor
 
 
-def _first(tokens: TextBatch) -> TextBatch:
+def _first(tokens):
+    """The first sample of a token batch (a tensor or a mapping), or of each entry of an ensemble's tuple."""
+    if isinstance(tokens, tuple):
+        return tuple(_first(t) for t in tokens)
     if isinstance(tokens, torch.Tensor):
         return tokens[0]
     return {k: v[0] for k, v in tokens.items()}
@@ -90,7 +93,7 @@ class PairedViews:
         return tuple(t.preprocess_val(image) for t in self.ensemble)
 
     def _ensemble_tokens(self, texts: Sequence[str]) -> tuple[TextBatch, ...]:
-        return tuple(_first(t.tokenizer(texts)) for t in self.ensemble)
+        return tuple(t.tokenizer(texts) for t in self.ensemble)
 
     def __call__(self, image: Image.Image, caption: str, rng: Optional[random.Random]) -> SampleViews:
         crop = sample_crop(image, self.crop_scale, rng) if (self.crop_scale and rng is not None) else None
@@ -103,8 +106,7 @@ class PairedViews:
         s_img = self.student_pp(image)
         t_img = s_img if self.same_image else self.teacher_pp(image)
         s_txt = _first(self.student_tok([caption]))
-        t_txt = s_txt if self.same_text else self.teacher_tok([caption]) if self.ensemble else \
-            _first(self.teacher_tok([caption]))
+        t_txt = s_txt if self.same_text else _first(self.teacher_tok([caption]))
         return SampleViews(s_img, t_img, s_txt, t_txt, crop)
 
 

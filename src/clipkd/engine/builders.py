@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
-from clipkd.config import (BenchmarkSpec, DataConfig, ModelConfig, TrainConfig, teacher_list, teacher_terms,
-                           teacher_weights)
+from clipkd.config import (BenchmarkSpec, DataConfig, ModelConfig, TrainConfig, teacher_fields, teacher_list,
+                           teacher_terms, teacher_weights)
 from clipkd.config_paths import LIST_KEYWORDS, WEIGHT_SUFFIXES
 from clipkd.data.sources import CsvSource, ShardSource, Source, expand_shards
 from clipkd.data.stream import DistillStream
@@ -171,9 +171,8 @@ def preflight(cfg: TrainConfig) -> Optional[dict]:
     """
     manifest = None
     problems: list[str] = []
-    teachers = teacher_list(cfg.teacher) if teacher_in_use(cfg) else []  # one the run does not build: unchecked
-    named = [("teacher" if not isinstance(cfg.teacher, list) else f"teacher.{i}", mc) for i, mc in enumerate(teachers)]
-    for side, mc in [*named, ("student", cfg.student)]:
+    teachers = teacher_fields(cfg.teacher) if teacher_in_use(cfg) else []  # one the run does not build: unchecked
+    for side, mc in [*teachers, ("student", cfg.student)]:
         problems += check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")
     problems += check_data("data", cfg.data)
     if cfg.eval.val_data is not None:

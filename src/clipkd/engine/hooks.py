@@ -47,22 +47,17 @@ def embedding_diagnostics(parts: dict[str, torch.Tensor], s_scale: float, t_scal
     return out
 
 
-def _student(distiller: Distiller, batch, t) -> StudentOutput:
-    """The student's embeddings of a held-out batch; without a teacher's embeddings (reinforced data) only its
-    own (the heads that take the teacher's embeddings, AFD's, cannot run)."""
+def _student_and_losses(distiller: Distiller, batch, t) -> tuple[StudentOutput, dict[str, torch.Tensor]]:
+    """The student's embeddings and the loss terms of a held-out batch. Without the teacher's embeddings although a
+    term needs them (reinforced data: held-out pairs have none) only the student's own embeddings (AFD's heads take
+    the teacher's) and only the terms that need no teacher, e.g. ``task``, without a total."""
     if t is not None or not distiller.loss.needs_teacher:
-        return distiller.student(batch.student_images, batch.student_text, t, 0.0)
+        s = distiller.student(batch.student_images, batch.student_text, t, 0.0)
+        return s, distiller.loss(s, t)
     enc = distiller.student.encoder
-    return StudentOutput(img=enc.encode_image(batch.student_images), txt=enc.encode_text(batch.student_text),
-                         scale=enc.scale())
-
-
-def _losses(distiller: Distiller, s, t) -> dict[str, torch.Tensor]:
-    """The loss terms of a held-out batch; without a teacher (reinforced data: held-out pairs have no stored
-    embeddings) only the terms that need none, e.g. ``task``, and no total."""
-    if t is not None or not distiller.loss.needs_teacher:
-        return distiller.loss(s, t)
-    return {n: term(s, None) for n, term in distiller.loss.terms.items() if NEEDS_TEACHER not in term.needs}
+    s = StudentOutput(img=enc.encode_image(batch.student_images), txt=enc.encode_text(batch.student_text),
+                      scale=enc.scale())
+    return s, {n: term(s, None) for n, term in distiller.loss.terms.items() if NEEDS_TEACHER not in term.needs}
 
 
 class ValLossHook:
@@ -105,8 +100,8 @@ class ValLossHook:
         for batch in self.pairs:
             batch = batch.to(self.device)
             t = distiller.teacher(batch.teacher_images, batch.teacher_text) if distiller.teacher is not None else None
-            s = _student(distiller, batch, t)
-            for k, v in _losses(distiller, s, t).items():
+            s, values = _student_and_losses(distiller, batch, t)
+            for k, v in values.items():
                 sums[k] += float(v) * len(batch)
             if t is not None and t.scale.dim() == 0:  # the diagnostics compare with one teacher: none otherwise
                 for k, v in {"s_img": s.img, "s_txt": s.txt, "s_img_proj": s.img_proj, "s_txt_proj": s.txt_proj,

@@ -34,14 +34,6 @@ class FrozenTeacher(nn.Module):
     def embed_dim(self) -> int:
         return self.encoder.embed_dim
 
-    @property
-    def encoders(self) -> list[ClipEncoder]:
-        return [self.encoder]
-
-    @property
-    def embed_dims(self) -> list[int]:
-        return [self.encoder.embed_dim]
-
     @torch.no_grad()
     def forward(self, images: torch.Tensor, text: TextBatch) -> Embeddings:
         """Normalised teacher embeddings and the teacher's (fixed) scale multiplier."""
@@ -71,10 +63,6 @@ class TeacherEnsemble(nn.Module):
     @property
     def embed_dims(self) -> list[int]:
         return [m.embed_dim for m in self.members]
-
-    @property
-    def embed_dim(self) -> int:
-        return sum(self.embed_dims)
 
     @torch.no_grad()
     def forward(self, images: Sequence[torch.Tensor], text: Sequence[TextBatch]) -> Embeddings:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipkd.config import TrainConfig, teacher_list
+from clipkd.config import TrainConfig, teacher_fields
 from clipkd.errors import ConfigError
 from clipkd.reinforce.settings import BuildOptions, build_settings, check_folder, check_request
 
@@ -24,11 +24,8 @@ def preflight(cfg: TrainConfig) -> None:
     """The teacher's model and weights, and the data files, checked without building anything."""
     from clipkd.engine.builders import check_data, check_model
 
-    teachers = teacher_list(cfg.teacher)
-    names = ["teacher"] if len(teachers) == 1 and not isinstance(cfg.teacher, list) else \
-        [f"teacher.{i}" for i in range(len(teachers))]
-    problems = [p for n, mc in zip(names, teachers) for p in check_model(f"{n}.model", mc.model, mc.pretrained,
-                                                                          f"{n}.pretrained")]
+    problems = [p for n, mc in teacher_fields(cfg.teacher)
+                for p in check_model(f"{n}.model", mc.model, mc.pretrained, f"{n}.pretrained")]
     problems += check_data("data", cfg.data)
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))

@@ -103,11 +103,6 @@ class SidecarReader:
         part = self._handle(sidecar).get_slice(name)
         return part[index:index + 1][0] if view is None else part[index:index + 1, view:view + 1][0, 0]
 
-    def scales(self, sidecar: int) -> list[float]:
-        """Each teacher's logit-scale multiplier."""
-        f = self._handle(sidecar)
-        return [float(f.get_tensor(scale_field(t))[0]) for t in range(self.num_teachers(sidecar))]
-
     def record(self, sidecar: int, index: int) -> SidecarRecord:
         """Record ``index`` of sidecar ``sidecar`` (only its rows are read)."""
         f, n = self._handle(sidecar), self.num_records(sidecar)

@@ -56,13 +56,13 @@ class ReinforcedViews:
         self.files = [e["file"] for e in manifest["data"]["sidecars"]]
         data = manifest["data"]
         self.rows_per_shard: Optional[int] = data.get("rows_per_shard") if data["format"] == "csv" else None
-        self.teachers = len(manifest["teachers"])
         self.embed_dims = [int(t["embed_dim"]) for t in manifest["teachers"]]
+        scales = torch.tensor([t["logit_scale"] for t in manifest["teachers"]])  # as each sidecar stores them
+        self.scale = scales[0] if len(scales) == 1 else scales
         self._reader: Optional[SidecarReader] = None
-        self._scales: dict[int, torch.Tensor] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # loader workers open their own memory maps
-        return {**self.__dict__, "_reader": None, "_scales": {}}
+        return {**self.__dict__, "_reader": None}
 
     @property
     def reader(self) -> SidecarReader:
@@ -109,10 +109,7 @@ class ReinforcedViews:
         return sidecar, row
 
     def _teacher(self, sidecar: int, row: int, view: int) -> CachedTeacher:
-        r = self.reader
-        img = [r.row(sidecar, image_field(t), row, view).float() for t in range(self.teachers)]
-        txt = [r.row(sidecar, text_field(t), row).float() for t in range(self.teachers)]
-        if sidecar not in self._scales:
-            scales = torch.tensor(r.scales(sidecar))
-            self._scales[sidecar] = scales[0] if self.teachers == 1 else scales
-        return CachedTeacher(torch.cat(img), torch.cat(txt), self._scales[sidecar])
+        r, teachers = self.reader, range(len(self.embed_dims))
+        img = [r.row(sidecar, image_field(t), row, view).float() for t in teachers]
+        txt = [r.row(sidecar, text_field(t), row).float() for t in teachers]
+        return CachedTeacher(torch.cat(img), torch.cat(txt), self.scale)

@@ -13,10 +13,10 @@ import torch
 
 from clipkd.data.decode import unusable_reason
 from clipkd.data.sources import RawSample, UnusableImage, open_image, read_image_bytes
-from clipkd.data.views import CropBox
+from clipkd.data.views import CropBox, crop_region
 from clipkd.models.encoders import ClipEncoder, TextBatch
 from clipkd.reinforce.fingerprint import fingerprint
-from clipkd.reinforce.views import replay, view_boxes
+from clipkd.reinforce.views import view_boxes
 
 
 @dataclass
@@ -75,7 +75,7 @@ def prepare_row(raw: RawSample, teachers: Sequence[ClipEncoder], spec: ViewSpec)
         row.reason = "bad_image"
         return row
     row.crops = view_boxes(image, spec.crop_scale, spec.seed, row.fingerprint, spec.views)
-    crops = [replay(image, box) for box in row.crops]
+    crops = [crop_region(image, box) for box in row.crops]
     row.images = [torch.stack([t.preprocess_val(c) for c in crops]) for t in teachers]
     row.tokens = [_one(t.tokenizer([raw.caption])) for t in teachers]
     return row

@@ -1,4 +1,5 @@
-"""Augmentation records: the crop box of each stored view, drawn reproducibly, and its replay.
+"""Augmentation records: the crop box of each stored view, drawn reproducibly (replayed with
+:func:`clipkd.data.views.crop_region`).
 
 Training's augmentation is one random resized crop per sample (:func:`clipkd.data.views.sample_crop`), shared
 by both sides, then each side's deterministic ``preprocess_val``. View ``k`` of a sample is drawn from a
@@ -14,7 +15,7 @@ from typing import Optional, Sequence
 
 from PIL import Image
 
-from clipkd.data.views import CropBox, crop_region, sample_crop
+from clipkd.data.views import CropBox, sample_crop
 
 
 def view_seed(seed: int, fingerprint: bytes, k: int) -> int:
@@ -32,8 +33,3 @@ def view_boxes(image: Image.Image, crop_scale: Optional[Sequence[float]], seed: 
             raise ValueError(f"without data.crop_scale there is one (un-augmented) view per sample, not {views}")
         return [(0, 0, image.height, image.width)]
     return [sample_crop(image, crop_scale, random.Random(view_seed(seed, fingerprint, k))) for k in range(views)]
-
-
-def replay(image: Image.Image, box: CropBox) -> Image.Image:
-    """The region of ``image`` a stored view saw (then each side applies its own ``preprocess_val``)."""
-    return crop_region(image, box)
