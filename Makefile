@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev,demo]' $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev,demo,export]' $(TORCH_PIN)
 	touch $@
 
 # The demo's images: Fashion-MNIST from Debian's package (or pass --source DIR to `clipkd demo`).

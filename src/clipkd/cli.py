@@ -109,6 +109,18 @@ def _cmd_reinforce(args: argparse.Namespace) -> int:
     return run_reinforce(args)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from clipkd.export.command import run_export
+
+    return run_export(args)
+
+
+def _cmd_card(args: argparse.Namespace) -> int:
+    from clipkd.export.card_command import run_card
+
+    return run_card(args)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from clipkd.eval.report import write_report
 
@@ -210,6 +222,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the run config, e.g. data.crop_scale=[0.5,1]")
     p.set_defaults(fn=_cmd_reinforce)
+    p = command("export", "a run's student as an open_clip hub folder and/or ONNX encoders (+ preprocessing and "
+                "tokenizer files), each checked against PyTorch")
+    from clipkd.export.command import add_arguments as export_arguments  # flags only: imports nothing heavy
+
+    export_arguments(p)
+    p.set_defaults(fn=_cmd_export)
+    p = command("card", "a model card of a run: parameters, FLOPs, latency (PyTorch and onnxruntime), file sizes, "
+                "evaluation results, student beside teacher")
+    from clipkd.export.card_command import add_arguments as card_arguments
+
+    card_arguments(p)
+    p.set_defaults(fn=_cmd_card)
     p = command("report", "result JSONs -> markdown table + bar chart")
     p.add_argument("results", nargs="+", help="result JSON files (clip_benchmark layout)")
     p.add_argument("--out", default=".", help="folder for report.md and report.png")

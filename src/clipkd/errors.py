@@ -44,3 +44,8 @@ def worker_message(exc: BaseException) -> Optional[str]:
     name = cls.__qualname__ if cls.__module__ in ("builtins", "__main__") else f"{cls.__module__}.{cls.__qualname__}"
     head, sep, message = text.rpartition(f"\n{name}: ")
     return message.strip() if sep else None
+
+
+class ExportError(ValueError):
+    """A model that cannot be exported in the requested format (a tower that cannot be traced, an architecture the
+    format cannot hold), or an export whose check against PyTorch failed. The message names the part."""

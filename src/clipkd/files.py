@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def fsync_dir(path: Path) -> None:
@@ -37,6 +37,21 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_file_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Atomic version of a library's ``write(path)`` (safetensors, ONNX, ...): it writes a temporary file, which is
+    fsynced and renamed to ``path``. Returns ``path``."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path
 
 
 def json_bytes(obj: Any) -> bytes:

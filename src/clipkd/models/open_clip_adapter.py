@@ -75,6 +75,14 @@ def _resolve_model_name(model: str) -> str:
     return model
 
 
+def model_config(model: str) -> dict[str, Any]:
+    """The open_clip model config (``embed_dim``, ``vision_cfg``, ``text_cfg``, ...) of a model name or config file."""
+    cfg = open_clip.get_model_config(_resolve_model_name(model))
+    if cfg is None:
+        raise ValueError(f"no open_clip model config for '{model}' (see `clipkd models`)")
+    return cfg
+
+
 class OpenClipEncoder(ClipEncoder):
     """An open_clip ``CLIP``/``CustomTextCLIP`` behind the :class:`ClipEncoder` interface."""
 

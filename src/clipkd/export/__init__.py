@@ -1,0 +1,1 @@
+"""Export distilled students: open_clip hub folders, ONNX encoders, model cards."""

@@ -1,0 +1,98 @@
+"""A measured model card: the student beside its teacher(s) - parameters, FLOPs, latency in PyTorch and
+onnxruntime, exported file sizes - plus the run's evaluation results. ``card.json`` holds every figure,
+``card.md`` the table.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from clipkd.export.measure import count_params, encoder_flops, encoder_latency
+from clipkd.models.encoders import ClipEncoder
+
+BATCHES = (1, 32)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _file_sizes(encoder: ClipEncoder, folder: Path) -> tuple[dict[str, int], Path]:
+    """Export ``encoder`` into ``folder`` (ONNX, and open_clip's layout when it is an open_clip model): the size of
+    each format's weight files, and the ONNX folder."""
+    from clipkd.errors import ExportError
+    from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, check_onnx, export_onnx
+    from clipkd.export.open_clip_hub import WEIGHTS_FILE, write_open_clip
+
+    sizes: dict[str, int] = {}
+    try:
+        write_open_clip(encoder, folder / "open_clip")
+        sizes["open_clip"] = (folder / "open_clip" / WEIGHTS_FILE).stat().st_size
+    except ExportError:
+        pass  # not an open_clip model (the LiT teacher): no such format
+    export_onnx(encoder, folder / "onnx")
+    check_onnx(encoder, folder / "onnx")
+    sizes["onnx"] = sum((folder / "onnx" / f).stat().st_size for f in (IMAGE_FILE, TEXT_FILE))
+    return sizes, folder / "onnx"
+
+
+def profile(role: str, encoder: ClipEncoder, folder: Path, batches: Sequence[int] = BATCHES, **timing) -> dict:
+    """Every figure of one model: parameters, FLOPs, file sizes, latency (PyTorch CPU, onnxruntime CPU; and
+    PyTorch CUDA when a GPU is present)."""
+    from clipkd.export.onnx_encoder import OnnxEncoder
+    from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE
+
+    sizes, onnx_dir = _file_sizes(encoder, folder)
+    latency = {"pytorch": encoder_latency(encoder, batches, **timing),
+               "onnxruntime": encoder_latency(OnnxEncoder(onnx_dir / IMAGE_FILE, onnx_dir / TEXT_FILE, encoder),
+                                              batches, **timing)}
+    if torch.cuda.is_available():
+        latency["pytorch_cuda"] = encoder_latency(encoder.to("cuda"), batches, device="cuda", **timing)
+        encoder.to("cpu")
+    return {"role": role, "model": str(getattr(encoder, "name", type(encoder).__name__)),
+            "params": count_params(encoder), "flops": encoder_flops(encoder), "bytes": sizes, "latency_ms": latency}
+
+
+def run_evaluation(run_dir: Optional[Path], step: int) -> dict[str, float]:
+    """The run's last logged ``eval/*`` metrics at or before ``step`` (benchmarks and held-out loss)."""
+    from clipkd.engine.logger import read_metrics
+
+    if run_dir is None or not (run_dir / "metrics.jsonl").is_file():
+        return {}
+    found: dict[str, float] = {}
+    for row in read_metrics(run_dir, "eval"):
+        if step < 0 or row["step"] <= step:
+            found.update({k: v for k, v in row.items() if k.startswith("eval/")})
+    return found
+
+
+def build_card(source, models: Sequence[tuple[str, ClipEncoder]], results: Sequence[dict] = (),
+               batches: Sequence[int] = BATCHES, **timing) -> dict[str, Any]:
+    """The card of ``source`` (an :class:`~clipkd.export.source.ExportSource`): ``models`` are ``(role, encoder)``,
+    the student first; ``results`` are result JSONs (``clipkd eval`` layout) shown with the run's own."""
+    with tempfile.TemporaryDirectory(prefix="clipkd-card-") as tmp:
+        profiles = [profile(role, enc, Path(tmp) / str(i), batches, **timing) for i, (role, enc) in enumerate(models)]
+    cfg = source.config
+    return {
+        "run": str(source.run_dir.resolve()) if source.run_dir else None,
+        "checkpoint": str(source.checkpoint.resolve()),
+        "step": source.step, "recipe": cfg.distill.recipe,
+        "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "batches": list(batches), "models": profiles,
+        "evaluation": {"run": run_evaluation(source.run_dir, source.step),
+                       "results": [{"dataset": r.get("dataset"), "model": r.get("model"), "side": r.get("side"),
+                                    "metrics": r.get("metrics", {})} for r in results]},
+    }

@@ -1,0 +1,102 @@
+"""Smaller ONNX variants of an export and what they cost: int8 (onnxruntime dynamic quantisation) and fp16.
+
+Each variant is judged against the float32 export by its *drift* (mean cosine between its embeddings and the
+float32 ones, per side) and, on a benchmark the user names, by its zero-shot accuracy change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+from clipkd.export.onnx_encoder import DriftRecorder, OnnxEncoder
+from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, probe_captions, probe_images, text_feed
+from clipkd.files import write_file_atomic
+from clipkd.models.encoders import ClipEncoder
+
+KINDS = ("int8", "fp16")
+FP32_OPS = ("LayerNormalization",)  # kept in float32: precision, and onnxruntime 1.32's optimiser crashes on fp16 LN
+PROBE_SIZE = 32
+
+
+def variant_file(name: str, kind: str) -> str:
+    """``image_encoder.onnx`` -> ``image_encoder.int8.onnx``."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{kind}{dot}{suffix}"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The converters warn per truncated constant and advise pre-processing through the root logger: held back."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+
+
+def _fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(onnx.load(str(src)), keep_io_types=True,
+                                             op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP32_OPS))
+    onnx.save(model, str(dst))
+
+
+def write_variant(out: Path, kind: str) -> list[Path]:
+    """Write the ``kind`` variant of ``out``'s two encoders beside them; return the files."""
+    convert = {"int8": _int8, "fp16": _fp16}[kind]
+    written = []
+    with _quiet():
+        for name in (IMAGE_FILE, TEXT_FILE):
+            written.append(write_file_atomic(out / variant_file(name, kind),
+                                             lambda tmp, src=out / name: convert(src, tmp)))
+    return written
+
+
+def _probe(recorder: DriftRecorder, encoder: ClipEncoder) -> None:
+    with torch.no_grad():
+        recorder.encode_image(probe_images(encoder, PROBE_SIZE))
+        feed = text_feed(encoder, probe_captions(PROBE_SIZE))
+        recorder.encode_text(feed["text"] if list(feed) == ["text"] else feed)
+
+
+def assess_variants(out: Path, encoder: ClipEncoder, kinds: Sequence[str], benchmark=None) -> dict[str, dict]:
+    """Per variant: ``cosine`` (mean per side), file ``bytes``, and with a zero-shot ``benchmark``
+    (:class:`clipkd.eval.runner.Benchmark`) ``acc1`` of the variant and of the float32 export and the change.
+
+    Without a benchmark the drift is measured on seeded random images and the probe captions (``on`` says which).
+    """
+    reference = OnnxEncoder(out / IMAGE_FILE, out / TEXT_FILE, encoder)
+    base: Optional[float] = benchmark.evaluate(reference)["acc1"] if benchmark is not None else None
+    found = {}
+    for kind in kinds:
+        files = [out / variant_file(name, kind) for name in (IMAGE_FILE, TEXT_FILE)]
+        recorder = DriftRecorder(OnnxEncoder(*files, like=encoder), reference)
+        entry: dict = {"files": [f.name for f in files], "bytes": sum(f.stat().st_size for f in files)}
+        if benchmark is not None:
+            entry.update(on=f"benchmark {benchmark.name}", acc1=benchmark.evaluate(recorder)["acc1"],
+                         acc1_float32=base)
+            entry["acc1_change"] = entry["acc1"] - base
+        else:
+            _probe(recorder, encoder)
+            entry["on"] = f"{PROBE_SIZE} seeded random images and {PROBE_SIZE} probe captions"
+        entry["cosine"] = recorder.mean_cosine()
+        found[kind] = entry
+    return found
