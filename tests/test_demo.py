@@ -44,3 +44,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for name in ("report.md", "loss_curves.png", "accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "zero-shot top-1" in capsys.readouterr().out
+    # the clipkd student exported, and its card beside the teacher
+    for name in ("open_clip/open_clip_config.json", "onnx/image_encoder.onnx", "onnx/text_encoder.int8.onnx"):
+        assert (tmp_path / "export" / name).is_file()
+    card = json.loads((tmp_path / "card" / "card.json").read_text())
+    assert [m["role"] for m in card["models"]] == ["student", "teacher"]
+    assert card["models"][1]["model"] == "lit-effnetlite0-minilm" and card["models"][1]["latency_ms"]["onnxruntime"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Deployment" in md and "| GFLOPs per image |" in md

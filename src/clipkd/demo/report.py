@@ -70,6 +70,18 @@ def _plots(report: dict, out: Path) -> list[str]:
     return ["loss_curves.png", "accuracy.png"]
 
 
+def deployment(report: dict) -> str:
+    """The clipkd student's export and card, as report.md shows them."""
+    deploy = report["deploy"]
+    q = deploy["int8"]
+    return (f"## Deployment\n\nThe clipkd student exported to `{deploy['export']}` (open_clip folder, ONNX encoders, "
+            f"int8 variant) and its card in `{deploy['card']}` ({deploy['machine']['cpu']}, "
+            f"{deploy['machine']['threads']} threads):\n\n{deploy['table']}\n\n"
+            f"int8 ONNX: {q['bytes'] / 2**20:.1f} MiB, mean cosine to float32 image {q['cosine']['image']:.4f} / "
+            f"text {q['cosine']['text']:.4f}, zero-shot top-1 {100 * q['acc1']:.1f} "
+            f"({100 * q['acc1_change']:+.1f} points against float32).\n")
+
+
 def write_demo_report(report: dict, out: Path) -> str:
     """Write report.json, report.md and the plots; return the table."""
     out = Path(out)
@@ -78,6 +90,7 @@ def write_demo_report(report: dict, out: Path) -> str:
     plots = _plots(report, out)
     setup = report["setup"]
     md = f"# clipkd demo ({setup['mode']})\n\n{text}\n\n" + NOTES.format(**setup) + "\n\n" + \
-        "\n".join(f"![{p}]({p})" for p in plots) + f"\n\nTotal time: {setup['seconds']} s.\n"
+        "\n".join(f"![{p}]({p})" for p in plots) + "\n\n" + (deployment(report) + "\n" if "deploy" in report else "") \
+        + f"Total time: {setup['seconds']} s.\n"
     (out / "report.md").write_text(md)
     return text

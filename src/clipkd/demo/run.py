@@ -6,6 +6,8 @@
 3. The same tiny open_clip ViT student trained twice, same budget, seed and augmentation: `baseline` (online random
    crops, no teacher) and `clipkd` (the stored views replayed, no teacher forward).
 4. Zero-shot and retrieval on the test split for all three, parameters and latency -> report.md/.json/PNGs.
+5. The clipkd student exported (`clipkd export`: open_clip folder, ONNX encoders, int8 variant judged on the test
+   split) and its model card written (`clipkd card`: student beside teacher).
 """
 
 from __future__ import annotations
@@ -112,6 +114,24 @@ def _train(cfg) -> None:
     trainer.fit()
 
 
+def deploy(cfg, out: Path, zeroshot: Benchmark, report: dict, quick: bool) -> dict:
+    """Export the clipkd student (open_clip + ONNX + int8, the int8 judged on ``zeroshot``) and write its card with
+    the demo's results; what the report shows of them."""
+    from clipkd.export.card_command import write_card
+    from clipkd.export.command import export_student
+    from clipkd.export.source import resolve_source
+
+    source = resolve_source(cfg.run_dir)
+    manifest = export_student(source, out / "export", ["open_clip", "onnx"], ["int8"], zeroshot)
+    results = [{"dataset": "fashion-mnist", "side": row, "metrics": {k: report[row][k] for k in ("zeroshot_top1",
+                "t2i_r1", "i2t_r1")}} for row in ("teacher", "baseline", "clipkd")]
+    card = write_card(source, out / "card", results, repeats=3 if quick else 10)
+    from clipkd.export.card_render import table
+
+    return {"export": str(out / "export"), "card": str(out / "card"), "table": table(card),
+            "int8": manifest["formats"]["onnx"]["variants"]["int8"], "machine": card["machine"]}
+
+
 def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed: int = 0,
              log: Callable[[str], None] = print, work: Optional[Path] = None) -> dict:
     """Run the whole story; write report.json, report.md and plots under ``out``; return the report.
@@ -140,6 +160,8 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
         report[recipe] = evaluate(create_open_clip_encoder(STUDENT, str(weights)), benches)
         report[recipe]["run_dir"] = cfg.run_dir
         log(f"{recipe}: zero-shot top-1 {report[recipe]['zeroshot_top1']:.3f}")
+    report["deploy"] = deploy(cfg, out, benches[0], report, quick)
+    log(f"clipkd student exported to {out / 'export'}; model card {out / 'card' / 'card.md'}")
     report["setup"] = {"mode": "quick" if quick else "full", "seed": seed, **size, "student": STUDENT,
                        "teacher": LIT_NAME, "crop": list(CROP_SCALE), "seconds": round(time.perf_counter() - started, 1)}
     from clipkd.demo.report import write_demo_report

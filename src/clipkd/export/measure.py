@@ -36,11 +36,23 @@ def text_input(encoder: ClipEncoder, n: int) -> TextBatch:
     return feed["text"] if list(feed) == ["text"] else feed
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
 def count_flops(fn: Callable[[], object]) -> int:
-    """Floating-point operations of one call of ``fn`` (matmuls, convolutions, attention: PyTorch's counter)."""
+    """Floating-point operations of one call of ``fn`` (matmuls, convolutions, attention: PyTorch's counter).
+
+    PyTorch's counter has no formula for the CPU kernel of ``scaled_dot_product_attention`` (it would count the
+    attention's two batched matmuls as zero on CPU): that kernel gets the formula of the GPU kernels.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    cpu_attention = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {cpu_attention: _cpu_attention_flops} if cpu_attention is not None else {}
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return int(counter.get_total_flops())
 

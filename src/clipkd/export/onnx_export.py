@@ -7,8 +7,11 @@ batch 1 and 8 and compared with PyTorch before it is kept.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -95,6 +98,23 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:400]
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The exporter, its graph optimiser and the converters warn per traced guard, failed constant fold or truncated
+    constant, through Python warnings and the root and onnxscript loggers: held back (their errors still raise)."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxscript"), logging.getLogger("torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def _export(module: nn.Module, inputs: dict[str, torch.Tensor], output: str, path: Path, what: str) -> Path:
     """Trace ``module`` with a dynamic batch dimension into the single ONNX file ``path``."""
     from clipkd.files import write_file_atomic
@@ -108,7 +128,8 @@ def _export(module: nn.Module, inputs: dict[str, torch.Tensor], output: str, pat
                           verbose=False)
 
     try:
-        return write_file_atomic(path, write)
+        with quiet():
+            return write_file_atomic(path, write)
     except Exception as exc:  # the exporter raises many kinds; the user needs the tower and the first line
         raise ExportError(f"cannot trace {what} for ONNX ({_first_line(exc)})") from exc
 

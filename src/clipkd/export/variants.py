@@ -6,16 +6,13 @@ float32 ones, per side) and, on a benchmark the user names, by its zero-shot acc
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from clipkd.export.onnx_encoder import DriftRecorder, OnnxEncoder
-from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, probe_captions, probe_images, text_feed
+from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, probe_captions, probe_images, quiet, text_feed
 from clipkd.files import write_file_atomic
 from clipkd.models.encoders import ClipEncoder
 
@@ -28,20 +25,6 @@ def variant_file(name: str, kind: str) -> str:
     """``image_encoder.onnx`` -> ``image_encoder.int8.onnx``."""
     stem, dot, suffix = name.rpartition(".")
     return f"{stem}.{kind}{dot}{suffix}"
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """The converters warn per truncated constant and advise pre-processing through the root logger: held back."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
 
 
 def _int8(src: Path, dst: Path) -> None:
@@ -63,7 +46,7 @@ def write_variant(out: Path, kind: str) -> list[Path]:
     """Write the ``kind`` variant of ``out``'s two encoders beside them; return the files."""
     convert = {"int8": _int8, "fp16": _fp16}[kind]
     written = []
-    with _quiet():
+    with quiet():
         for name in (IMAGE_FILE, TEXT_FILE):
             written.append(write_file_atomic(out / variant_file(name, kind),
                                              lambda tmp, src=out / name: convert(src, tmp)))

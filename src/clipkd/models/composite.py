@@ -132,6 +132,7 @@ def create_lit_encoder(embed_dim: int = 256, image_size: int = 96, context_lengt
     tokenizer = HFTokenizer(transformers.AutoTokenizer.from_pretrained(path), context_length)
     enc = CompositeEncoder(EfficientNetLiteTower(net), MeanPooledTextTower(text_model), 1280,
                            text_model.config.hidden_size, embed_dim, image_size, tokenizer)
+    enc.name = LIT_NAME
     enc.train(False)
     if heads is not None:
         load_heads(enc, heads)
