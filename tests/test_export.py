@@ -123,6 +123,18 @@ def test_open_clip_folder_loads_in_open_clip_with_clipkd_eval_accuracy(vit_run, 
     assert result["metrics"]["acc1"] == pytest.approx(sum(hits) / len(hits))
 
 
+def test_open_clip_config_is_what_open_clips_own_hub_writer_writes(vit_run, vit_export, tmp_path):
+    from open_clip.push_to_hf_hub import save_config_for_hf
+
+    student = _student(vit_run)
+    save_config_for_hf(student.model, tmp_path / "cfg.json", model_config=open_clip.get_model_config(student.name))
+    theirs = json.loads((tmp_path / "cfg.json").read_text())
+    ours = json.loads((vit_export / "open_clip" / "open_clip_config.json").read_text())
+    assert ours["model_cfg"] == theirs["model_cfg"]
+    assert {k: ours["preprocess_cfg"][k] for k in theirs["preprocess_cfg"]} == \
+        {k: list(v) if isinstance(v, tuple) else v for k, v in theirs["preprocess_cfg"].items()}
+
+
 def test_timm_student_open_clip_folder(cnn_export):
     run, out = cnn_export
     _open_clip_matches(run, out / "open_clip")
@@ -242,3 +254,28 @@ def test_card_measures_student_beside_teacher(vit_run, tmp_path, capsys):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[3]) == pytest.approx(student["flops"]["image"] / teacher["flops"]["image"], abs=1e-3)
     assert re.search(r"\| colours/acc1 \| [0-9.]+ \|", md)  # the run's evaluation results
+
+
+def test_readme_runtime_snippet_runs_without_torch(vit_run, vit_export, colours, tmp_path):
+    """The README's "Using the ONNX folder without PyTorch" script, as printed, with torch made unimportable:
+    its probabilities equal the student's in PyTorch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Deploy: `clipkd export` and `clipkd card`"):]
+    script = tmp_path / "runtime.py"
+    script.write_text("import sys\nsys.modules['torch'] = None\n" + re.search(r"```python\n(.*?)```", section, re.S)
+                      .group(1))
+    image, captions = colours / "green" / "1.png", ["a red thing", "a green thing", "a blue thing"]
+    out = subprocess.run([sys.executable, str(script), str(vit_export / "onnx"), str(image), *captions],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    printed = eval(out.stdout.strip().splitlines()[-1])
+    student = _student(vit_run)
+    with torch.no_grad():
+        img = student.encode_image(student.preprocess_val(Image.open(image)).unsqueeze(0))
+        probs = (100 * img @ student.encode_text(student.tokenize(captions)).T).softmax(-1)[0]
+    assert list(printed) == captions
+    assert np.allclose(list(printed.values()), probs.numpy(), atol=2e-4)
