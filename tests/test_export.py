@@ -279,3 +279,18 @@ def test_readme_runtime_snippet_runs_without_torch(vit_run, vit_export, colours,
         probs = (100 * img @ student.encode_text(student.tokenize(captions)).T).softmax(-1)[0]
     assert list(printed) == captions
     assert np.allclose(list(printed.values()), probs.numpy(), atol=2e-4)
+
+
+def test_an_export_failing_its_check_leaves_nothing(vit_run, tmp_path, monkeypatch):
+    import clipkd.export.onnx_export as onnx_export
+    from clipkd.export.command import export_student
+    from clipkd.export.source import resolve_source
+
+    out = tmp_path / "deploy"
+    out.mkdir()
+    (out / "keep.txt").write_text("a file the user had")
+    real = onnx_export.run_session
+    monkeypatch.setattr(onnx_export, "run_session", lambda sess, feed: real(sess, feed) + 1e-3)  # a wrong runtime
+    with pytest.raises(ExportError, match="differs from PyTorch by"):
+        export_student(resolve_source(vit_run), out, ["onnx"], [])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["deploy", "keep.txt"]

@@ -113,8 +113,7 @@ def export_open_clip(encoder, folder: Path) -> dict[str, Any]:
 
     files = write_open_clip(encoder, folder)
     diff = check_open_clip(encoder, folder, probe_captions(8), probe_images(encoder, 8))
-    return {"folder": str(folder.resolve()), "files": _sizes(files), "max_abs_diff": diff,
-            "load": f'open_clip.create_model_and_transforms("local-dir:{folder.resolve()}")'}
+    return {"files": _sizes(files), "max_abs_diff": diff}
 
 
 def export_onnx_folder(encoder, folder: Path, variants: list[str], benchmark=None) -> dict[str, Any]:
@@ -123,7 +122,7 @@ def export_onnx_folder(encoder, folder: Path, variants: list[str], benchmark=Non
     from clipkd.export.variants import assess_variants, write_variant
 
     files = export_onnx(encoder, folder)
-    entry: dict[str, Any] = {"folder": str(folder.resolve()), "files": _sizes(files), "max_abs_diff": check_onnx(encoder, folder)}
+    entry: dict[str, Any] = {"files": _sizes(files), "max_abs_diff": check_onnx(encoder, folder)}
     for kind in variants:
         entry["files"].update(_sizes(write_variant(folder, kind)))
     if variants:
@@ -133,6 +132,28 @@ def export_onnx_folder(encoder, folder: Path, variants: list[str], benchmark=Non
 
 def _sizes(files: list[Path]) -> dict[str, int]:
     return {Path(f).name: Path(f).stat().st_size for f in files}
+
+
+def _staged(write, folder: Path) -> dict[str, Any]:
+    """``write(staging)`` into a temporary sibling of ``folder``, whose files move into ``folder`` only when it
+    returns (its checks passed); a failed or killed export leaves ``folder`` as it was."""
+    import os
+    import shutil
+
+    from clipkd.files import TMP_PREFIX, fsync_dir
+
+    staging = folder.parent / f"{TMP_PREFIX}{folder.name}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        entry = write(staging)
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in sorted(staging.iterdir()):
+            os.replace(file, folder / file.name)
+        fsync_dir(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    entry["folder"] = str(folder.resolve())
+    return entry
 
 
 def export_student(source, out: Path, formats: list[str], variants: list[str], benchmark=None) -> dict[str, Any]:
@@ -147,8 +168,9 @@ def export_student(source, out: Path, formats: list[str], variants: list[str], b
     for fmt in formats:
         started = time.perf_counter()
         folder = _folder(out, fmt, formats)
-        entry = export_open_clip(encoder, folder) if fmt == "open_clip" else \
-            export_onnx_folder(encoder, folder, variants, benchmark)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        entry = _staged(lambda tmp: export_open_clip(encoder, tmp) if fmt == "open_clip" else
+                        export_onnx_folder(encoder, tmp, variants, benchmark), folder)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         manifest["formats"][fmt] = entry
     out.mkdir(parents=True, exist_ok=True)
