@@ -102,13 +102,12 @@ def _open_clip_matches(run, folder):
     return model, preprocess, tokenizer
 
 
-def test_open_clip_folder_loads_in_open_clip_with_clipkd_eval_accuracy(vit_run, vit_export, colours, tmp_path):
-    model, preprocess, tokenizer = _open_clip_matches(vit_run, vit_export / "open_clip")
-    manifest = json.loads((vit_export / "export.json").read_text())
-    assert {"proj_img.weight", "icl_logit_scale"} <= set(manifest["left_out"])
-    assert main(["eval", "--run", str(vit_run), "--zeroshot", f"folder:{colours}", "--out", str(tmp_path)]) == 0
+def _zeroshot_matches_clipkd_eval(run, folder, colours, tmp_path):
+    """Zero-shot accuracy with open_clip alone from ``folder``, from the prompts `clipkd eval --run` recorded, equals
+    clipkd's."""
+    model, preprocess, tokenizer = _open_clip_matches(run, folder)
+    assert main(["eval", "--run", str(run), "--zeroshot", f"folder:{colours}", "--out", str(tmp_path)]) == 0
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
-    # zero-shot with open_clip alone, from the prompts clipkd eval recorded
     with torch.no_grad():
         weights = []
         for name in result["classnames"]:
@@ -123,6 +122,12 @@ def test_open_clip_folder_loads_in_open_clip_with_clipkd_eval_accuracy(vit_run, 
     assert result["metrics"]["acc1"] == pytest.approx(sum(hits) / len(hits))
 
 
+def test_open_clip_folder_loads_in_open_clip_with_clipkd_eval_accuracy(vit_run, vit_export, colours, tmp_path):
+    _zeroshot_matches_clipkd_eval(vit_run, vit_export / "open_clip", colours, tmp_path)
+    manifest = json.loads((vit_export / "export.json").read_text())
+    assert {"proj_img.weight", "icl_logit_scale"} <= set(manifest["left_out"])
+
+
 def test_open_clip_config_is_what_open_clips_own_hub_writer_writes(vit_run, vit_export, tmp_path):
     from open_clip.push_to_hf_hub import save_config_for_hf
 
@@ -135,9 +140,9 @@ def test_open_clip_config_is_what_open_clips_own_hub_writer_writes(vit_run, vit_
         {k: list(v) if isinstance(v, tuple) else v for k, v in theirs["preprocess_cfg"].items()}
 
 
-def test_timm_student_open_clip_folder(cnn_export):
+def test_timm_student_open_clip_folder(cnn_export, colours, tmp_path):
     run, out = cnn_export
-    _open_clip_matches(run, out / "open_clip")
+    _zeroshot_matches_clipkd_eval(run, out / "open_clip", colours, tmp_path)
 
 
 def _onnx_matches(run, folder):
