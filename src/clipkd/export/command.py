@@ -29,8 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zeroshot", metavar="FORMAT:PATH", default=None,
                    help="a zero-shot benchmark (as in `clipkd eval`) on which --quantize/--fp16 report their accuracy "
                    "change (default: only their embedding drift on probe inputs)")
-    p.add_argument("--classnames", help="--zeroshot class names: a file or 'imagenet' (default: folder names)")
-    p.add_argument("--templates", help="--zeroshot prompt templates: a file or 'imagenet' (default: imagenet)")
+    p.add_argument("--classnames", help="--zeroshot class names: a file (one per line) or 'imagenet' (default: the folder "
+                   "names, or the label numbers)")
+    p.add_argument("--templates", help="--zeroshot prompt templates: a file (one per line, '{}' = the class name), "
+                   "'imagenet' or 'imagenet-simple' (default: the bare class name)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch for --zeroshot")
 
 
