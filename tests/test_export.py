@@ -240,8 +240,11 @@ def test_untraceable_tower_is_named(tmp_path):
         export_onnx(student, tmp_path)
 
 
-def test_card_measures_student_beside_teacher(vit_run, tmp_path, capsys):
-    assert main(["card", str(vit_run), "--out", str(tmp_path), "--batch-sizes", "1", "2", "--repeats", "3"]) == 0
+def test_card_measures_student_beside_teacher(vit_run, vit_export, cnn_export, tmp_path, capsys):
+    argv = ["card", str(vit_run), "--out", str(tmp_path), "--batch-sizes", "1", "2", "--repeats", "3", "--onnx"]
+    err = _error([*argv, str(cnn_export[1] / "onnx")], capsys)  # another student's export
+    assert "the ONNX encoders are not clipkd-tiny-vit's" in err
+    assert main([*argv, str(vit_export / "onnx")]) == 0
     card = json.loads((tmp_path / "card.json").read_text())
     student, teacher = card["models"]
     assert (student["role"], student["model"], teacher["model"]) == ("student", "clipkd-tiny-vit", "clipkd-tiny-teacher")

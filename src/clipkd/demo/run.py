@@ -125,7 +125,7 @@ def deploy(cfg, out: Path, zeroshot: Benchmark, report: dict, quick: bool) -> di
     manifest = export_student(source, out / "export", ["open_clip", "onnx"], ["int8"], zeroshot)
     results = [{"dataset": "fashion-mnist", "side": row, "metrics": {k: report[row][k] for k in ("zeroshot_top1",
                 "t2i_r1", "i2t_r1")}} for row in ("teacher", "baseline", "clipkd")]
-    card = write_card(source, out / "card", results, repeats=3 if quick else 10)
+    card = write_card(source, out / "card", results, student_onnx=out / "export" / "onnx", repeats=3 if quick else 10)
     from clipkd.export.card_render import table
 
     return {"export": str(out / "export"), "card": str(out / "card"), "table": table(card),

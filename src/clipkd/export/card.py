@@ -29,9 +29,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _file_sizes(encoder: ClipEncoder, folder: Path) -> tuple[dict[str, int], Path]:
-    """Export ``encoder`` into ``folder`` (ONNX, and open_clip's layout when it is an open_clip model): the size of
-    each format's weight files, and the ONNX folder."""
+def _file_sizes(encoder: ClipEncoder, folder: Path, onnx_dir: Optional[Path] = None) -> tuple[dict[str, int], Path]:
+    """Export ``encoder`` into ``folder`` (ONNX, unless ``onnx_dir`` holds its export already, and open_clip's
+    layout when it is an open_clip model): the size of each format's weight files, and the ONNX folder, checked
+    against ``encoder`` (so a given ``onnx_dir`` must be this model's)."""
     from clipkd.errors import ExportError
     from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, check_onnx, export_onnx
     from clipkd.export.open_clip_hub import WEIGHTS_FILE, write_open_clip
@@ -42,19 +43,22 @@ def _file_sizes(encoder: ClipEncoder, folder: Path) -> tuple[dict[str, int], Pat
         sizes["open_clip"] = (folder / "open_clip" / WEIGHTS_FILE).stat().st_size
     except ExportError:
         pass  # not an open_clip model (the LiT teacher): no such format
-    export_onnx(encoder, folder / "onnx")
-    check_onnx(encoder, folder / "onnx")
-    sizes["onnx"] = sum((folder / "onnx" / f).stat().st_size for f in (IMAGE_FILE, TEXT_FILE))
-    return sizes, folder / "onnx"
+    if onnx_dir is None:
+        onnx_dir = folder / "onnx"
+        export_onnx(encoder, onnx_dir)
+    check_onnx(encoder, onnx_dir)
+    sizes["onnx"] = sum((onnx_dir / f).stat().st_size for f in (IMAGE_FILE, TEXT_FILE))
+    return sizes, onnx_dir
 
 
-def profile(role: str, encoder: ClipEncoder, folder: Path, batches: Sequence[int] = BATCHES, **timing) -> dict:
+def profile(role: str, encoder: ClipEncoder, folder: Path, batches: Sequence[int] = BATCHES,
+            onnx_dir: Optional[Path] = None, **timing) -> dict:
     """Every figure of one model: parameters, FLOPs, file sizes, latency (PyTorch CPU, onnxruntime CPU; and
-    PyTorch CUDA when a GPU is present)."""
+    PyTorch CUDA when a GPU is present). ``onnx_dir``: the model's ONNX export when there is one already."""
     from clipkd.export.onnx_encoder import OnnxEncoder
     from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE
 
-    sizes, onnx_dir = _file_sizes(encoder, folder)
+    sizes, onnx_dir = _file_sizes(encoder, folder, onnx_dir)
     latency = {"pytorch": encoder_latency(encoder, batches, **timing),
                "onnxruntime": encoder_latency(OnnxEncoder(onnx_dir / IMAGE_FILE, onnx_dir / TEXT_FILE, encoder),
                                               batches, **timing)}
@@ -79,11 +83,13 @@ def run_evaluation(run_dir: Optional[Path], step: int) -> dict[str, float]:
 
 
 def build_card(source, models: Sequence[tuple[str, ClipEncoder]], results: Sequence[dict] = (),
-               batches: Sequence[int] = BATCHES, **timing) -> dict[str, Any]:
+               batches: Sequence[int] = BATCHES, student_onnx: Optional[Path] = None, **timing) -> dict[str, Any]:
     """The card of ``source`` (an :class:`~clipkd.export.source.ExportSource`): ``models`` are ``(role, encoder)``,
-    the student first; ``results`` are result JSONs (``clipkd eval`` layout) shown with the run's own."""
+    the student first; ``results`` are result JSONs (``clipkd eval`` layout) shown with the run's own;
+    ``student_onnx``: the student's ONNX export, when it was exported already (checked against it)."""
     with tempfile.TemporaryDirectory(prefix="clipkd-card-") as tmp:
-        profiles = [profile(role, enc, Path(tmp) / str(i), batches, **timing) for i, (role, enc) in enumerate(models)]
+        profiles = [profile(role, enc, Path(tmp) / str(i), batches, student_onnx if i == 0 else None, **timing)
+                    for i, (role, enc) in enumerate(models)]
     cfg = source.config
     return {
         "run": str(source.run_dir.resolve()) if source.run_dir else None,

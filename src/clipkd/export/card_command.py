@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from clipkd.errors import ConfigError
 
@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="batch sizes timed")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per latency figure (median)")
     p.add_argument("--no-teacher", action="store_true", help="measure the student alone")
+    p.add_argument("--onnx", default=None, metavar="DIR", help="the student's ONNX folder from `clipkd export` (checked "
+                   "against the checkpoint), used instead of exporting it again")
 
 
 def _read_results(paths: Sequence[str]) -> list[dict]:
@@ -51,15 +53,16 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def write_card(source, out: Path, results: Sequence[dict] = (), batches: Sequence[int] = (1, 32),
-               with_teacher: bool = True, **timing) -> dict[str, Any]:
-    """Measure ``source``'s student (and teachers) and write ``out/card.json`` and ``out/card.md``; the card."""
+               with_teacher: bool = True, student_onnx: Optional[Path] = None, **timing) -> dict[str, Any]:
+    """Measure ``source``'s student (and teachers) and write ``out/card.json`` and ``out/card.md``; the card.
+    ``student_onnx``: the student's `clipkd export` ONNX folder, used instead of exporting it again."""
     from clipkd.export.card import build_card
     from clipkd.export.card_render import markdown
     from clipkd.export.source import load_student, load_teachers
     from clipkd.files import write_atomic, write_json
 
     models = [("student", load_student(source))] + (load_teachers(source) if with_teacher else [])
-    card = build_card(source, models, results, batches, **timing)
+    card = build_card(source, models, results, batches, student_onnx, **timing)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CARD_JSON, card)
     write_atomic(out / CARD_MD, markdown(card).encode("utf-8"))
@@ -76,7 +79,10 @@ def run_card(args: argparse.Namespace) -> int:
     folder = Path(args.out) if args.out else (source.run_dir or source.checkpoint) / "card"
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out: {folder} is a file, not a folder")
-    write_card(source, folder, results, args.batch_sizes, not args.no_teacher, repeats=args.repeats)
+    onnx = Path(args.onnx) if args.onnx else None
+    if onnx is not None and not (onnx / "image_encoder.onnx").is_file():
+        raise ConfigError(f"--onnx: {onnx} holds no image_encoder.onnx (a `clipkd export --format onnx` folder)")
+    write_card(source, folder, results, args.batch_sizes, not args.no_teacher, onnx, repeats=args.repeats)
     print((folder / CARD_MD).read_text())
     print(f"wrote {folder / CARD_MD} and {folder / CARD_JSON}")
     return 0

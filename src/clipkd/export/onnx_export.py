@@ -188,8 +188,16 @@ def check_onnx(encoder: ClipEncoder, out: Path, batches: Sequence[int] = CHECK_B
         for n in batches:
             images, feed = probe_images(encoder, n, seed=n), text_feed(encoder, probe_captions(n))
             ref_image, ref_text = encoder.encode_image(images), encoder.encode_text(_as_text(feed))
-            diffs["image"][n] = float((run_session(image_sess, {IMAGE_INPUT: images}) - ref_image).abs().max())
-            diffs["text"][n] = float((run_session(text_sess, feed) - ref_text).abs().max())
+            try:
+                got_image, got_text = run_session(image_sess, {IMAGE_INPUT: images}), run_session(text_sess, feed)
+            except Exception as exc:  # onnxruntime's own error types: wrong input names, shapes or types
+                raise ExportError(f"{out}: the ONNX encoders are not {_name(encoder)}'s: they do not take its "
+                                  f"inputs ({_first_line(exc)})") from None
+            if got_image.shape != ref_image.shape or got_text.shape != ref_text.shape:
+                raise ExportError(f"{out}: the ONNX encoders are not {_name(encoder)}'s: their embeddings have "
+                                  f"another size ({got_image.shape[-1]}, not {ref_image.shape[-1]})")
+            diffs["image"][n] = float((got_image - ref_image).abs().max())
+            diffs["text"][n] = float((got_text - ref_text).abs().max())
     worst = max((d, side, n) for side, by_n in diffs.items() for n, d in by_n.items())
     if worst[0] > limit:
         raise ExportError(f"{out}: the ONNX {worst[1]} encoder differs from PyTorch by {worst[0]:.3g} at batch "
