@@ -289,7 +289,7 @@ def test_readme_runtime_snippet_runs_without_torch(vit_run, vit_export, colours,
     assert np.allclose(list(printed.values()), probs.numpy(), atol=2e-4)
 
 
-def test_an_export_failing_its_check_leaves_nothing(vit_run, tmp_path, monkeypatch):
+def test_an_export_failing_its_check_or_killed_leaves_nothing(vit_run, tmp_path, monkeypatch):
     import clipkd.export.onnx_export as onnx_export
     from clipkd.export.command import export_student
     from clipkd.export.source import resolve_source
@@ -297,6 +297,9 @@ def test_an_export_failing_its_check_leaves_nothing(vit_run, tmp_path, monkeypat
     out = tmp_path / "deploy"
     out.mkdir()
     (out / "keep.txt").write_text("a file the user had")
+    killed = tmp_path / ".tmp-deploy-99999"  # the staging folder of an export killed with SIGKILL
+    killed.mkdir()
+    (killed / "image_encoder.onnx").write_bytes(b"half a file")
     real = onnx_export.run_session
     monkeypatch.setattr(onnx_export, "run_session", lambda sess, feed: real(sess, feed) + 1e-3)  # a wrong runtime
     with pytest.raises(ExportError, match="differs from PyTorch by"):

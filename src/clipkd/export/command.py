@@ -138,14 +138,16 @@ def _sizes(files: list[Path]) -> dict[str, int]:
 
 def _staged(write, folder: Path) -> dict[str, Any]:
     """``write(staging)`` into a temporary sibling of ``folder``, whose files move into ``folder`` only when it
-    returns (its checks passed); a failed or killed export leaves ``folder`` as it was."""
+    returns (its checks passed); a failed or killed export leaves ``folder`` as it was, and the staging folders
+    of killed exports are removed by the next one."""
     import os
     import shutil
 
     from clipkd.files import TMP_PREFIX, fsync_dir
 
+    for leftover in folder.parent.glob(f"{TMP_PREFIX}{folder.name}-*"):  # of an export that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
     staging = folder.parent / f"{TMP_PREFIX}{folder.name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     try:
         entry = write(staging)
         folder.mkdir(parents=True, exist_ok=True)
