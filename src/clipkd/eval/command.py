@@ -200,6 +200,12 @@ def collect_specs(args: argparse.Namespace) -> list[BenchmarkSpec]:
     return [spec for spec, _ in _collect(args)]
 
 
+def prepared_benchmarks(args: argparse.Namespace) -> list:
+    """The benchmarks of the --zeroshot / --retrieval / --benchmarks flags in ``args``, validated, their data
+    checked and their indexes read (:class:`~clipkd.eval.runner.Benchmark`); one error for every problem."""
+    return _read_benchmarks(_collect(args))
+
+
 def _one_teacher(cfg, run: str, flag: str) -> None:
     """Refuse a run whose teacher is an ensemble: ``flag`` compares with one teacher."""
     if isinstance(cfg.teacher, list):

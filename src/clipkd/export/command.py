@@ -64,13 +64,13 @@ def _benchmark(args: argparse.Namespace):
             if value:
                 raise ConfigError(f"{flag} needs --zeroshot")
         return None
-    from clipkd.eval.command import _collect, _read_benchmarks
+    from clipkd.eval.command import prepared_benchmarks
 
     spec_args = argparse.Namespace(
         zeroshot=[args.zeroshot], retrieval=[], benchmarks=None, root=None, batch_size=args.batch_size, workers=0,
         classnames=args.classnames, templates=args.templates, image_key=None, label_key=None, caption_key=None,
         split=None, first_caption_only=None)
-    return _read_benchmarks(_collect(spec_args))[0]
+    return prepared_benchmarks(spec_args)[0]
 
 
 def preflight(args: argparse.Namespace):

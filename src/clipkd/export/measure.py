@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from clipkd.export.onnx_export import probe_captions, probe_images, text_feed
+from clipkd.export.onnx_export import as_text_batch, probe_captions, probe_images, text_feed
 from clipkd.models.encoders import ClipEncoder, TextBatch
 
 IMAGE_PREFIXES = ("visual.", "image_tower.", "image_head.")  # open_clip models; clipkd's composite encoders
@@ -32,8 +32,7 @@ def count_params(encoder: ClipEncoder) -> dict[str, int]:
 
 def text_input(encoder: ClipEncoder, n: int) -> TextBatch:
     """``n`` tokenised probe captions as the encoder takes them."""
-    feed = text_feed(encoder, probe_captions(n))
-    return feed["text"] if list(feed) == ["text"] else feed
+    return as_text_batch(text_feed(encoder, probe_captions(n)))
 
 
 def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:

@@ -187,7 +187,7 @@ def check_onnx(encoder: ClipEncoder, out: Path, batches: Sequence[int] = CHECK_B
     with torch.no_grad():
         for n in batches:
             images, feed = probe_images(encoder, n, seed=n), text_feed(encoder, probe_captions(n))
-            ref_image, ref_text = encoder.encode_image(images), encoder.encode_text(_as_text(feed))
+            ref_image, ref_text = encoder.encode_image(images), encoder.encode_text(as_text_batch(feed))
             try:
                 got_image, got_text = run_session(image_sess, {IMAGE_INPUT: images}), run_session(text_sess, feed)
             except Exception as exc:  # onnxruntime's own error types: wrong input names, shapes or types
@@ -205,5 +205,6 @@ def check_onnx(encoder: ClipEncoder, out: Path, batches: Sequence[int] = CHECK_B
     return diffs
 
 
-def _as_text(feed: dict[str, torch.Tensor]) -> TextBatch:
+def as_text_batch(feed: dict[str, torch.Tensor]) -> TextBatch:
+    """A :func:`text_feed` as the encoder takes it: the id tensor, or the mapping."""
     return feed["text"] if list(feed) == ["text"] else dict(feed)

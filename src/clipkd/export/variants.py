@@ -12,7 +12,8 @@ from typing import Optional, Sequence
 import torch
 
 from clipkd.export.onnx_encoder import DriftRecorder, OnnxEncoder
-from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, probe_captions, probe_images, quiet, text_feed
+from clipkd.export.measure import text_input
+from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, probe_images, quiet
 from clipkd.files import write_file_atomic
 from clipkd.models.encoders import ClipEncoder
 
@@ -56,8 +57,7 @@ def write_variant(out: Path, kind: str) -> list[Path]:
 def _probe(recorder: DriftRecorder, encoder: ClipEncoder) -> None:
     with torch.no_grad():
         recorder.encode_image(probe_images(encoder, PROBE_SIZE))
-        feed = text_feed(encoder, probe_captions(PROBE_SIZE))
-        recorder.encode_text(feed["text"] if list(feed) == ["text"] else feed)
+        recorder.encode_text(text_input(encoder, PROBE_SIZE))
 
 
 def assess_variants(out: Path, encoder: ClipEncoder, kinds: Sequence[str], benchmark=None) -> dict[str, dict]:
