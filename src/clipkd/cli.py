@@ -121,6 +121,12 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return run_card(args)
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from clipkd.ablate.command import run_ablate
+
+    return run_ablate(args)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from clipkd.eval.report import write_report
 
@@ -234,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     card_arguments(p)
     p.set_defaults(fn=_cmd_card)
+    p = command("ablate", "a study: every listed recipe, variant and sweep value x seed on one base run, with the "
+                "same budget; finished runs are kept; ablation.md/.json, share-of-gap chart beside the paper's, curves")
+    from clipkd.ablate.command import add_arguments as ablate_arguments
+
+    ablate_arguments(p)
+    p.set_defaults(fn=_cmd_ablate)
     p = command("report", "result JSONs -> markdown table + bar chart")
     p.add_argument("results", nargs="+", help="result JSON files (clip_benchmark layout)")
     p.add_argument("--out", default=".", help="folder for report.md and report.png")

@@ -1,0 +1,1 @@
+"""Ablation studies: every recipe x seed (and sweeps) on one base run, judged on val, reported on test."""

@@ -1,0 +1,115 @@
+"""`clipkd ablate -c study.yaml`: train every arm × seed of a study (finished runs are kept), evaluate the teacher
+once, and write ``ablation.md``, ``ablation.json``, ``ablation.png`` and ``curves.png``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from clipkd.errors import ConfigError
+
+TEACHER_FILE = "teacher.json"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `clipkd ablate` (nothing heavy imported)."""
+    p.add_argument("--config", "-c", required=True, help="study YAML (see configs/ablation-demo.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="check the study and list its runs; train nothing")
+
+
+def _teacher_scores(study, cfg) -> dict[str, float]:
+    """The teacher's val and test metric (computed once, kept in ``<out>/teacher.json``)."""
+    from clipkd.config import teacher_list
+    from clipkd.eval.runner import Benchmark
+    from clipkd.files import read_json, write_json
+    from clipkd.models.factory import create_encoder
+
+    path = Path(study.out) / TEACHER_FILE
+    sel = study.select
+    key = {"val": sel.val, "test": sel.test, "metric": sel.metric}
+    if path.is_file() and read_json(path).get("key") == key:
+        return read_json(path)["scores"]
+    teachers = teacher_list(cfg.teacher)
+    if len(teachers) != 1:
+        raise ConfigError("the study's base config needs exactly one teacher to measure the gap against")
+    t = teachers[0]
+    encoder = create_encoder(t.model, t.pretrained, t.image_mean, t.image_std, role="teacher").eval()
+    specs = {b.name: b for b in cfg.eval.benchmarks}
+    scores = {side: Benchmark(specs[name]).evaluate(encoder)[sel.metric] for side, name in (("val", sel.val),
+                                                                                             ("test", sel.test))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"key": key, "model": t.model, "pretrained": t.pretrained, "scores": scores})
+    return scores
+
+
+def _configs(study, base: dict) -> list[tuple[Any, Any]]:
+    """``(run, config)`` of every run, all validated before anything trains (one error for all problems)."""
+    from clipkd.ablate.runs import plan, run_config
+
+    planned, problems = [], []
+    for spec in plan(study):
+        try:
+            planned.append((spec, run_config(study, base, spec)))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return planned
+
+
+def run_study(study, log=print) -> dict[str, Any]:
+    """Train what is not finished, then summarise; the summary."""
+    from tqdm import tqdm
+
+    from clipkd.ablate.report import markdown, plots, summarise
+    from clipkd.ablate.runs import collect, finished, train
+    from clipkd.ablate.study import base_raw, check_selection
+    from clipkd.engine.builders import preflight
+    from clipkd.files import write_atomic, write_json
+
+    base = base_raw(study)
+    problem = check_selection(study, base)
+    if problem:
+        raise ConfigError(problem)
+    planned = _configs(study, base)
+    preflight(planned[0][1])  # models, data and teacher cache of the base, before any compute
+    results: dict[str, list[dict]] = {}
+    todo = [(s, c) for s, c in planned if finished(Path(c.run_dir)) is None]
+    log(f"study: {len(planned)} runs, {len(planned) - len(todo)} finished already")
+    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="study", unit="run") as bar:
+        for spec, cfg in planned:
+            result = finished(Path(cfg.run_dir))
+            if result is None:
+                bar.set_postfix_str(spec.name)
+                train(cfg)
+                result = collect(study, spec, cfg)
+                bar.update()
+            results.setdefault(spec.arm.name, []).append(result)
+    summary = summarise(results, _teacher_scores(study, planned[0][1]), study.baseline)
+    out = Path(study.out)
+    write_json(out / "ablation.json", {"summary": summary, "runs": results})
+    write_atomic(out / "ablation.md", ("# Ablation\n\n" + markdown(summary, study.select.metric)).encode("utf-8"))
+    plots(summary, results, out)
+    return summary
+
+
+def run_ablate(args: argparse.Namespace) -> int:
+    """`clipkd ablate`: check the study, then run it (or list it with --dry-run)."""
+    from clipkd.ablate.runs import finished, plan, run_dir
+    from clipkd.ablate.study import base_raw, check_selection, load_study
+
+    study = load_study(args.config)
+    if args.dry_run:
+        base = base_raw(study)
+        problem = check_selection(study, base)
+        if problem:
+            raise ConfigError(problem)
+        _configs(study, base)
+        for spec in plan(study):
+            state = "finished" if finished(run_dir(study, spec)) else "to train"
+            print(f"{spec.name}: {state}  {spec.arm.overrides}")
+        return 0
+    run_study(study)
+    print((Path(study.out) / "ablation.md").read_text())
+    return 0

@@ -1,0 +1,107 @@
+"""A study's table (``ablation.md`` / ``ablation.json``) and plots: the gap recovered per arm beside the paper's,
+and accuracy versus steps.
+
+The paper's figures (Yang et al., CVPR 2024, Table 1: ViT-B/16 teacher 36.99 → ViT-T/16 student, ImageNet
+zero-shot top-1) are on another scale, so both are compared as the share of the teacher–baseline gap recovered:
+``(arm - baseline) / (teacher - baseline)``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+PAPER = {"teacher": 36.99, "baseline": 30.55, "crd": 31.94, "fd": 34.23, "mfd": 34.09, "gd": 31.54, "icl": 33.11,
+         "afd": 31.42, "clipkd": 34.90}
+
+
+def paper_share(arm: str) -> Optional[float]:
+    """The paper's share of the gap recovered by recipe ``arm`` (None for arms the paper has no figure of)."""
+    if arm not in PAPER or arm in ("teacher",):
+        return None
+    return (PAPER[arm] - PAPER["baseline"]) / (PAPER["teacher"] - PAPER["baseline"])
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(results: dict[str, list[dict]], teacher: dict[str, float], baseline: str) -> dict[str, Any]:
+    """Per arm (in study order): val and test mean ± std over seeds, the test gain over ``baseline``, the share of
+    the teacher–baseline gap, the paper's share, and the cost per step relative to ``baseline``; plus the arm
+    that is best on val."""
+    base = results[baseline]
+    base_test = statistics.fmean(r["test"] for r in base)
+    base_speed = statistics.fmean(r["samples_per_s"] for r in base if r.get("samples_per_s"))
+    gap = teacher["test"] - base_test
+    rows = {}
+    for arm, runs in results.items():
+        (val, val_sd), (test, test_sd) = _mean_std([r["val"] for r in runs]), _mean_std([r["test"] for r in runs])
+        speeds = [r["samples_per_s"] for r in runs if r.get("samples_per_s")]
+        rows[arm] = {"seeds": [r["seed"] for r in runs], "val": val, "val_std": val_sd, "test": test,
+                     "test_std": test_sd, "gain": test - base_test, "share": (test - base_test) / gap if gap else None,
+                     "paper_share": paper_share(arm),
+                     "cost": base_speed / statistics.fmean(speeds) if speeds and base_speed else None}
+    best = max((a for a in rows if a != baseline), key=lambda a: rows[a]["val"], default=None)
+    return {"teacher": teacher, "baseline": baseline, "gap": gap, "arms": rows, "best_on_val": best}
+
+
+def _pct(x: Optional[float], sd: Optional[float] = None) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
+def markdown(summary: dict[str, Any], metric: str) -> str:
+    """The study's table."""
+    t = summary["teacher"]
+    lines = [f"Teacher: val {_pct(t['val'])}, test {_pct(t['test'])} ({metric}, %). Gap = teacher - "
+             f"{summary['baseline']} on test = {100 * summary['gap']:.1f} points. Best on val: "
+             f"`{summary['best_on_val']}`.", "",
+             f"| arm | val {metric} | test {metric} | gain (points) | share of gap | paper's share | cost per step |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, r in summary["arms"].items():
+        share = "-" if r["share"] is None else f"{round(r['share'], 2) + 0.0:.0%}"  # no "-0%"
+        paper = "-" if r["paper_share"] is None else f"{r['paper_share']:.0%}"
+        cost = "-" if r["cost"] is None else f"{r['cost']:.2f}"
+        lines.append(f"| {arm} | {_pct(r['val'], r['val_std'])} | {_pct(r['test'], r['test_std'])} | "
+                     f"{100 * r['gain']:+.1f} | {share} | {paper} | {cost} |")
+    lines += ["", f"Mean ± std over seeds; cost per step = {summary['baseline']}'s samples/s ÷ the arm's "
+              "(training from the same data, measured in the same study)."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(summary: dict[str, Any], results: dict[str, list[dict]], out: Path) -> list[Path]:
+    """``ablation.png`` (share of the gap, ours beside the paper's) and ``curves.png`` (test metric vs steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    arms = [a for a in summary["arms"] if a != summary["baseline"]]
+    fig = Figure(figsize=(max(6, 0.8 * len(arms)), 4))
+    ax = fig.add_subplot()
+    xs = range(len(arms))
+    ax.bar([x - 0.2 for x in xs], [100 * (summary["arms"][a]["share"] or 0) for a in arms], 0.4, label="this study")
+    ax.bar([x + 0.2 for x in xs], [100 * (summary["arms"][a]["paper_share"] or 0) for a in arms], 0.4,
+           label="paper (ViT-B/16 → ViT-T/16, ImageNet)")
+    ax.set_xticks(list(xs), arms, rotation=30, ha="right")
+    ax.set_ylabel("share of the teacher-baseline gap (%)")
+    ax.axhline(0, color="black", linewidth=0.5)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "ablation.png", dpi=120)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for arm, runs in results.items():
+        steps = [p["step"] for p in runs[0]["curve"]]
+        means = [statistics.fmean(r["curve"][i]["test"] for r in runs if i < len(r["curve"])) for i in range(len(steps))]
+        ax.plot(steps, [100 * m for m in means], marker=".", label=arm)
+    ax.axhline(100 * summary["teacher"]["test"], color="black", linestyle="--", label="teacher")
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=120)
+    return [out / "ablation.png", out / "curves.png"]

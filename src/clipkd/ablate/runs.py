@@ -1,0 +1,100 @@
+"""The runs of a study: one per arm and seed, each a normal `clipkd train` run under ``<out>/runs/<arm>-seed<N>``.
+
+A run is finished when its ``result.json`` exists (written after training and its last evaluation); finished runs
+are never trained again, an interrupted one resumes from its latest checkpoint, and a folder holding a run of
+another config (the study changed) is moved aside and trained anew.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from clipkd.ablate.study import Arm, StudyConfig, arms
+from clipkd.config import TrainConfig, apply_overrides, validate_config
+from clipkd.errors import ConfigError
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    arm: Arm
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm.name}-seed{self.seed}"
+
+
+def plan(study: StudyConfig) -> list[RunSpec]:
+    """Every run of the study: each arm once per seed, in arm order."""
+    return [RunSpec(arm, seed) for arm in arms(study) for seed in study.seeds]
+
+
+def run_dir(study: StudyConfig, spec: RunSpec) -> Path:
+    return Path(study.out) / "runs" / spec.name
+
+
+def run_config(study: StudyConfig, base: dict[str, Any], spec: RunSpec) -> TrainConfig:
+    """The base config with the arm's overrides, the seed, the run folder and evaluations along the run."""
+    raw = copy.deepcopy(base)
+    steps = int(raw.get("optim", {}).get("steps", 1))
+    items = {**spec.arm.overrides, "seed": spec.seed, "run_dir": str(run_dir(study, spec)),
+             "eval.every_steps": max(1, steps // study.curve_points)}
+    try:
+        apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in items.items()])
+        return validate_config(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"run {spec.name}: {exc}") from None
+
+
+def finished(folder: Path) -> Optional[dict]:
+    """The result of a finished run, or None."""
+    path = folder / RESULT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def train(cfg: TrainConfig) -> None:
+    """Train, or finish an interrupted run of the same config; a run of another config is moved aside."""
+    from clipkd.engine.trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg, resume="latest")
+    except ConfigError:
+        trainer = Trainer(cfg, overwrite=True)
+    trainer.fit()
+
+
+def _samples_per_s(rows: list[dict]) -> Optional[float]:
+    speeds = [r["train/samples_per_s"] for r in rows if "train/samples_per_s" in r][1:]  # the first holds start-up
+    return statistics.median(speeds) if speeds else None
+
+
+def collect(study: StudyConfig, spec: RunSpec, cfg: TrainConfig) -> dict:
+    """The run's result from its ``metrics.jsonl``: the val/test metric along the steps and at the end, and its
+    training speed; written as ``result.json``."""
+    from clipkd.engine.logger import read_metrics
+    from clipkd.files import write_json
+
+    sel = study.select
+    rows = read_metrics(cfg.run_dir)
+    keys = {side: f"eval/{name}/{sel.metric}" for side, name in (("val", sel.val), ("test", sel.test))}
+    by_step: dict[int, dict] = {}  # each benchmark is logged on its own row
+    for r in rows:
+        found = {side: r[k] for side, k in keys.items() if k in r}
+        if found:
+            by_step.setdefault(r["step"], {"step": r["step"]}).update(found)
+    curve = [by_step[s] for s in sorted(by_step)]
+    if not curve or any(side not in curve[-1] for side in keys):
+        raise ConfigError(f"run {spec.name}: no {sel.metric} of {sel.val} and {sel.test} logged "
+                          f"(are they in eval.benchmarks?)")
+    result = {"arm": spec.arm.name, "seed": spec.seed, "overrides": spec.arm.overrides, "steps": cfg.optim.steps,
+              "val": curve[-1]["val"], "test": curve[-1]["test"], "curve": curve,
+              "samples_per_s": _samples_per_s(rows)}
+    write_json(Path(cfg.run_dir) / RESULT_FILE, result)
+    return result

@@ -1,0 +1,146 @@
+"""The study config of `clipkd ablate`: which runs to train on one base run, and how to judge them.
+
+A study is a base run config (a train YAML) plus *arms*: each listed recipe, each named variant (overrides on top
+of the base, e.g. a recipe without its task loss), and each value of each sweep (one override key over a list of
+values, on top of one arm). Every arm trains once per seed with the same budget. Runs are judged on two zero-shot
+benchmarks of the base config's ``eval.benchmarks``: ``select.val`` (for choosing settings) and ``select.test``
+(for reporting), by ``select.metric``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from clipkd.config import _Strict, error_lines
+from clipkd.errors import ConfigError
+
+
+class Selection(_Strict):
+    """The benchmarks (names in the base config's ``eval.benchmarks``) and the metric that judge the runs."""
+
+    val: str = Field(description="benchmark used to choose settings (never the test one)")
+    test: str = Field(description="benchmark the table reports")
+    metric: str = Field("acc1", description="metric of both benchmarks")
+
+
+class Sweep(_Strict):
+    """One override key over a list of values, on top of arm ``arm`` (a recipe or variant of the study)."""
+
+    arm: str
+    key: str = Field(description="dotted config key, e.g. distill.weights.fd")
+    values: list[Any] = Field(min_length=1)
+
+
+class StudyConfig(_Strict):
+    base: str = Field(description="the base run config (a `clipkd train` YAML), relative to the study file")
+    out: str = Field(description="study folder: runs/, ablation.md, ablation.json, plots")
+    recipes: list[str] = Field(default_factory=list, description="recipes trained as arms of their own name")
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> dotted overrides")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    sweeps: dict[str, Sweep] = Field(default_factory=dict)
+    select: Selection
+    baseline: str = Field("baseline", description="the arm the gains and gap shares are measured from")
+    curve_points: int = Field(8, ge=1, description="evaluations per run (accuracy-versus-steps curves)")
+
+    @field_validator("recipes")
+    @classmethod
+    def _known_recipes(cls, recipes: list[str]) -> list[str]:
+        from clipkd.losses.recipes import RECIPES, unknown_recipe_message
+
+        for name in recipes:
+            if name not in RECIPES:
+                raise ValueError(unknown_recipe_message(name))
+        if len(set(recipes)) != len(recipes):
+            raise ValueError("a recipe is listed twice")
+        return recipes
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One trained setting: its name and its overrides (dotted key -> value) on top of the base config."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def arms(study: StudyConfig) -> list[Arm]:
+    """Every arm of the study in order: recipes, variants, then each sweep value."""
+    found = [Arm(r, {"distill.recipe": r}) for r in study.recipes]
+    found += [Arm(name, dict(ov)) for name, ov in study.variants.items()]
+    by_name = {a.name: a for a in found}
+    for sweep_name, sweep in study.sweeps.items():
+        base = by_name[sweep.arm]
+        for value in sweep.values:
+            found.append(Arm(f"{sweep_name}={_short(value)}", {**base.overrides, sweep.key: value}))
+    return found
+
+
+def _short(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def _problems(study: StudyConfig) -> list[str]:
+    names = [*study.recipes, *study.variants]
+    problems = [f"variants.{n}: also the name of a recipe of the study" for n in study.variants if n in study.recipes]
+    problems += [f"sweeps.{s}.arm: '{sw.arm}' is not a recipe or variant of the study ({', '.join(names)})"
+                 for s, sw in study.sweeps.items() if sw.arm not in names]
+    if study.baseline not in names:
+        problems.append(f"baseline: '{study.baseline}' is not a recipe or variant of the study")
+    if study.select.val == study.select.test:
+        problems.append("select.val and select.test name the same benchmark: settings chosen on the test set")
+    if not names:
+        problems.append("recipes / variants: the study trains nothing")
+    return problems
+
+
+def load_study(path: Union[str, Path]) -> StudyConfig:
+    """Read and validate a study YAML; ``base`` and ``out`` become absolute (relative to the file's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    try:
+        study = StudyConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{path}: " + "; ".join(f"{f}: {m}" if f else m for f, m in error_lines(err))) from None
+    problems = _problems(study)
+    if problems:
+        raise ConfigError(f"{path}: " + "; ".join(problems))
+    folder = Path(os.path.abspath(path)).parent
+    return study.model_copy(update={"base": str(folder / study.base), "out": str(folder / study.out)})
+
+
+def base_raw(study: StudyConfig) -> dict[str, Any]:
+    """The base run config as a plain dict, paths absolute (as ``clipkd train`` reads it)."""
+    from clipkd.config_paths import resolve_paths
+
+    path = Path(study.base)
+    if not path.is_file():
+        raise ConfigError(f"base: run config not found: {path}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return resolve_paths(raw, path.parent)
+
+
+def benchmark_names(raw: dict[str, Any]) -> list[str]:
+    return [b.get("name") for b in raw.get("eval", {}).get("benchmarks", []) if isinstance(b, dict)]
+
+
+def check_selection(study: StudyConfig, raw: dict[str, Any]) -> Optional[str]:
+    """A problem with ``select`` against the base config's benchmarks, or None."""
+    names = benchmark_names(raw)
+    missing = [b for b in (study.select.val, study.select.test) if b not in names]
+    if missing:
+        return (f"select: {', '.join(repr(m) for m in missing)} not among the base config's eval.benchmarks "
+                f"({', '.join(map(str, names)) or 'none'})")
+    return None

@@ -1,0 +1,95 @@
+"""`clipkd ablate`: a tiny study end to end, resumed without re-running finished runs, and its refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from clipkd.cli import main
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 40),
+           "purple": (130, 40, 160), "black": (15, 15, 15), "white": (240, 240, 240), "orange": (240, 140, 20)}
+
+
+def _folder(root, seed):
+    rng = np.random.default_rng(seed)
+    for name, rgb in COLOURS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = np.clip(np.array(rgb) + rng.integers(-30, 30, (40, 40, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    from clipkd.data.synthetic import write_csv
+
+    root = tmp_path_factory.mktemp("study")
+    benches = [{"name": name, "task": "zeroshot", "format": "folder", "path": _folder(root / name, seed),
+                "batch_size": 8} for name, seed in (("val", 1), ("test", 2))]
+    base = {"teacher": {"model": "clipkd-tiny-teacher"}, "student": {"model": "clipkd-tiny-vit"},
+            "data": {"format": "csv", "train": write_csv(root / "pairs", 32, size=40), "batch_size": 16,
+                     "workers": 0},
+            "optim": {"steps": 4, "warmup_steps": 1}, "checkpoint": {"every_steps": 4},
+            "logging": {"every_steps": 1, "progress": False, "tensorboard": False},
+            "eval": {"benchmarks": benches}, "run_dir": "unused", "device": "cpu"}
+    (root / "base.yaml").write_text(yaml.safe_dump(base))
+    return root
+
+
+def _study(root, **extra):
+    study = {"base": "base.yaml", "out": "out", "recipes": ["baseline", "fd"], "seeds": [0], "curve_points": 2,
+             "select": {"val": "val", "test": "test"}, **extra}
+    path = root / f"study-{len(extra)}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_study_runs_resumes_and_reports(study_dir, monkeypatch, capsys):
+    import clipkd.ablate.runs as runs
+
+    assert main(["ablate", "-c", str(_study(study_dir))]) == 0
+    out = study_dir / "out"
+    data = json.loads((out / "ablation.json").read_text())
+    summary, results = data["summary"], data["runs"]
+    assert list(summary["arms"]) == ["baseline", "fd"] and summary["best_on_val"] == "fd"
+    for arm in ("baseline", "fd"):
+        (run,) = results[arm]
+        assert [p["step"] for p in run["curve"]] == [2, 4]  # curve_points 2 over 4 steps
+        logged = [json.loads(line) for line in (out / "runs" / f"{arm}-seed0" / "metrics.jsonl").open()]
+        assert run["test"] == [r for r in logged if "eval/test/acc1" in r][-1]["eval/test/acc1"]
+    teacher = json.loads((out / "teacher.json").read_text())["scores"]
+    base, fd = results["baseline"][0]["test"], results["fd"][0]["test"]
+    expected = (fd - base) / (teacher["test"] - base) if teacher["test"] != base else None
+    assert summary["arms"]["fd"]["share"] == pytest.approx(expected)
+    assert summary["arms"]["fd"]["paper_share"] == pytest.approx((34.23 - 30.55) / (36.99 - 30.55))
+    md = (out / "ablation.md").read_text()
+    assert "| fd |" in md and "| baseline |" in md and "57%" in md  # the paper's share of FD
+    for name in ("ablation.png", "curves.png"):
+        assert (out / name).stat().st_size > 0
+
+    trained = []
+    monkeypatch.setattr(runs, "train", lambda cfg: trained.append(cfg.run_dir) or pytest.fail("re-trained"))
+    assert main(["ablate", "-c", str(_study(study_dir))]) == 0  # everything finished: nothing trains
+    assert json.loads((out / "ablation.json").read_text())["runs"] == results
+    monkeypatch.undo()
+    real = runs.train
+    monkeypatch.setattr(runs, "train", lambda cfg: trained.append(cfg.run_dir) or real(cfg))
+    assert main(["ablate", "-c", str(_study(study_dir, variants={"fd-notask": {
+        "distill.weights": {"fd": 2000}}}))]) == 0
+    assert [p.rsplit("/", 1)[-1] for p in trained] == ["fd-notask-seed0"]  # only the new arm
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"select": {"val": "test", "test": "test"}}, "select.val and select.test name the same benchmark"),
+    ({"recipes": ["baseline", "fdd"]}, "fdd"),
+    ({"sweeps": {"w": {"arm": "nope", "key": "distill.weights.fd", "values": [1]}}}, "sweeps.w.arm"),
+    ({"select": {"val": "val", "test": "imagenet"}}, "'imagenet' not among the base config's eval.benchmarks"),
+    ({"variants": {"bad": {"optim.lrr": 1}}}, "run bad-seed0"),
+])
+def test_study_refusals(study_dir, extra, message, capsys):
+    assert main(["ablate", "-c", str(_study(study_dir, **extra)), "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
