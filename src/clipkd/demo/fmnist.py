@@ -190,9 +190,13 @@ def _seed(seed: int, split: int) -> int:
     return int(np.random.SeedSequence([seed, split]).generate_state(1)[0])
 
 
+SPLITS = ("train", "val", "val_zeroshot", "test", "test_zeroshot")
+
+
 def build_splits(source: Optional[Path], *, train: int, val: int, test: int, scene_fraction: float = 0.3,
                  seed: int = 0) -> dict[str, list[Sample]]:
-    """train/val from the idx train split (val from its last ``val`` items), test and test_zeroshot from t10k."""
+    """train/val/val_zeroshot from the idx train split (the val splits from its last ``val`` items), test and
+    test_zeroshot from t10k. The ``*_zeroshot`` splits hold single items only (a class each)."""
     images, labels = load_split(source, "train")
     if not 0 <= val < len(images):
         raise ValueError(f"val must be in [0, {len(images)}), got {val}")
@@ -204,6 +208,8 @@ def build_splits(source: Optional[Path], *, train: int, val: int, test: int, sce
                             seed=_seed(seed, 0), key_prefix="train"),
         "val": make_split(images, labels, count=val, scene_fraction=scene_fraction, seed=_seed(seed, 1),
                           key_prefix="val", start=cut, **held),
+        "val_zeroshot": make_split(images, labels, count=val, scene_fraction=0.0, seed=_seed(seed, 4),
+                                   key_prefix="val_zeroshot", start=cut, **held),
     }
     images, labels = load_split(source, "test")
     splits["test"] = make_split(images, labels, count=test, scene_fraction=scene_fraction, seed=_seed(seed, 2),
@@ -240,7 +246,8 @@ def write_shards(samples: list[Sample], out_dir: Path, per_shard: int = 1000) ->
 
 
 def _params(source: Path, train: int, val: int, test: int, seed: int, scene_fraction: float) -> dict:
-    return {"train": train, "val": val, "test": test, "seed": seed, "scene_fraction": scene_fraction,
+    return {"splits": list(SPLITS), "train": train, "val": val, "test": test, "seed": seed,
+            "scene_fraction": scene_fraction,
             "source": str(source), "classnames": CLASSNAMES, "templates": TRAIN_TEMPLATES,
             "test_templates": TEST_TEMPLATES, "pair_templates": TRAIN_PAIR_TEMPLATES,
             "test_pair_templates": TEST_PAIR_TEMPLATES, "prompt_templates": PROMPT_TEMPLATES}
