@@ -29,10 +29,13 @@ def test_lit_teacher_is_heterogeneous_and_frozen():
 
 
 @needs_fmnist
-def test_quick_demo_end_to_end(tmp_path, capsys):
+def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch):
     from clipkd.cli import main
 
-    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    work = tmp_path
+    monkeypatch.chdir(work)
+    tmp_path = work / "demo"
+    assert main(["demo", "--quick", "--out", "demo"]) == 0  # a relative --out, as `make demo` gives
     report = json.loads((tmp_path / "report.json").read_text())
     assert {"teacher", "baseline", "clipkd"} <= set(report)
     for row in ("teacher", "baseline", "clipkd"):
@@ -52,3 +55,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert card["models"][1]["model"] == "lit-effnetlite0-minilm" and card["models"][1]["latency_ms"]["onnxruntime"]
     md = (tmp_path / "report.md").read_text()
     assert "## Deployment" in md and "| GFLOPs per image |" in md
+    # the base of the shipped ablation study: read from another folder, its runs check out (paths, models, cache)
+    (work / "study").mkdir()
+    (work / "study" / "s.yaml").write_text("base: ../demo/ablation-base.yaml\nout: out\nrecipes: [baseline, fd]\n"
+                                           "select: {val: fashion-mnist-val, test: fashion-mnist}\n")
+    monkeypatch.chdir(work / "study")
+    assert main(["ablate", "-c", "s.yaml", "--dry-run"]) == 0
+    assert "fd-seed0: to train" in capsys.readouterr().out

@@ -307,3 +307,19 @@ def test_two_processes_from_the_cache_equal_one_process_with_the_same_global_bat
     row = read_metrics(two.run_dir, "train")[0]
     for name in ("loss", "task", "crd", "icl", "fd"):
         assert row[f"train/{name}"] == pytest.approx(one.history[0][name], rel=1e-5, abs=1e-6), name
+
+
+def test_a_cache_built_from_relative_shard_paths_serves_the_same_shards_named_absolutely(data, weights, tmp_path,
+                                                                                       monkeypatch):
+    """`clipkd demo --out runs/demo` builds from relative paths; a config naming the same shards absolutely (the
+    ablation base, or a run started from another folder) is the same data."""
+    from clipkd.reinforce.build import run_build
+    from clipkd.reinforce.settings import BuildOptions
+
+    root = Path(data["webdataset"]).parent.parent
+    monkeypatch.chdir(root)
+    cfg = load_config(None, overrides(data, weights[0], "webdataset"))
+    relative = str(Path(data["webdataset"]).relative_to(root))
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": relative})})
+    run_build(cfg, BuildOptions(out=tmp_path / "cache", views=1, dtype="fp32", batch_size=8))
+    Trainer(run_config(data, weights[0], tmp_path / "cache", tmp_path, "webdataset", **{"distill.cache_views": 1}))

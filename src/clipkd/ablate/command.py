@@ -105,7 +105,9 @@ def run_ablate(args: argparse.Namespace) -> int:
         problem = check_selection(study, base)
         if problem:
             raise ConfigError(problem)
-        _configs(study, base)
+        from clipkd.engine.builders import preflight
+
+        preflight(_configs(study, base)[0][1])  # models, data and teacher cache exist and fit
         for spec in plan(study):
             state = "finished" if finished(run_dir(study, spec)) else "to train"
             print(f"{spec.name}: {state}  {spec.arm.overrides}")

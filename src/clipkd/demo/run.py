@@ -103,8 +103,11 @@ def write_ablation_base(out: Path, config: dict, data_dir: Path, data: dict) -> 
     base = {**config, "run_dir": str(out / "runs" / "ablation-base"),
             "logging": {**config["logging"], "progress": False},
             "eval": {"benchmarks": [s.model_dump(mode="json", exclude_none=True) for s in specs]}}
+    from clipkd.config_paths import resolve_paths
+
     path = out / ABLATION_BASE
-    path.write_text(yaml.safe_dump(base, sort_keys=False), encoding="utf-8")
+    absolute = resolve_paths(base, Path.cwd())  # read from its own folder, the file must not hold relative paths
+    path.write_text(yaml.safe_dump(absolute, sort_keys=False), encoding="utf-8")
     return path
 
 

@@ -11,6 +11,7 @@ from clipkd.config import DataConfig, ModelConfig
 from clipkd.data.sources import RawSample, expand_shards
 from clipkd.files import quick_digest, sha256_file
 from clipkd.reinforce.format import SidecarReader
+from clipkd.reinforce.plan import shard_location
 from clipkd.reinforce.identity import config_identity
 from clipkd.reinforce.rows import record_fingerprint
 from clipkd.reinforce.settings import FORMAT_VERSION
@@ -31,10 +32,11 @@ def _teacher_problems(i: int, saved: dict[str, Any], mc: ModelConfig) -> list[st
 
 
 def _shard_problems(data: dict[str, Any], dc: DataConfig) -> list[str]:
-    shards = expand_shards(dc.train)
-    if shards != data["shards"]:
-        first = next((f"{a} vs {b}" for a, b in zip(data["shards"], shards) if a != b), "one list is longer")
-        return [f"data.train: other shard list ({len(data['shards'])} shards in the cache, {len(shards)} now; "
+    shards = [shard_location(u) for u in expand_shards(dc.train)]
+    saved = [shard_location(u) for u in data["shards"]]  # a cache built from relative paths (older builds)
+    if shards != saved:
+        first = next((f"{a} vs {b}" for a, b in zip(saved, shards) if a != b), "one list is longer")
+        return [f"data.train: other shard list ({len(saved)} shards in the cache, {len(shards)} now; "
                 f"first difference: {first})"]
     out = []
     for entry in data["sidecars"]:

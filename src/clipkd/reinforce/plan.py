@@ -6,6 +6,8 @@ webdataset: one sidecar per tar shard, in the order of the expanded shard list. 
 
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -41,6 +43,12 @@ class SidecarSpec:
         return {"source": self.source, "data_bytes": local.stat().st_size, "data_digest": quick_digest(local)}
 
 
+def shard_location(url: str) -> str:
+    """A shard URL as the cache records it: a local path made absolute (the same shard named from any folder);
+    ``pipe:`` commands and ``scheme://`` URLs as they are."""
+    return url if "://" in url or url.startswith("pipe:") else os.path.abspath(url)
+
+
 def local_shard(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:") and Path(url).is_file()
 
@@ -50,8 +58,9 @@ class ShardPlan:
 
     def __init__(self, dc: DataConfig):
         self.source = ShardSource(dc.train)
-        self.sidecars = [SidecarSpec(i, url) for i, url in enumerate(self.source.shards)]
-        self.identity: dict[str, Any] = {"format": "webdataset", "shards": list(self.source.shards)}
+        self.sidecars = [SidecarSpec(i, shard_location(url)) for i, url in enumerate(self.source.shards)]
+        self.identity: dict[str, Any] = {"format": "webdataset",
+                                         "shards": [shard_location(u) for u in self.source.shards]}
 
     def chunks(self, wanted: Sequence[int]) -> Iterator[Chunk]:
         """(sidecar, its records in file order) for each wanted sidecar, in index order."""
