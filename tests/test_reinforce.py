@@ -362,6 +362,26 @@ def test_interrupted_build_resumes_to_identical_files(csv_bf16, data, weights, t
     assert again.built == [1] and _files(out) == _files(reference)
 
 
+def test_a_shard_replaced_under_its_name_is_built_again_and_then_trains(data, weights, tmp_path):
+    """A re-run after a shard was rewritten in place (the demo rewrites its shards when its splits change) must not
+    call the stale sidecar finished: training from it would be refused."""
+    from clipkd.engine.trainer import Trainer
+
+    shards = tmp_path / "wds"
+    shutil.copytree(Path(data["webdataset"]).parent, shards)
+    local = {**data, "webdataset": str(shards / "shard-{00000..00002}.tar")}
+    out = tmp_path / "cache"
+    assert build(out, local, weights[0], fmt="webdataset", views=1).built == [0, 1, 2]
+    with tarfile.open(shards / "shard-00001.tar", "a") as tar:  # the same name, new bytes
+        info = tarfile.TarInfo("zz.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"extra"))
+    again = build(out, local, weights[0], fmt="webdataset", views=1)
+    assert again.built == [1] and again.skipped == 2
+    Trainer(load_config(None, overrides(local, weights[0], "webdataset", **{
+        "run_dir": str(tmp_path / "run"), "distill.teacher_cache": str(out), "data.max_skip_fraction": 1.0})))
+
+
 @pytest.mark.parametrize("change, named", [
     ({"views": 3}, "views: 2 -> 3"),
     ({"dtype": "fp16"}, "dtype: 'bf16' -> 'fp16'"),

@@ -41,9 +41,14 @@ def make_receipt(out: Path, spec: SidecarSpec, records: int, usable: int, unusab
 
 
 def finished(out: Path, spec: SidecarSpec) -> bool:
-    """Whether a sidecar is built: its receipt exists and its file has the size the receipt says."""
+    """Whether a sidecar is built and current: its receipt exists, its file has the size the receipt says, and the
+    data it mirrors is the same (source, CSV rows, a local shard's size and quick digest): a shard replaced under
+    the same name since is built again."""
     receipt, file = receipt_path(out, spec), out / spec.file
-    return receipt.is_file() and file.is_file() and read_json(receipt).get("file_bytes") == file.stat().st_size
+    if not (receipt.is_file() and file.is_file()):
+        return False
+    saved = read_json(receipt)
+    return saved.get("file_bytes") == file.stat().st_size and all(saved.get(k) == v for k, v in spec.describe().items())
 
 
 def write_manifest(out: Path, settings: dict[str, Any], teachers: Sequence[dict[str, Any]],
