@@ -89,6 +89,7 @@ def test_study_runs_resumes_and_reports(study_dir, monkeypatch, capsys):
     ({"sweeps": {"w": {"arm": "nope", "key": "distill.weights.fd", "values": [1]}}}, "sweeps.w.arm"),
     ({"select": {"val": "val", "test": "imagenet"}}, "'imagenet' not among the base config's eval.benchmarks"),
     ({"variants": {"bad": {"optim.lrr": 1}}}, "run bad-seed0"),
+    ({"sweeps": {"w": {"arm": "fd", "key": "distill.weights.fd", "values": [1.0]}}}, "no explicit distill.weights"),
 ])
 def test_study_refusals(study_dir, extra, message, capsys):
     assert main(["ablate", "-c", str(_study(study_dir, **extra)), "--dry-run"]) == 2

@@ -90,6 +90,12 @@ def _problems(study: StudyConfig) -> list[str]:
     problems = [f"variants.{n}: also the name of a recipe of the study" for n in study.variants if n in study.recipes]
     problems += [f"sweeps.{s}.arm: '{sw.arm}' is not a recipe or variant of the study ({', '.join(names)})"
                  for s, sw in study.sweeps.items() if sw.arm not in names]
+    explicit = {**{r: {} for r in study.recipes}, **study.variants}
+    for s, sw in study.sweeps.items():
+        if sw.key.startswith("distill.weights.") and "distill.weights" not in explicit.get(sw.arm, {"distill.weights": 1}):
+            problems.append(f"sweeps.{s}: {sw.key} on '{sw.arm}', which has no explicit distill.weights, would replace "
+                            f"the recipe's weights with that one term; sweep a variant with explicit weights, e.g. "
+                            f"{{distill.weights: {{task: 1.0, fd: 2000.0}}}}")
     if study.baseline not in names:
         problems.append(f"baseline: '{study.baseline}' is not a recipe or variant of the study")
     if study.select.val == study.select.test:
@@ -118,7 +124,8 @@ def load_study(path: Union[str, Path]) -> StudyConfig:
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     folder = Path(os.path.abspath(path)).parent
-    return study.model_copy(update={"base": str(folder / study.base), "out": str(folder / study.out)})
+    return study.model_copy(update={"base": os.path.normpath(folder / study.base),
+                                    "out": os.path.normpath(folder / study.out)})
 
 
 def base_raw(study: StudyConfig) -> dict[str, Any]:
