@@ -74,6 +74,7 @@ def run_study(study, log=print) -> dict[str, Any]:
         raise ConfigError(problem)
     planned = _configs(study, base)
     preflight(planned[0][1])  # models, data and teacher cache of the base, before any compute
+    teacher = _teacher_scores(study, planned[0][1])  # before hours of training: its problems come first
     results: dict[str, list[dict]] = {}
     todo = [(s, c) for s, c in planned if finished(Path(c.run_dir)) is None]
     log(f"study: {len(planned)} runs, {len(planned) - len(todo)} finished already")
@@ -86,7 +87,7 @@ def run_study(study, log=print) -> dict[str, Any]:
                 result = collect(study, spec, cfg)
                 bar.update()
             results.setdefault(spec.arm.name, []).append(result)
-    summary = summarise(results, _teacher_scores(study, planned[0][1]), study.baseline)
+    summary = summarise(results, teacher, study.baseline)
     out = Path(study.out)
     write_json(out / "ablation.json", {"summary": summary, "runs": results})
     write_atomic(out / "ablation.md", ("# Ablation\n\n" + markdown(summary, study.select.metric)).encode("utf-8"))
