@@ -94,3 +94,24 @@ def test_study_runs_resumes_and_reports(study_dir, monkeypatch, capsys):
 def test_study_refusals(study_dir, extra, message, capsys):
     assert main(["ablate", "-c", str(_study(study_dir, **extra)), "--dry-run"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_summary_against_numpy():
+    """Means, sample standard deviations, gains, shares of the gap, costs and the val choice, recomputed with
+    numpy from hand-made results (the test scores differ from the val ones on purpose)."""
+    from clipkd.ablate.report import summarise
+
+    runs = {"baseline": [(0.70, 0.72, 100.0), (0.74, 0.70, 110.0)], "fd": [(0.80, 0.76, 50.0), (0.78, 0.78, 60.0)],
+            "crd": [(0.82, 0.71, 100.0), (0.60, 0.73, 100.0)]}
+    results = {arm: [{"seed": i, "val": v, "test": t, "samples_per_s": sps} for i, (v, t, sps) in enumerate(rows)]
+               for arm, rows in runs.items()}
+    summary = summarise(results, {"val": 0.85, "test": 0.81}, "baseline")
+    base = np.mean([0.72, 0.70])
+    for arm, rows in runs.items():
+        row, test = summary["arms"][arm], np.array([t for _, t, _ in rows])
+        assert row["test"] == pytest.approx(test.mean()) and row["test_std"] == pytest.approx(test.std(ddof=1))
+        assert row["gain"] == pytest.approx(test.mean() - base)
+        assert row["share"] == pytest.approx((test.mean() - base) / (0.81 - base))
+        assert row["cost"] == pytest.approx(105.0 / np.mean([sps for _, _, sps in rows]))
+    assert summary["best_on_val"] == "fd"  # crd's val mean 0.71 < fd's 0.79, whatever their test scores
+    assert summary["arms"]["crd"]["paper_share"] == pytest.approx((31.94 - 30.55) / (36.99 - 30.55))
