@@ -115,3 +115,33 @@ def test_summary_against_numpy():
         assert row["cost"] == pytest.approx(105.0 / np.mean([sps for _, _, sps in rows]))
     assert summary["best_on_val"] == "fd"  # crd's val mean 0.71 < fd's 0.79, whatever their test scores
     assert summary["arms"]["crd"]["paper_share"] == pytest.approx((31.94 - 30.55) / (36.99 - 30.55))
+
+
+def test_a_stopped_run_is_not_a_result_and_the_study_continues_from_it(study_dir, monkeypatch, capsys):
+    """SIGTERM during a run: it checkpoints and stops (the trainer's rule); the study stops too, writes no result
+    for it, and the next invocation trains it to the end. A run whose evaluations end early is not collected."""
+    import clipkd.ablate.runs as runs
+    from clipkd.ablate.study import load_study
+    from clipkd.errors import ConfigError
+
+    path = _study(study_dir, out="stopped")
+    real = runs.train
+
+    def stopped_half_way(cfg):  # trains half of the steps, as a pre-empted run has, and reports the signal
+        real(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": 2})}))
+        return "SIGTERM"
+
+    monkeypatch.setattr(runs, "train", stopped_half_way)
+    assert main(["ablate", "-c", str(path)]) == 0
+    assert "study stopped by SIGTERM during baseline-seed0" in capsys.readouterr().out
+    out = study_dir / "stopped"
+    assert not (out / "runs" / "baseline-seed0" / "result.json").exists() and not (out / "ablation.json").exists()
+    study = load_study(path)
+    spec = runs.plan(study)[0]
+    with pytest.raises(ConfigError, match="last evaluation is at step 2, not at the end"):
+        runs.collect(study, spec, runs.run_config(study, yaml.safe_load((study_dir / "base.yaml").read_text()),
+                                                  spec))
+    monkeypatch.setattr(runs, "train", real)
+    assert main(["ablate", "-c", str(path)]) == 0
+    result = json.loads((out / "runs" / "baseline-seed0" / "result.json").read_text())
+    assert result["curve"][-1]["step"] == 4

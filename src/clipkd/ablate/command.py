@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from clipkd.errors import ConfigError
 
@@ -58,8 +58,8 @@ def _configs(study, base: dict) -> list[tuple[Any, Any]]:
     return planned
 
 
-def run_study(study, log=print) -> dict[str, Any]:
-    """Train what is not finished, then summarise; the summary."""
+def run_study(study, log=print) -> Optional[dict[str, Any]]:
+    """Train what is not finished, then summarise; the summary (None when a signal stopped the study)."""
     from tqdm import tqdm
 
     from clipkd.ablate.report import markdown, plots, summarise
@@ -83,7 +83,10 @@ def run_study(study, log=print) -> dict[str, Any]:
             result = finished(Path(cfg.run_dir))
             if result is None:
                 bar.set_postfix_str(spec.name)
-                train(cfg)
+                stopped = train(cfg)
+                if stopped:  # pre-empted: its checkpoint is written; the study continues from it next time
+                    log(f"study stopped by {stopped} during {spec.name}; run the same command to continue")
+                    return None
                 result = collect(study, spec, cfg)
                 bar.update()
             results.setdefault(spec.arm.name, []).append(result)
@@ -113,6 +116,6 @@ def run_ablate(args: argparse.Namespace) -> int:
             state = "finished" if finished(run_dir(study, spec)) else "to train"
             print(f"{spec.name}: {state}  {spec.arm.overrides}")
         return 0
-    run_study(study)
-    print((Path(study.out) / "ablation.md").read_text())
+    if run_study(study) is not None:
+        print((Path(study.out) / "ablation.md").read_text())
     return 0

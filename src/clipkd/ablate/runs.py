@@ -59,15 +59,16 @@ def finished(folder: Path) -> Optional[dict]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def train(cfg: TrainConfig) -> None:
-    """Train, or finish an interrupted run of the same config; a run of another config is moved aside."""
+def train(cfg: TrainConfig) -> Optional[str]:
+    """Train, or finish an interrupted run of the same config; a run of another config is moved aside. Returns
+    what stopped it early (a signal: SIGTERM, SIGINT; it wrote a checkpoint), or None when it ran to the end."""
     from clipkd.engine.trainer import Trainer
 
     try:
         trainer = Trainer(cfg, resume="latest")
     except ConfigError:
         trainer = Trainer(cfg, overwrite=True)
-    trainer.fit()
+    return trainer.fit().stopped_by
 
 
 def _samples_per_s(rows: list[dict]) -> Optional[float]:
@@ -93,6 +94,9 @@ def collect(study: StudyConfig, spec: RunSpec, cfg: TrainConfig) -> dict:
     if not curve or any(side not in curve[-1] for side in keys):
         raise ConfigError(f"run {spec.name}: no {sel.metric} of {sel.val} and {sel.test} logged "
                           f"(are they in eval.benchmarks?)")
+    if curve[-1]["step"] != cfg.optim.steps:  # a run that stopped early is not a result
+        raise ConfigError(f"run {spec.name}: its last evaluation is at step {curve[-1]['step']}, not at the end "
+                          f"({cfg.optim.steps}); it did not finish")
     result = {"arm": spec.arm.name, "seed": spec.seed, "overrides": spec.arm.overrides, "steps": cfg.optim.steps,
               "val": curve[-1]["val"], "test": curve[-1]["test"], "curve": curve,
               "samples_per_s": _samples_per_s(rows)}
