@@ -133,12 +133,14 @@ def test_make_split_draws_without_replacement_from_start():
 @needs_source
 def test_build_splits_hold_out_templates_and_ranges():
     splits = build_splits(None, train=64, val=16, test=32, seed=0)
-    assert {k: len(v) for k, v in splits.items()} == {"train": 64, "val": 16, "test": 32, "test_zeroshot": 32}
+    assert {k: len(v) for k, v in splits.items()} == {"train": 64, "val": 16, "val_zeroshot": 16, "test": 32,
+                                                      "test_zeroshot": 32}
     seen = train_captions()
-    for name in ("val", "test", "test_zeroshot"):
+    for name in ("val", "val_zeroshot", "test", "test_zeroshot"):
         assert not {s.caption for s in splits[name]} & seen, name
     assert all(s.caption in seen for s in splits["train"])
-    assert all(s.scene is None and 0 <= s.label < 10 for s in splits["test_zeroshot"])
+    for name in ("val_zeroshot", "test_zeroshot"):  # single items, a class each: zero-shot benchmarks
+        assert all(s.scene is None and 0 <= s.label < 10 for s in splits[name]), name
     assert any(s.scene for s in splits["val"]) and any(s.scene for s in splits["test"])
 
 
@@ -155,7 +157,7 @@ def read_members(shard: str) -> dict[str, set[str]]:
 def test_prepare_dataset_writes_readable_shards_and_caches(tmp_path, monkeypatch):
     out = tmp_path / "fmnist"
     shards = prepare_dataset(out, None, train=64, val=16, test=32, seed=0)
-    assert set(shards) == {"train", "val", "test", "test_zeroshot"}
+    assert set(shards) == {"train", "val", "val_zeroshot", "test", "test_zeroshot"}
     source = ShardSource(shards["train"], shuffle_buffer=1)
     assert len(source) == 64
     for record in itertools.islice(source.passes(0, 0, 1, 0), 5):
