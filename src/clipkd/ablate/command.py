@@ -58,22 +58,30 @@ def _configs(study, base: dict) -> list[tuple[Any, Any]]:
     return planned
 
 
-def run_study(study, log=print) -> Optional[dict[str, Any]]:
-    """Train what is not finished, then summarise; the summary (None when a signal stopped the study)."""
-    from tqdm import tqdm
-
-    from clipkd.ablate.report import markdown, plots, summarise
-    from clipkd.ablate.runs import collect, finished, train
+def checked_runs(study) -> list[tuple[Any, Any]]:
+    """``(run, config)`` of every run, checked before any compute: the selection against the base's benchmarks,
+    every run's config, and the models, data and teacher cache of the base."""
     from clipkd.ablate.study import base_raw, check_selection
     from clipkd.engine.builders import preflight
-    from clipkd.files import write_atomic, write_json
 
     base = base_raw(study)
     problem = check_selection(study, base)
     if problem:
         raise ConfigError(problem)
     planned = _configs(study, base)
-    preflight(planned[0][1])  # models, data and teacher cache of the base, before any compute
+    preflight(planned[0][1])
+    return planned
+
+
+def run_study(study, log=print) -> Optional[dict[str, Any]]:
+    """Train what is not finished, then summarise; the summary (None when a signal stopped the study)."""
+    from tqdm import tqdm
+
+    from clipkd.ablate.report import markdown, plots, summarise
+    from clipkd.ablate.runs import collect, finished, train
+    from clipkd.files import write_atomic, write_json
+
+    planned = checked_runs(study)
     teacher = _teacher_scores(study, planned[0][1])  # before hours of training: its problems come first
     results: dict[str, list[dict]] = {}
     todo = [(s, c) for s, c in planned if finished(Path(c.run_dir)) is None]
@@ -101,17 +109,11 @@ def run_study(study, log=print) -> Optional[dict[str, Any]]:
 def run_ablate(args: argparse.Namespace) -> int:
     """`clipkd ablate`: check the study, then run it (or list it with --dry-run)."""
     from clipkd.ablate.runs import finished, plan, run_dir
-    from clipkd.ablate.study import base_raw, check_selection, load_study
+    from clipkd.ablate.study import load_study
 
     study = load_study(args.config)
     if args.dry_run:
-        base = base_raw(study)
-        problem = check_selection(study, base)
-        if problem:
-            raise ConfigError(problem)
-        from clipkd.engine.builders import preflight
-
-        preflight(_configs(study, base)[0][1])  # models, data and teacher cache exist and fit
+        checked_runs(study)
         for spec in plan(study):
             state = "finished" if finished(run_dir(study, spec)) else "to train"
             print(f"{spec.name}: {state}  {spec.arm.overrides}")

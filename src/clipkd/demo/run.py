@@ -23,7 +23,6 @@ from clipkd.config import BenchmarkSpec, validate_config
 from clipkd.demo.fmnist import prepare_dataset
 from clipkd.demo.teacher import build_teacher
 from clipkd.engine.checkpoint import list_checkpoints
-from clipkd.engine.trainer import Trainer
 from clipkd.eval.runner import Benchmark
 from clipkd.models.composite import LIT_NAME
 from clipkd.models.encoders import ClipEncoder
@@ -129,14 +128,10 @@ def reinforce(cfg, out: Path, views: int) -> Path:
 
 def _train(cfg) -> None:
     """Train a student, or finish it when a previous demo left it (complete or interrupted) with this config;
-    a student of another config is moved aside and trained anew."""
-    from clipkd.errors import ConfigError
+    a student of another config is moved aside and trained anew (the same rule as a study's runs)."""
+    from clipkd.ablate.runs import train
 
-    try:
-        trainer = Trainer(cfg, resume="latest")
-    except ConfigError:
-        trainer = Trainer(cfg, overwrite=True)
-    trainer.fit()
+    train(cfg)
 
 
 def deploy(cfg, out: Path, zeroshot: Benchmark, report: dict, quick: bool) -> dict:
