@@ -145,3 +145,39 @@ def test_a_stopped_run_is_not_a_result_and_the_study_continues_from_it(study_dir
     assert main(["ablate", "-c", str(path)]) == 0
     result = json.loads((out / "runs" / "baseline-seed0" / "result.json").read_text())
     assert result["curve"][-1]["step"] == 4
+
+
+def test_a_run_trained_with_another_config_is_trained_again_and_studies_share_runs(study_dir, monkeypatch, capsys):
+    """A finished run counts only while its config still gives the study's result: a changed base (here the
+    learning rate) or other benchmarks retrain it (the old folder moved aside), a changed evaluation cadence does
+    not. A second study naming the same ``runs`` folder reuses the runs they share and reports on its own."""
+    import clipkd.ablate.runs as runs
+
+    base = yaml.safe_load((study_dir / "base.yaml").read_text())
+    (study_dir / "base-lr.yaml").write_text(yaml.safe_dump(base))
+    path = _study(study_dir, base="base-lr.yaml", out="shared", recipes=["baseline"])
+    assert main(["ablate", "-c", str(path)]) == 0
+    pool = study_dir / "shared" / "runs"
+    first = json.loads((pool / "baseline-seed0" / "result.json").read_text())
+
+    trained = []
+    real = runs.train
+    monkeypatch.setattr(runs, "train", lambda cfg, fresh=False: trained.append(fresh) or real(cfg, fresh))
+    path.write_text(path.read_text().replace("curve_points: 2", "curve_points: 4"))  # cadence only: kept
+    assert main(["ablate", "-c", str(path)]) == 0 and trained == []
+    capsys.readouterr()
+
+    (study_dir / "base-lr.yaml").write_text(yaml.safe_dump({**base, "optim": {**base["optim"], "lr": 1e-2}}))
+    assert main(["ablate", "-c", str(path), "--dry-run"]) == 0
+    assert "baseline-seed0: to train again (trained with another config: optim.lr: 0.001 -> 0.01)" in \
+        capsys.readouterr().out
+    assert main(["ablate", "-c", str(path)]) == 0 and trained == [True]
+    assert yaml.safe_load((pool / "baseline-seed0" / "config.yaml").read_text())["optim"]["lr"] == 1e-2
+    (aside,) = pool.glob("baseline-seed0.replaced-*")
+    assert json.loads((aside / "result.json").read_text()) == first
+
+    other = _study(study_dir, base="base-lr.yaml", out="other", runs="shared/runs", recipes=["baseline", "fd"])
+    assert main(["ablate", "-c", str(other)]) == 0 and trained == [True, False]  # fd alone is new
+    assert json.loads((study_dir / "other" / "ablation.json").read_text())["runs"]["baseline"] == \
+        json.loads((study_dir / "shared" / "ablation.json").read_text())["runs"]["baseline"]
+    assert (pool / "fd-seed0" / "result.json").is_file() and not (study_dir / "other" / "runs").exists()

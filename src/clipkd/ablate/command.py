@@ -78,20 +78,24 @@ def run_study(study, log=print) -> Optional[dict[str, Any]]:
     from tqdm import tqdm
 
     from clipkd.ablate.report import markdown, plots, summarise
-    from clipkd.ablate.runs import collect, finished, train
+    from clipkd.ablate.runs import changes, collect, finished, train
     from clipkd.files import write_atomic, write_json
 
     planned = checked_runs(study)
     teacher = _teacher_scores(study, planned[0][1])  # before hours of training: its problems come first
     results: dict[str, list[dict]] = {}
-    todo = [(s, c) for s, c in planned if finished(Path(c.run_dir)) is None]
+    todo = [(s, c) for s, c in planned if finished(Path(c.run_dir), c) is None]
     log(f"study: {len(planned)} runs, {len(planned) - len(todo)} finished already")
     with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="study", unit="run") as bar:
         for spec, cfg in planned:
-            result = finished(Path(cfg.run_dir))
+            result = finished(Path(cfg.run_dir), cfg)
             if result is None:
                 bar.set_postfix_str(spec.name)
-                stopped = train(cfg)
+                stale = finished(Path(cfg.run_dir)) is not None
+                if stale:
+                    log(f"{spec.name} was trained with another config ({'; '.join(changes(Path(cfg.run_dir), cfg))}): "
+                        "moved aside and trained again")
+                stopped = train(cfg, fresh=True) if stale else train(cfg)
                 if stopped:  # pre-empted: its checkpoint is written; the study continues from it next time
                     log(f"study stopped by {stopped} during {spec.name}; run the same command to continue")
                     return None
@@ -106,17 +110,24 @@ def run_study(study, log=print) -> Optional[dict[str, Any]]:
     return summary
 
 
+def _state(folder: Path, cfg) -> str:
+    from clipkd.ablate.runs import changes, finished
+
+    if finished(folder, cfg) is not None:
+        return "finished"
+    if finished(folder) is not None:
+        return f"to train again (trained with another config: {'; '.join(changes(folder, cfg))})"
+    return "to train"
+
+
 def run_ablate(args: argparse.Namespace) -> int:
     """`clipkd ablate`: check the study, then run it (or list it with --dry-run)."""
-    from clipkd.ablate.runs import finished, plan, run_dir
     from clipkd.ablate.study import load_study
 
     study = load_study(args.config)
     if args.dry_run:
-        checked_runs(study)
-        for spec in plan(study):
-            state = "finished" if finished(run_dir(study, spec)) else "to train"
-            print(f"{spec.name}: {state}  {spec.arm.overrides}")
+        for spec, cfg in checked_runs(study):
+            print(f"{spec.name}: {_state(Path(cfg.run_dir), cfg)}  {spec.arm.overrides}")
         return 0
     if run_study(study) is not None:
         print((Path(study.out) / "ablation.md").read_text())

@@ -1,8 +1,9 @@
 """The runs of a study: one per arm and seed, each a normal `clipkd train` run under ``<out>/runs/<arm>-seed<N>``.
 
-A run is finished when its ``result.json`` exists (written after training and its last evaluation); finished runs
-are never trained again, an interrupted one resumes from its latest checkpoint, and a folder holding a run of
-another config (the study changed) is moved aside and trained anew.
+A run is finished when its ``result.json`` exists (written after training and its last evaluation) and the config
+it was trained with gives the same result as the study's config for it (:func:`changes`); finished runs are never
+trained again, an interrupted one resumes from its latest checkpoint, and a folder holding a run of another config
+(the study changed) is moved aside and trained anew. Studies may share one folder of runs (``runs:``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from clipkd.ablate.study import Arm, StudyConfig, arms
-from clipkd.config import TrainConfig, apply_overrides, validate_config
+import yaml
+
+from clipkd.config import TrainConfig, apply_overrides, dump_config, validate_config
+from clipkd.engine.config_diff import breaking_changes
 from clipkd.errors import ConfigError
 
 RESULT_FILE = "result.json"
@@ -37,7 +41,7 @@ def plan(study: StudyConfig) -> list[RunSpec]:
 
 
 def run_dir(study: StudyConfig, spec: RunSpec) -> Path:
-    return Path(study.out) / "runs" / spec.name
+    return Path(study.runs or Path(study.out) / "runs") / spec.name
 
 
 def run_config(study: StudyConfig, base: dict[str, Any], spec: RunSpec) -> TrainConfig:
@@ -53,17 +57,37 @@ def run_config(study: StudyConfig, base: dict[str, Any], spec: RunSpec) -> Train
         raise ConfigError(f"run {spec.name}: {exc}") from None
 
 
-def finished(folder: Path) -> Optional[dict]:
-    """The result of a finished run, or None."""
+def changes(folder: Path, cfg: TrainConfig) -> list[str]:
+    """What differs between the config the run in ``folder`` was trained with and ``cfg`` (``key: old -> new``),
+    leaving out what cannot change its result (where and how often it writes, logs or evaluates), but not the
+    benchmarks it is judged on."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return ["config.yaml: missing"]
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    current = yaml.safe_load(dump_config(cfg))
+    found = breaking_changes(saved, current)
+    if (saved.get("eval") or {}).get("benchmarks") != current["eval"]["benchmarks"]:
+        found.append("eval.benchmarks")
+    return found
+
+
+def finished(folder: Path, cfg: Optional[TrainConfig] = None) -> Optional[dict]:
+    """The result of a finished run (trained with ``cfg``, up to :func:`changes`, when given), or None."""
     path = folder / RESULT_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file() or (cfg is not None and changes(folder, cfg)):
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def train(cfg: TrainConfig) -> Optional[str]:
-    """Train, or finish an interrupted run of the same config; a run of another config is moved aside. Returns
-    what stopped it early (a signal: SIGTERM, SIGINT; it wrote a checkpoint), or None when it ran to the end."""
+def train(cfg: TrainConfig, fresh: bool = False) -> Optional[str]:
+    """Train, or finish an interrupted run of the same config; a run of another config (or any run, ``fresh``) is
+    moved aside. Returns what stopped it early (a signal: SIGTERM, SIGINT; it wrote a checkpoint), or None when
+    it ran to the end."""
     from clipkd.engine.trainer import Trainer
 
+    if fresh:
+        return Trainer(cfg, overwrite=True).fit().stopped_by
     try:
         trainer = Trainer(cfg, resume="latest")
     except ConfigError:

@@ -40,6 +40,8 @@ class Sweep(_Strict):
 class StudyConfig(_Strict):
     base: str = Field(description="the base run config (a `clipkd train` YAML), relative to the study file")
     out: str = Field(description="study folder: runs/, ablation.md, ablation.json, plots")
+    runs: Optional[str] = Field(None, description="folder of the run folders (default <out>/runs); studies naming "
+                                "the same one share the runs they have in common")
     recipes: list[str] = Field(default_factory=list, description="recipes trained as arms of their own name")
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="name -> dotted overrides")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -124,8 +126,9 @@ def load_study(path: Union[str, Path]) -> StudyConfig:
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     folder = Path(os.path.abspath(path)).parent
+    runs = study.runs and os.path.normpath(folder / study.runs)
     return study.model_copy(update={"base": os.path.normpath(folder / study.base),
-                                    "out": os.path.normpath(folder / study.out)})
+                                    "out": os.path.normpath(folder / study.out), "runs": runs})
 
 
 def base_raw(study: StudyConfig) -> dict[str, Any]:
