@@ -181,3 +181,21 @@ def test_a_run_trained_with_another_config_is_trained_again_and_studies_share_ru
     assert json.loads((study_dir / "other" / "ablation.json").read_text())["runs"]["baseline"] == \
         json.loads((study_dir / "shared" / "ablation.json").read_text())["runs"]["baseline"]
     assert (pool / "fd-seed0" / "result.json").is_file() and not (study_dir / "other" / "runs").exists()
+
+
+def test_a_sweep_is_reported_by_value_with_its_arm_at_the_recipes_own_value(study_dir):
+    """The MFD mask sweep's table and plot hold each value's results and the mfd arm itself at the paper's 0.75."""
+    path = _study(study_dir, out="sweep", recipes=["baseline", "mfd"],
+                  sweeps={"mfd-mask": {"arm": "mfd", "key": "distill.mask_ratio", "values": [0.25]}})
+    assert main(["ablate", "-c", str(path)]) == 0
+    out = study_dir / "sweep"
+    summary = json.loads((out / "ablation.json").read_text())["summary"]
+    sweep = summary["sweeps"]["mfd-mask"]
+    assert sweep["key"] == "distill.mask_ratio" and [(p["value"], p["arm"]) for p in sweep["points"]] == [
+        (0.25, "mfd-mask=0.25"), (0.75, "mfd")]
+    for p in sweep["points"]:
+        result = json.loads((out / "runs" / f"{p['arm']}-seed0" / "result.json").read_text())
+        assert (p["val"], p["test"]) == (result["val"], result["test"])
+    md = (out / "ablation.md").read_text()
+    assert "### Sweep `mfd-mask`: `distill.mask_ratio` on `mfd`" in md and "| 0.75 (the arm) |" in md
+    assert (out / "sweeps.png").stat().st_size > 0

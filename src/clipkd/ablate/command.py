@@ -77,8 +77,8 @@ def run_study(study, log=print) -> Optional[dict[str, Any]]:
     """Train what is not finished, then summarise; the summary (None when a signal stopped the study)."""
     from tqdm import tqdm
 
-    from clipkd.ablate.report import markdown, plots, summarise
-    from clipkd.ablate.runs import changes, collect, finished, train
+    from clipkd.ablate.report import markdown, plots, summarise, sweep_summary
+    from clipkd.ablate.runs import changes, collect, finished, sweep_points, train
     from clipkd.files import write_atomic, write_json
 
     planned = checked_runs(study)
@@ -103,6 +103,7 @@ def run_study(study, log=print) -> Optional[dict[str, Any]]:
                 bar.update()
             results.setdefault(spec.arm.name, []).append(result)
     summary = summarise(results, teacher, study.baseline)
+    summary["sweeps"] = sweep_summary(sweep_points(study, planned), summary)
     out = Path(study.out)
     write_json(out / "ablation.json", {"summary": summary, "runs": results})
     write_atomic(out / "ablation.md", ("# Ablation\n\n" + markdown(summary, study.select.metric)).encode("utf-8"))

@@ -47,10 +47,37 @@ def summarise(results: dict[str, list[dict]], teacher: dict[str, float], baselin
     return {"teacher": teacher, "baseline": baseline, "gap": gap, "arms": rows, "best_on_val": best}
 
 
+def sweep_summary(sweeps: dict[str, dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any]:
+    """Per sweep, its points sorted by value: ``{"key", "arm", "points": [{"value", "arm", "val", "test",
+    "share", "seeds"}]}``. ``sweeps[name]`` gives ``key``, ``arm`` and ``points`` (value -> arm name), the swept
+    arm itself included under its own value when that is known."""
+    out = {}
+    for name, sw in sweeps.items():
+        points = [{"value": v, "arm": arm, **{k: summary["arms"][arm][k] for k in ("val", "test", "share", "seeds")}}
+                  for v, arm in sw["points"] if arm in summary["arms"]]
+        out[name] = {"key": sw["key"], "arm": sw["arm"], "points": sorted(points, key=lambda p: p["value"])}
+    return out
+
+
 def _pct(x: Optional[float], sd: Optional[float] = None) -> str:
     if x is None:
         return "-"
     return f"{100 * x:.1f}" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+
+
+def _share(x: Optional[float]) -> str:
+    return "-" if x is None else f"{round(x, 2) + 0.0:.0%}"  # no "-0%"
+
+
+def sweep_markdown(sweeps: dict[str, Any], metric: str) -> str:
+    """One table per sweep: each value's val and test metric (mean over its seeds) and share of the gap."""
+    lines = []
+    for name, sw in sweeps.items():
+        lines += ["", f"### Sweep `{name}`: `{sw['key']}` on `{sw['arm']}`", "",
+                  f"| {sw['key']} | val {metric} | test {metric} | share of gap | seeds |", "|---|---|---|---|---|"]
+        lines += [f"| {p['value']:g}{' (the arm)' if p['arm'] == sw['arm'] else ''} | {_pct(p['val'])} | "
+                  f"{_pct(p['test'])} | {_share(p['share'])} | {len(p['seeds'])} |" for p in sw["points"]]
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def markdown(summary: dict[str, Any], metric: str) -> str:
@@ -62,24 +89,28 @@ def markdown(summary: dict[str, Any], metric: str) -> str:
              f"| arm | val {metric} | test {metric} | gain (points) | share of gap | paper's share | cost per step |",
              "|---|---|---|---|---|---|---|"]
     for arm, r in summary["arms"].items():
-        share = "-" if r["share"] is None else f"{round(r['share'], 2) + 0.0:.0%}"  # no "-0%"
+        share = _share(r["share"])
         paper = "-" if r["paper_share"] is None else f"{r['paper_share']:.0%}"
         cost = "-" if r["cost"] is None else f"{r['cost']:.2f}"
         lines.append(f"| {arm} | {_pct(r['val'], r['val_std'])} | {_pct(r['test'], r['test_std'])} | "
                      f"{100 * r['gain']:+.1f} | {share} | {paper} | {cost} |")
     lines += ["", f"Mean ± std over seeds; cost per step = {summary['baseline']}'s samples/s ÷ the arm's "
               "(training from the same data, measured in the same study)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + sweep_markdown(summary.get("sweeps", {}), metric)
 
 
 def plots(summary: dict[str, Any], results: dict[str, list[dict]], out: Path) -> list[Path]:
-    """``ablation.png`` (share of the gap, ours beside the paper's) and ``curves.png`` (test metric vs steps)."""
+    """``ablation.png`` (share of the gap, ours beside the paper's), ``curves.png`` (test metric vs steps) and,
+    with sweeps, ``sweeps.png`` (val and test metric against each sweep's values); sweep values are left out of the
+    first two."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    arms = [a for a in summary["arms"] if a != summary["baseline"]]
+    swept = {p["arm"] for sw in summary.get("sweeps", {}).values() for p in sw["points"] if p["arm"] != sw["arm"]}
+    results = {a: r for a, r in results.items() if a not in swept}
+    arms = [a for a in summary["arms"] if a != summary["baseline"] and a not in swept]
     fig = Figure(figsize=(max(6, 0.8 * len(arms)), 4))
     ax = fig.add_subplot()
     xs = range(len(arms))
@@ -104,4 +135,29 @@ def plots(summary: dict[str, Any], results: dict[str, list[dict]], out: Path) ->
     ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=120)
-    return [out / "ablation.png", out / "curves.png"]
+    written = [out / "ablation.png", out / "curves.png"]
+    if summary.get("sweeps"):
+        written.append(_sweep_plot(summary, out / "sweeps.png", Figure))
+    return written
+
+
+def _sweep_plot(summary: dict[str, Any], path: Path, figure) -> Path:
+    sweeps = summary["sweeps"]
+    fig = figure(figsize=(4 * len(sweeps), 3.5))
+    base, teacher = summary["arms"][summary["baseline"]]["test"], summary["teacher"]["test"]
+    for i, (name, sw) in enumerate(sweeps.items()):
+        ax = fig.add_subplot(1, len(sweeps), i + 1)
+        xs = [p["value"] for p in sw["points"]]
+        for side in ("val", "test"):
+            ax.plot(xs, [100 * p[side] for p in sw["points"]], marker="o", label=side)
+        ax.axhline(100 * base, color="grey", linestyle=":", label=f"{summary['baseline']} (test)")
+        ax.axhline(100 * teacher, color="black", linestyle="--", label="teacher (test)")
+        if xs and min(xs) > 0 and max(xs) / min(xs) >= 8:
+            ax.set_xscale("log")
+        ax.set_title(name, fontsize="medium")
+        ax.set_xlabel(sw["key"])
+        ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path

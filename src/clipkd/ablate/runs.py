@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from clipkd.ablate.study import Arm, StudyConfig, arms
+from clipkd.ablate.study import Arm, StudyConfig, arms, sweep_arm_name
 import yaml
 
 from clipkd.config import TrainConfig, apply_overrides, dump_config, validate_config
-from clipkd.engine.config_diff import breaking_changes
+from clipkd.engine.config_diff import breaking_changes, flatten
 from clipkd.errors import ConfigError
 
 RESULT_FILE = "result.json"
@@ -55,6 +55,32 @@ def run_config(study: StudyConfig, base: dict[str, Any], spec: RunSpec) -> Train
         return validate_config(raw)
     except ConfigError as exc:
         raise ConfigError(f"run {spec.name}: {exc}") from None
+
+
+def swept_value(cfg: TrainConfig, key: str) -> Optional[float]:
+    """The number ``key`` stands for in ``cfg`` as the run uses it (unset: the recipe's mask ratio, all the views
+    the teacher cache holds), or None."""
+    value = flatten(cfg.model_dump(mode="json")).get(key)
+    if value is None and key == "distill.mask_ratio":
+        value = cfg.distill.resolved()[1]
+    elif value is None and key == "distill.cache_views" and cfg.distill.teacher_cache:
+        from clipkd.reinforce.manifest import load_manifest
+
+        value = load_manifest(cfg.distill.teacher_cache)["views"]
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def sweep_points(study: StudyConfig, planned: list[tuple[RunSpec, TrainConfig]]) -> dict[str, dict[str, Any]]:
+    """Per sweep: its key, its arm and ``points`` (value, arm name), the swept arm at its own value when known."""
+    configs = {spec.arm.name: cfg for spec, cfg in planned}
+    out = {}
+    for name, sw in study.sweeps.items():
+        own = swept_value(configs[sw.arm], sw.key)
+        points = [(v, sweep_arm_name(name, v)) for v in sw.values]
+        if own is not None and own not in sw.values:
+            points.append((own, sw.arm))
+        out[name] = {"key": sw.key, "arm": sw.arm, "points": points}
+    return out
 
 
 def changes(folder: Path, cfg: TrainConfig) -> list[str]:

@@ -79,12 +79,13 @@ def arms(study: StudyConfig) -> list[Arm]:
     for sweep_name, sweep in study.sweeps.items():
         base = by_name[sweep.arm]
         for value in sweep.values:
-            found.append(Arm(f"{sweep_name}={_short(value)}", {**base.overrides, sweep.key: value}))
+            found.append(Arm(sweep_arm_name(sweep_name, value), {**base.overrides, sweep.key: value}))
     return found
 
 
-def _short(value: Any) -> str:
-    return format(value, "g") if isinstance(value, float) else str(value)
+def sweep_arm_name(sweep: str, value: Any) -> str:
+    """The arm of one value of a sweep: ``<sweep>=<value>``."""
+    return f"{sweep}={format(value, 'g') if isinstance(value, float) else value}"
 
 
 def _problems(study: StudyConfig) -> list[str]:
