@@ -89,11 +89,33 @@ def test_study_runs_resumes_and_reports(study_dir, monkeypatch, capsys):
     ({"sweeps": {"w": {"arm": "nope", "key": "distill.weights.fd", "values": [1]}}}, "sweeps.w.arm"),
     ({"select": {"val": "val", "test": "imagenet"}}, "'imagenet' not among the base config's eval.benchmarks"),
     ({"variants": {"bad": {"optim.lrr": 1}}}, "run bad-seed0"),
-    ({"sweeps": {"w": {"arm": "fd", "key": "distill.weights.fd", "values": [1.0]}}}, "no explicit distill.weights"),
+    ({"variants": {"v": {"optim.lr": 2e-3}}, "sweeps": {"w": {"arm": "v", "key": "distill.weights.fd",
+                                                            "values": [1.0]}}}, "names no recipe and no distill.weights"),
+    ({"recipes": ["baseline", "gd"], "sweeps": {"w": {"arm": "gd", "key": "distill.weights.fd", "values": [1.0]}}},
+     "whose GD weight follows the global batch"),
 ])
 def test_study_refusals(study_dir, extra, message, capsys):
     assert main(["ablate", "-c", str(_study(study_dir, **extra)), "--dry-run"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_weight_sweep_on_a_recipe_keeps_the_recipes_other_terms(study_dir):
+    """FD's recipe is task 1 + FD 2000 (the paper's weights): a sweep value replaces the FD weight alone, and the
+    fd arm itself sits at 2000 in the sweep's table."""
+    from clipkd.ablate.runs import plan, run_config, sweep_points
+    from clipkd.ablate.study import StudyConfig, arms
+
+    study = StudyConfig.model_validate({"base": "b.yaml", "out": "o", "recipes": ["fd", "gd"], "select": {
+        "val": "v", "test": "t"}, "sweeps": {"w": {"arm": "fd", "key": "distill.weights.fd", "values": [500.0]},
+                                             "g": {"arm": "gd", "key": "distill.weights.gd", "values": [10.0]}}})
+    found = {a.name: a.overrides for a in arms(study)}
+    assert found["w=500"] == {"distill.recipe": "fd", "distill.weights": {"task": 1.0, "fd": 500.0}}
+    assert found["g=10"] == {"distill.recipe": "gd", "distill.weights": {"task": 1.0, "gd": 10.0}}
+    base = yaml.safe_load((study_dir / "base.yaml").read_text())
+    planned = [(spec, run_config(study, base, spec)) for spec in plan(study)]
+    points = sweep_points(study, planned)
+    assert points["w"]["points"] == [(500.0, "w=500"), (2000.0, "fd")]
+    assert points["g"]["points"] == [(10.0, "g=10")]  # no teacher cache: the GD weight's teacher dim is not known
 
 
 def test_summary_against_numpy():

@@ -58,16 +58,28 @@ def run_config(study: StudyConfig, base: dict[str, Any], spec: RunSpec) -> Train
 
 
 def swept_value(cfg: TrainConfig, key: str) -> Optional[float]:
-    """The number ``key`` stands for in ``cfg`` as the run uses it (unset: the recipe's mask ratio, all the views
-    the teacher cache holds), or None."""
+    """The number ``key`` stands for in ``cfg`` as the run uses it (unset: the recipe's loss weight and mask ratio,
+    all the views the teacher cache holds), or None."""
     value = flatten(cfg.model_dump(mode="json")).get(key)
-    if value is None and key == "distill.mask_ratio":
+    manifest = _cache_manifest(cfg)
+    term = key.removeprefix("distill.weights.")
+    if value is None and term != key:
+        dims = [int(t["embed_dim"]) for t in manifest["teachers"]] if manifest else []
+        if term != "gd" or len(dims) == 1:  # the GD weight follows the batch and the teacher's dim
+            value = cfg.distill.resolved(cfg.data.batch_size * cfg.optim.accum_steps, *dims[:1])[0].get(term)
+    elif value is None and key == "distill.mask_ratio":
         value = cfg.distill.resolved()[1]
-    elif value is None and key == "distill.cache_views" and cfg.distill.teacher_cache:
-        from clipkd.reinforce.manifest import load_manifest
-
-        value = load_manifest(cfg.distill.teacher_cache)["views"]
+    elif value is None and key == "distill.cache_views" and manifest:
+        value = manifest["views"]
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _cache_manifest(cfg: TrainConfig) -> Optional[dict[str, Any]]:
+    if not cfg.distill.teacher_cache:
+        return None
+    from clipkd.reinforce.manifest import load_manifest
+
+    return load_manifest(cfg.distill.teacher_cache)
 
 
 def sweep_points(study: StudyConfig, planned: list[tuple[RunSpec, TrainConfig]]) -> dict[str, dict[str, Any]]:

@@ -79,8 +79,24 @@ def arms(study: StudyConfig) -> list[Arm]:
     for sweep_name, sweep in study.sweeps.items():
         base = by_name[sweep.arm]
         for value in sweep.values:
-            found.append(Arm(sweep_arm_name(sweep_name, value), {**base.overrides, sweep.key: value}))
+            found.append(Arm(sweep_arm_name(sweep_name, value), _swept(base.overrides, sweep.key, value)))
     return found
+
+
+def _swept(overrides: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """An arm's overrides with ``key`` set; one loss weight on an arm without explicit weights starts from its
+    recipe's weights (the weight alone would replace them)."""
+    term = _weight_term(key)
+    if term and "distill.weights" not in overrides:
+        from clipkd.losses.recipes import get_recipe
+
+        weights = dict(get_recipe(overrides["distill.recipe"]).weights)
+        return {**overrides, "distill.weights": {**weights, term: value}}
+    return {**overrides, key: value}
+
+
+def _weight_term(key: str) -> Optional[str]:
+    return key[len("distill.weights."):] if key.startswith("distill.weights.") else None
 
 
 def sweep_arm_name(sweep: str, value: Any) -> str:
@@ -93,12 +109,9 @@ def _problems(study: StudyConfig) -> list[str]:
     problems = [f"variants.{n}: also the name of a recipe of the study" for n in study.variants if n in study.recipes]
     problems += [f"sweeps.{s}.arm: '{sw.arm}' is not a recipe or variant of the study ({', '.join(names)})"
                  for s, sw in study.sweeps.items() if sw.arm not in names]
-    explicit = {**{r: {} for r in study.recipes}, **study.variants}
-    for s, sw in study.sweeps.items():
-        if sw.key.startswith("distill.weights.") and "distill.weights" not in explicit.get(sw.arm, {"distill.weights": 1}):
-            problems.append(f"sweeps.{s}: {sw.key} on '{sw.arm}', which has no explicit distill.weights, would replace "
-                            f"the recipe's weights with that one term; sweep a variant with explicit weights, e.g. "
-                            f"{{distill.weights: {{task: 1.0, fd: 2000.0}}}}")
+    arm_overrides = {**{r: {"distill.recipe": r} for r in study.recipes}, **study.variants}
+    problems += [f"sweeps.{s}: {why}" for s, sw in study.sweeps.items()
+                 if (why := _weight_sweep_problem(sw, arm_overrides.get(sw.arm)))]
     if study.baseline not in names:
         problems.append(f"baseline: '{study.baseline}' is not a recipe or variant of the study")
     if study.select.val == study.select.test:
@@ -106,6 +119,25 @@ def _problems(study: StudyConfig) -> list[str]:
     if not names:
         problems.append("recipes / variants: the study trains nothing")
     return problems
+
+
+def _weight_sweep_problem(sweep: Sweep, overrides: Optional[dict[str, Any]]) -> Optional[str]:
+    """Why a loss-weight sweep cannot be set on its arm, or None: the arm needs explicit weights or a recipe whose
+    weights do not depend on the batch (a recipe's GD weight follows the global batch)."""
+    term = _weight_term(sweep.key)
+    if not term or overrides is None or "distill.weights" in overrides:
+        return None
+    recipe = overrides.get("distill.recipe")
+    if recipe is None:
+        return (f"{sweep.key} on '{sweep.arm}', which names no recipe and no distill.weights, would replace the "
+                f"base recipe's weights with that one term; give the variant distill.recipe or explicit weights, "
+                f"e.g. {{distill.weights: {{task: 1.0, fd: 2000.0}}}}")
+    from clipkd.losses.recipes import get_recipe
+
+    if "gd" in get_recipe(recipe).weights and term != "gd":
+        return (f"{sweep.key} on recipe '{recipe}', whose GD weight follows the global batch: sweep a variant with "
+                f"explicit distill.weights")
+    return None
 
 
 def load_study(path: Union[str, Path]) -> StudyConfig:
