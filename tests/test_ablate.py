@@ -91,6 +91,8 @@ def test_study_runs_resumes_and_reports(study_dir, monkeypatch, capsys):
     ({"variants": {"bad": {"optim.lrr": 1}}}, "run bad-seed0"),
     ({"variants": {"v": {"optim.lr": 2e-3}}, "sweeps": {"w": {"arm": "v", "key": "distill.weights.fd",
                                                             "values": [1.0]}}}, "names no recipe and no distill.weights"),
+    ({"sweeps": {"w": {"arm": "fd", "key": "distill.teacher_cache", "values": ["a/k4", "b/k4"]}}},
+     "two arms are named 'w=k4'"),
     ({"recipes": ["baseline", "gd"], "sweeps": {"w": {"arm": "gd", "key": "distill.weights.fd", "values": [1.0]}}},
      "whose GD weight follows the global batch"),
 ])
@@ -116,6 +118,21 @@ def test_a_weight_sweep_on_a_recipe_keeps_the_recipes_other_terms(study_dir):
     points = sweep_points(study, planned)
     assert points["w"]["points"] == [(500.0, "w=500"), (2000.0, "fd")]
     assert points["g"]["points"] == [(10.0, "g=10")]  # no teacher cache: the GD weight's teacher dim is not known
+
+
+def test_paths_in_variants_and_sweeps_are_relative_to_the_study_file(tmp_path, monkeypatch):
+    from clipkd.ablate.study import arms, load_study
+
+    folder = tmp_path / "studies"
+    folder.mkdir()
+    (folder / "s.yaml").write_text(yaml.safe_dump({
+        "base": "b.yaml", "out": "o", "recipes": ["baseline"], "select": {"val": "v", "test": "t"},
+        "variants": {"k16": {"distill.teacher_cache": "../caches/k16", "optim.lr": 0.002}},
+        "sweeps": {"cache": {"arm": "k16", "key": "distill.teacher_cache", "values": ["../caches/k8"]}}}))
+    monkeypatch.chdir(tmp_path / "..")
+    found = {a.name: a.overrides for a in arms(load_study(folder / "s.yaml"))}
+    assert found["k16"] == {"distill.teacher_cache": str(tmp_path / "caches" / "k16"), "optim.lr": 0.002}
+    assert found["cache=k8"]["distill.teacher_cache"] == str(tmp_path / "caches" / "k8")
 
 
 def test_summary_against_numpy():

@@ -100,7 +100,9 @@ def _weight_term(key: str) -> Optional[str]:
 
 
 def sweep_arm_name(sweep: str, value: Any) -> str:
-    """The arm of one value of a sweep: ``<sweep>=<value>``."""
+    """The arm of one value of a sweep: ``<sweep>=<value>`` (a path: its last part)."""
+    if isinstance(value, str) and os.sep in value:
+        value = Path(value).name
     return f"{sweep}={format(value, 'g') if isinstance(value, float) else value}"
 
 
@@ -156,12 +158,26 @@ def load_study(path: Union[str, Path]) -> StudyConfig:
     except ValidationError as err:
         raise ConfigError(f"{path}: " + "; ".join(f"{f}: {m}" if f else m for f, m in error_lines(err))) from None
     problems = _problems(study)
+    if not problems:  # two arms of one name would share a run folder
+        names = [a.name for a in arms(study)]
+        problems += [f"two arms are named '{n}' (sweep values that print alike?)" for n in sorted(set(names))
+                     if names.count(n) > 1]
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems))
     folder = Path(os.path.abspath(path)).parent
     runs = study.runs and os.path.normpath(folder / study.runs)
-    return study.model_copy(update={"base": os.path.normpath(folder / study.base),
-                                    "out": os.path.normpath(folder / study.out), "runs": runs})
+    variants = {name: _resolved(ov, folder) for name, ov in study.variants.items()}
+    sweeps = {name: sw.model_copy(update={"values": [_resolved({sw.key: v}, folder)[sw.key] for v in sw.values]})
+              for name, sw in study.sweeps.items()}
+    return study.model_copy(update={"base": os.path.normpath(folder / study.base), "variants": variants,
+                                    "sweeps": sweeps, "out": os.path.normpath(folder / study.out), "runs": runs})
+
+
+def _resolved(overrides: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Dotted overrides with their paths (a teacher cache, a checkpoint...) relative to the study file's folder."""
+    from clipkd.config_paths import resolve_override
+
+    return {key: resolve_override(key.split("."), value, folder) for key, value in overrides.items()}
 
 
 def base_raw(study: StudyConfig) -> dict[str, Any]:
