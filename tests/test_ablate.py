@@ -89,6 +89,7 @@ def test_study_runs_resumes_and_reports(study_dir, monkeypatch, capsys):
     ({"sweeps": {"w": {"arm": "nope", "key": "distill.weights.fd", "values": [1]}}}, "sweeps.w.arm"),
     ({"select": {"val": "val", "test": "imagenet"}}, "'imagenet' not among the base config's eval.benchmarks"),
     ({"variants": {"bad": {"optim.lrr": 1}}}, "run bad-seed0"),
+    ({"variants": {"v": {"distill.recipe": "fd", "distill.teacher_cache": "no-cache"}}}, "run v-seed0: invalid config"),
     ({"variants": {"v": {"optim.lr": 2e-3}}, "sweeps": {"w": {"arm": "v", "key": "distill.weights.fd",
                                                             "values": [1.0]}}}, "names no recipe and no distill.weights"),
     ({"sweeps": {"w": {"arm": "fd", "key": "distill.teacher_cache", "values": ["a/k4", "b/k4"]}}},

@@ -512,3 +512,12 @@ def test_help_and_config_errors_load_no_torch(tmp_path):
                                    "student.model=m", "teacher.model=t", "data.format=csv", "data.train=d.csv",
                                    "optim.steps=1", "data.crop_scale=null")
     assert rc == 2 and heavy == [] and "--views 3: data.crop_scale is null" in err
+
+
+def test_an_unfinished_build_is_named_once_by_the_caller(tmp_path):
+    """The run's check prefixes the folder; the problem itself must not repeat it."""
+    from clipkd.reinforce.check import cache_problems
+
+    manifest, problems = cache_problems(tmp_path, [], None, None)
+    assert manifest is None and problems == [
+        "no manifest.json (not a finished `clipkd reinforce` build; re-run the same command to finish it)"]

@@ -62,15 +62,36 @@ def checked_runs(study) -> list[tuple[Any, Any]]:
     """``(run, config)`` of every run, checked before any compute: the selection against the base's benchmarks,
     every run's config, and the models, data and teacher cache of the base."""
     from clipkd.ablate.study import base_raw, check_selection
-    from clipkd.engine.builders import preflight
 
     base = base_raw(study)
     problem = check_selection(study, base)
     if problem:
         raise ConfigError(problem)
     planned = _configs(study, base)
-    preflight(planned[0][1])
+    _preflight(planned)
     return planned
+
+
+def _preflight(planned: list[tuple[Any, Any]]) -> None:
+    """The filesystem checks of ``clipkd train`` (models, data, benchmarks, teacher cache) once per distinct
+    setup of the study's runs, all problems in one error."""
+    import json
+
+    from clipkd.engine.builders import preflight, teacher_in_use
+
+    seen, problems = set(), []
+    for spec, cfg in planned:
+        d = cfg.model_dump(mode="json")
+        setup = json.dumps([d["teacher"] if teacher_in_use(cfg) else None, d["student"], d["data"], d["eval"],
+                            d["distill"]["teacher_cache"], d["distill"]["cache_views"]], sort_keys=True)
+        if setup not in seen:
+            seen.add(setup)
+            try:
+                preflight(cfg)
+            except ConfigError as exc:
+                problems.append(f"run {spec.name}: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def run_study(study, log=print) -> Optional[dict[str, Any]]:

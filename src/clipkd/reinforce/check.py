@@ -118,8 +118,8 @@ def cache_problems(folder: str, teachers: Sequence[ModelConfig], data: DataConfi
         return None, ["folder not found (make it with `clipkd reinforce -c run.yaml --views K --out DIR`)"]
     try:
         manifest = load_manifest(folder)
-    except FileNotFoundError as exc:
-        return None, [str(exc)]
+    except FileNotFoundError as exc:  # the caller names the folder
+        return None, [str(exc).removeprefix(f"{folder}: ")]
     except ValueError as exc:
         return None, [f"manifest.json is not readable JSON ({exc})"]
     return manifest, manifest_problems(manifest, teachers, data, views or manifest["views"])
