@@ -28,7 +28,7 @@ demo: setup
 	$(VENV)/bin/clipkd demo --out runs/demo
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: setup
 	$(PY) benchmarks/gd_memory.py
