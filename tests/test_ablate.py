@@ -239,3 +239,22 @@ def test_a_sweep_is_reported_by_value_with_its_arm_at_the_recipes_own_value(stud
     md = (out / "ablation.md").read_text()
     assert "### Sweep `mfd-mask`: `distill.mask_ratio` on `mfd`" in md and "| 0.75 (the arm) |" in md
     assert (out / "sweeps.png").stat().st_size > 0
+
+
+def test_report_only_summarises_the_finished_runs_and_trains_nothing(study_dir, monkeypatch, capsys):
+    import clipkd.ablate.runs as runs
+
+    def both():
+        return _study(study_dir, out="partial", recipes=["baseline", "fd"])
+
+    monkeypatch.setattr(runs, "train", lambda cfg, fresh=False: pytest.fail("trained"))
+    assert main(["ablate", "-c", str(both()), "--report-only"]) == 2  # no baseline run yet
+    assert "no finished run of the baseline 'baseline'" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["ablate", "-c", str(_study(study_dir, out="partial", recipes=["baseline"]))]) == 0
+    monkeypatch.setattr(runs, "train", lambda cfg, fresh=False: pytest.fail("trained"))
+    assert main(["ablate", "-c", str(both()), "--report-only"]) == 0
+    out = study_dir / "partial"
+    assert list(json.loads((out / "ablation.json").read_text())["summary"]["arms"]) == ["baseline"]
+    assert "**Partial: 1 of 2 runs not finished** (fd-seed0)" in (out / "ablation.md").read_text()
+    assert not (out / "runs" / "fd-seed0").exists()

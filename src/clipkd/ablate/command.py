@@ -16,6 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of `clipkd ablate` (nothing heavy imported)."""
     p.add_argument("--config", "-c", required=True, help="study YAML (see configs/ablation-demo.yaml)")
     p.add_argument("--dry-run", action="store_true", help="check the study and list its runs; train nothing")
+    p.add_argument("--report-only", action="store_true", help="write the report from the runs finished so far "
+                   "(e.g. while the study runs elsewhere); train nothing")
 
 
 def _teacher_scores(study, cfg) -> dict[str, float]:
@@ -94,23 +96,23 @@ def _preflight(planned: list[tuple[Any, Any]]) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def run_study(study, log=print) -> Optional[dict[str, Any]]:
-    """Train what is not finished, then summarise; the summary (None when a signal stopped the study)."""
+def run_study(study, log=print, report_only: bool = False) -> Optional[dict[str, Any]]:
+    """Train what is not finished (``report_only``: nothing), then summarise the finished runs; the summary (None
+    when a signal stopped the study)."""
     from tqdm import tqdm
 
-    from clipkd.ablate.report import markdown, plots, summarise, sweep_summary
-    from clipkd.ablate.runs import changes, collect, finished, sweep_points, train
-    from clipkd.files import write_atomic, write_json
+    from clipkd.ablate.runs import changes, collect, finished, train
 
     planned = checked_runs(study)
     teacher = _teacher_scores(study, planned[0][1])  # before hours of training: its problems come first
     results: dict[str, list[dict]] = {}
     todo = [(s, c) for s, c in planned if finished(Path(c.run_dir), c) is None]
     log(f"study: {len(planned)} runs, {len(planned) - len(todo)} finished already")
-    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="study", unit="run") as bar:
+    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="study", unit="run",
+              disable=report_only) as bar:
         for spec, cfg in planned:
             result = finished(Path(cfg.run_dir), cfg)
-            if result is None:
+            if result is None and not report_only:
                 bar.set_postfix_str(spec.name)
                 stale = finished(Path(cfg.run_dir)) is not None
                 if stale:
@@ -122,12 +124,29 @@ def run_study(study, log=print) -> Optional[dict[str, Any]]:
                     return None
                 result = collect(study, spec, cfg)
                 bar.update()
-            results.setdefault(spec.arm.name, []).append(result)
+            if result is not None:
+                results.setdefault(spec.arm.name, []).append(result)
+    return _write_report(study, planned, results, teacher, [s.name for s, _ in todo] if report_only else [])
+
+
+def _write_report(study, planned, results: dict[str, list[dict]], teacher: dict[str, float],
+                  missing: list[str]) -> dict[str, Any]:
+    """``ablation.json``/``.md`` and the plots from the finished runs (``missing``: the runs left out)."""
+    from clipkd.ablate.report import markdown, plots, summarise, sweep_summary
+    from clipkd.ablate.runs import sweep_points
+    from clipkd.files import write_atomic, write_json
+
+    if study.baseline not in results:
+        raise ConfigError(f"no finished run of the baseline '{study.baseline}' to measure the others against; "
+                          "run the study (without --report-only) first")
     summary = summarise(results, teacher, study.baseline)
     summary["sweeps"] = sweep_summary(sweep_points(study, planned), summary)
+    summary["missing"] = missing
+    note = (f"**Partial: {len(missing)} of {len(planned)} runs not finished** ({', '.join(missing)}); arms show the "
+            "seeds they have.\n\n") if missing else ""
     out = Path(study.out)
     write_json(out / "ablation.json", {"summary": summary, "runs": results})
-    write_atomic(out / "ablation.md", ("# Ablation\n\n" + markdown(summary, study.select.metric)).encode("utf-8"))
+    write_atomic(out / "ablation.md", ("# Ablation\n\n" + note + markdown(summary, study.select.metric)).encode())
     plots(summary, results, out)
     return summary
 
@@ -151,6 +170,6 @@ def run_ablate(args: argparse.Namespace) -> int:
         for spec, cfg in checked_runs(study):
             print(f"{spec.name}: {_state(Path(cfg.run_dir), cfg)}  {spec.arm.overrides}")
         return 0
-    if run_study(study) is not None:
+    if run_study(study, report_only=args.report_only) is not None:
         print((Path(study.out) / "ablation.md").read_text())
     return 0

@@ -86,14 +86,14 @@ def markdown(summary: dict[str, Any], metric: str) -> str:
     lines = [f"Teacher: val {_pct(t['val'])}, test {_pct(t['test'])} ({metric}, %). Gap = teacher - "
              f"{summary['baseline']} on test = {100 * summary['gap']:.1f} points. Best on val: "
              f"`{summary['best_on_val']}`.", "",
-             f"| arm | val {metric} | test {metric} | gain (points) | share of gap | paper's share | cost per step |",
-             "|---|---|---|---|---|---|---|"]
+             f"| arm | val {metric} | test {metric} | gain (points) | share of gap | paper's share | cost per step | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, r in summary["arms"].items():
         share = _share(r["share"])
         paper = "-" if r["paper_share"] is None else f"{r['paper_share']:.0%}"
         cost = "-" if r["cost"] is None else f"{r['cost']:.2f}"
         lines.append(f"| {arm} | {_pct(r['val'], r['val_std'])} | {_pct(r['test'], r['test_std'])} | "
-                     f"{100 * r['gain']:+.1f} | {share} | {paper} | {cost} |")
+                     f"{100 * r['gain']:+.1f} | {share} | {paper} | {cost} | {len(r['seeds'])} |")
     lines += ["", f"Mean ± std over seeds; cost per step = {summary['baseline']}'s samples/s ÷ the arm's "
               "(training from the same data, measured in the same study)."]
     return "\n".join(lines) + "\n" + sweep_markdown(summary.get("sweeps", {}), metric)
