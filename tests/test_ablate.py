@@ -152,7 +152,7 @@ def test_summary_against_numpy():
         assert row["test"] == pytest.approx(test.mean()) and row["test_std"] == pytest.approx(test.std(ddof=1))
         assert row["gain"] == pytest.approx(test.mean() - base)
         assert row["share"] == pytest.approx((test.mean() - base) / (0.81 - base))
-        assert row["cost"] == pytest.approx(105.0 / np.mean([sps for _, _, sps in rows]))
+        assert row["cost"] == pytest.approx(110.0 / np.max([sps for _, _, sps in rows]))  # fastest runs
     assert summary["best_on_val"] == "fd"  # crd's val mean 0.71 < fd's 0.79, whatever their test scores
     assert summary["arms"]["crd"]["paper_share"] == pytest.approx((31.94 - 30.55) / (36.99 - 30.55))
 
