@@ -36,6 +36,7 @@ bench: setup
 	$(PY) benchmarks/loss_overhead.py
 	$(PY) benchmarks/gd_calibration.py
 	$(PY) benchmarks/step_time.py
+	$(PY) benchmarks/recipe_cost.py
 	$(PY) benchmarks/data_throughput.py
 	$(PY) benchmarks/zeroshot_throughput.py
 	$(PY) benchmarks/distributed_overhead.py
