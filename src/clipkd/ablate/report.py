@@ -112,16 +112,18 @@ def plots(summary: dict[str, Any], results: dict[str, list[dict]], out: Path) ->
     swept = {p["arm"] for sw in summary.get("sweeps", {}).values() for p in sw["points"] if p["arm"] != sw["arm"]}
     results = {a: r for a, r in results.items() if a not in swept}
     arms = [a for a in summary["arms"] if a != summary["baseline"] and a not in swept]
-    fig = Figure(figsize=(max(6, 0.8 * len(arms)), 4))
+    fig = Figure(figsize=(max(6, 0.8 * len(arms)), 4.5))
     ax = fig.add_subplot()
     xs = range(len(arms))
-    ax.bar([x - 0.2 for x in xs], [100 * (summary["arms"][a]["share"] or 0) for a in arms], 0.4, label="this study")
+    gap = summary["gap"] or 1.0
+    ax.bar([x - 0.2 for x in xs], [100 * (summary["arms"][a]["share"] or 0) for a in arms], 0.4, label="this study",
+           yerr=[100 * summary["arms"][a]["test_std"] / abs(gap) for a in arms], capsize=3)  # seed spread
     ax.bar([x + 0.2 for x in xs], [100 * (summary["arms"][a]["paper_share"] or 0) for a in arms], 0.4,
            label="paper (ViT-B/16 → ViT-T/16, ImageNet)")
     ax.set_xticks(list(xs), arms, rotation=30, ha="right")
     ax.set_ylabel("share of the teacher-baseline gap (%)")
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, fontsize="small")
     fig.tight_layout()
     fig.savefig(out / "ablation.png", dpi=120)
     fig = Figure(figsize=(7, 4))
