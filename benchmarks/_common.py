@@ -46,3 +46,19 @@ class OtherLoad:
 def _loadavg() -> str:
     """1/5/15-minute load averages: other processes competing for the cores make timings noisy."""
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def interleaved_medians(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, after one warm-up call each, timed round-robin ``repeats``
+    times (so a slow spell of the machine hits every function alike)."""
+    import statistics
+
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in times.items()}

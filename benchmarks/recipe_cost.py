@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _common import OtherLoad, interleaved_medians  # noqa: E402
 
 from clipkd.distill import DistillBatch, build_distiller  # noqa: E402
 from clipkd.engine.distributed import DistEnv  # noqa: E402
@@ -67,19 +66,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     batch = stored_batch(create_open_clip_encoder(args.student), args.batch, args.teacher_dim)
     steps = {name: recipe_step(name, args.student, batch, args.teacher_dim) for name in RECIPES}
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for fn in steps.values():  # warm-up
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in steps.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    load = OtherLoad()
+    med = interleaved_medians(steps, args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.student}, "
           f"stored teacher embeddings of size {args.teacher_dim}, {args.repeats} interleaved repeats (median)")
     for name, t in med.items():
         print(f"  {name:<9} {t * 1000:7.1f} ms   x{t / med['baseline']:.2f} of baseline")
+    print(load.report())
 
 
 if __name__ == "__main__":

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from _common import interleaved_medians  # noqa: E402
 
 from clipkd.distill import DistillBatch, build_distiller  # noqa: E402
 from clipkd.engine.distributed import DistEnv  # noqa: E402
@@ -71,15 +70,7 @@ def main() -> None:
         d.teacher(batch.teacher_images, batch.teacher_text)
 
     fns = {"A distill step": distill_step, "B student CLIP step": student_step, "C teacher forward": teacher_forward}
-    times = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up
-        fn()
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(fns, args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.student} <- {args.teacher}, {args.repeats} interleaved repeats (median)")
     for k, v in med.items():
