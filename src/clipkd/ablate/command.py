@@ -62,7 +62,7 @@ def _configs(study, base: dict) -> list[tuple[Any, Any]]:
 
 def checked_runs(study) -> list[tuple[Any, Any]]:
     """``(run, config)`` of every run, checked before any compute: the selection against the base's benchmarks,
-    every run's config, and the models, data and teacher cache of the base."""
+    every run's config, and the models, data, benchmarks and teacher cache of every distinct setup."""
     from clipkd.ablate.study import base_raw, check_selection
 
     base = base_raw(study)
