@@ -258,3 +258,26 @@ def test_report_only_summarises_the_finished_runs_and_trains_nothing(study_dir, 
     assert list(json.loads((out / "ablation.json").read_text())["summary"]["arms"]) == ["baseline"]
     assert "**Partial: 1 of 2 runs not finished** (fd-seed0)" in (out / "ablation.md").read_text()
     assert not (out / "runs" / "fd-seed0").exists()
+
+
+def test_a_sweep_over_paths_is_tabled_and_plotted_by_folder_name(tmp_path):
+    """A sweep over teacher caches (values are folders) has no numeric axis: the table and the plot name each
+    folder by its last part (the %g format and a log axis of the numeric sweeps raised on them)."""
+    from clipkd.ablate.report import markdown, plots
+
+    def row(v, t):
+        return {"seeds": [0], "val": v, "val_std": 0.0, "test": t, "test_std": 0.0, "gain": t - 0.7,
+                "share": (t - 0.7) / 0.1, "paper_share": None, "cost": 1.0}
+
+    arms = {"baseline": row(0.7, 0.7), "cache=k8": row(0.76, 0.75), "cache=k16": row(0.78, 0.77)}
+    points = [{"value": f"/data/{k}", "arm": f"cache={k}", "val": arms[f"cache={k}"]["val"],
+               "test": arms[f"cache={k}"]["test"], "share": arms[f"cache={k}"]["share"], "seeds": [0]}
+              for k in ("k16", "k8")]
+    summary = {"teacher": {"val": 0.8, "test": 0.8}, "baseline": "baseline", "gap": 0.1, "arms": arms,
+               "best_on_val": "cache=k16",
+               "sweeps": {"cache": {"key": "distill.teacher_cache", "arm": "baseline", "points": points}}}
+    md = markdown(summary, "acc1")
+    assert "| k16 | 78.0 | 77.0 | 70% | 1 |" in md and "| k8 | 76.0 | 75.0 | 50% | 1 |" in md
+    results = {a: [{"seed": 0, "curve": [{"step": 4, "val": r["val"], "test": r["test"]}]}] for a, r in arms.items()}
+    assert (tmp_path / "sweeps.png") in plots(summary, results, tmp_path)
+    assert (tmp_path / "sweeps.png").stat().st_size > 0

@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from clipkd.ablate.study import value_label
+
 PAPER = {"teacher": 36.99, "baseline": 30.55, "crd": 31.94, "fd": 34.23, "mfd": 34.09, "gd": 31.54, "icl": 33.11,
          "afd": 31.42, "clipkd": 34.90}
 
@@ -76,7 +78,7 @@ def sweep_markdown(sweeps: dict[str, Any], metric: str) -> str:
     for name, sw in sweeps.items():
         lines += ["", f"### Sweep `{name}`: `{sw['key']}` on `{sw['arm']}`", "",
                   f"| {sw['key']} | val {metric} | test {metric} | share of gap | seeds |", "|---|---|---|---|---|"]
-        lines += [f"| {p['value']:g}{' (the arm)' if p['arm'] == sw['arm'] else ''} | {_pct(p['val'])} | "
+        lines += [f"| {value_label(p['value'])}{' (the arm)' if p['arm'] == sw['arm'] else ''} | {_pct(p['val'])} | "
                   f"{_pct(p['test'])} | {_share(p['share'])} | {len(p['seeds'])} |" for p in sw["points"]]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -151,6 +153,9 @@ def _sweep_plot(summary: dict[str, Any], path: Path, figure) -> Path:
     for i, (name, sw) in enumerate(sweeps.items()):
         ax = fig.add_subplot(1, len(sweeps), i + 1)
         xs = [p["value"] for p in sw["points"]]
+        if not all(isinstance(x, (int, float)) for x in xs):  # e.g. teacher caches: one position per value
+            ax.set_xticks(range(len(xs)), [value_label(x) for x in xs], rotation=30, ha="right")
+            xs = list(range(len(xs)))
         for side in ("val", "test"):
             ax.plot(xs, [100 * p[side] for p in sw["points"]], marker="o", label=side)
         ax.axhline(100 * base, color="grey", linestyle=":", label=f"{summary['baseline']} (test)")

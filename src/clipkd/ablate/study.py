@@ -99,11 +99,16 @@ def _weight_term(key: str) -> Optional[str]:
     return key[len("distill.weights."):] if key.startswith("distill.weights.") else None
 
 
-def sweep_arm_name(sweep: str, value: Any) -> str:
-    """The arm of one value of a sweep: ``<sweep>=<value>`` (a path: its last part)."""
+def value_label(value: Any) -> str:
+    """A sweep value as arm names, tables and plots show it: ``%g`` for a float, a path's last part."""
     if isinstance(value, str) and os.sep in value:
-        value = Path(value).name
-    return f"{sweep}={format(value, 'g') if isinstance(value, float) else value}"
+        return Path(value).name
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def sweep_arm_name(sweep: str, value: Any) -> str:
+    """The arm of one value of a sweep: ``<sweep>=<value label>``."""
+    return f"{sweep}={value_label(value)}"
 
 
 def _problems(study: StudyConfig) -> list[str]:
