@@ -28,7 +28,13 @@ class CacheMismatch(ValueError):
     fingerprint differs, or the cache holds no view of a record training can use. Never used silently."""
 
 
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, DataQualityError, TrainingDiverged, HubUnreachable)
+class RunFailed(RuntimeError):
+    """A run that trained in a process of its own (``clipkd ablate --jobs``) failed; the message names it and
+    shows the end of its log."""
+
+
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, DataQualityError, TrainingDiverged, HubUnreachable,
+               RunFailed)
 
 
 def worker_message(exc: BaseException) -> Optional[str]:

@@ -18,6 +18,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="check the study and list its runs; train nothing")
     p.add_argument("--report-only", action="store_true", help="write the report from the runs finished so far "
                    "(e.g. while the study runs elsewhere); train nothing")
+    p.add_argument("--jobs", "-j", type=_positive, default=1,
+                   help="runs trained at once, each in its own process with its share of the CPU cores (and one GPU "
+                   "each, in turn, when there are GPUs); logs in <out>/logs (default: 1, in this process)")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _teacher_scores(study, cfg) -> dict[str, float]:
@@ -96,37 +109,73 @@ def _preflight(planned: list[tuple[Any, Any]]) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def run_study(study, log=print, report_only: bool = False) -> Optional[dict[str, Any]]:
-    """Train what is not finished (``report_only``: nothing), then summarise the finished runs; the summary (None
-    when a signal stopped the study)."""
+def run_study(study, log=print, report_only: bool = False, jobs: int = 1) -> Optional[dict[str, Any]]:
+    """Train what is not finished (``report_only``: nothing; ``jobs``: runs at once, each in its own process),
+    then summarise the finished runs; the summary (None when a signal stopped the study)."""
     from tqdm import tqdm
 
-    from clipkd.ablate.runs import changes, collect, finished, train
+    from clipkd.ablate.runs import run_state
 
     planned = checked_runs(study)
     teacher = _teacher_scores(study, planned[0][1])  # before hours of training: its problems come first
+    states = {spec.name: run_state(Path(cfg.run_dir), cfg) for spec, cfg in planned}
+    done = {name: state.result for name, state in states.items() if state.result is not None}
+    todo = [(s, c) for s, c in planned if s.name not in done]
+    log(f"study: {len(planned)} runs, {len(done)} finished already")
+    if todo and not report_only:
+        for spec, _ in todo:
+            if states[spec.name].changes:
+                log(f"{spec.name} was trained with another config ({'; '.join(states[spec.name].changes)}): "
+                    "moved aside and trained again")
+        with tqdm(total=len(planned), initial=len(done), desc="study", unit="run") as bar:
+            train_all = _train_in_turn if jobs == 1 else _train_at_once
+            stopped = train_all(study, todo, states, done, bar, jobs)
+        if stopped:  # pre-empted: checkpoints are written; the study continues from them next time
+            log(f"study stopped by {stopped}; run the same command to continue")
+            return None
     results: dict[str, list[dict]] = {}
-    todo = [(s, c) for s, c in planned if finished(Path(c.run_dir), c) is None]
-    log(f"study: {len(planned)} runs, {len(planned) - len(todo)} finished already")
-    with tqdm(total=len(planned), initial=len(planned) - len(todo), desc="study", unit="run",
-              disable=report_only) as bar:
-        for spec, cfg in planned:
-            result = finished(Path(cfg.run_dir), cfg)
-            if result is None and not report_only:
-                bar.set_postfix_str(spec.name)
-                stale = finished(Path(cfg.run_dir)) is not None
-                if stale:
-                    log(f"{spec.name} was trained with another config ({'; '.join(changes(Path(cfg.run_dir), cfg))}): "
-                        "moved aside and trained again")
-                stopped = train(cfg, fresh=True) if stale else train(cfg)
-                if stopped:  # pre-empted: its checkpoint is written; the study continues from it next time
-                    log(f"study stopped by {stopped} during {spec.name}; run the same command to continue")
-                    return None
-                result = collect(study, spec, cfg)
-                bar.update()
-            if result is not None:
-                results.setdefault(spec.arm.name, []).append(result)
-    return _write_report(study, planned, results, teacher, [s.name for s, _ in todo] if report_only else [])
+    for spec, _ in planned:
+        if spec.name in done:
+            results.setdefault(spec.arm.name, []).append(done[spec.name])
+    missing = [s.name for s, _ in planned if s.name not in done]
+    return _write_report(study, planned, results, teacher, missing)
+
+
+def _train_in_turn(study, todo, states, done: dict, bar, jobs: int) -> Optional[str]:
+    """Train ``todo`` one after another in this process; the signal that stopped one, or None."""
+    from clipkd.ablate.runs import collect, train
+
+    for spec, cfg in todo:
+        bar.set_postfix_str(spec.name)
+        stopped = train(cfg, fresh=True) if states[spec.name].changes else train(cfg)
+        if stopped:
+            return f"{stopped} during {spec.name}"
+        done[spec.name] = collect(study, spec, cfg)
+        bar.update()
+    return None
+
+
+def _train_at_once(study, todo, states, done: dict, bar, jobs: int) -> Optional[str]:
+    """Train ``todo`` with ``jobs`` runs at once, each in a process of its own (:mod:`clipkd.ablate.jobs`)."""
+    from clipkd.ablate.jobs import Job, train_parallel
+    from clipkd.ablate.runs import collect
+    from clipkd.config import dump_config
+    from clipkd.files import write_atomic
+
+    out = Path(study.out)
+    by_name, batch = {}, []
+    for spec, cfg in todo:
+        path = out / "jobs" / f"{spec.name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, dump_config(cfg).encode())
+        by_name[spec.name] = (spec, cfg)
+        batch.append(Job(spec.name, path, out / "logs" / f"{spec.name}.log", fresh=bool(states[spec.name].changes)))
+
+    def finished(name: str) -> None:
+        done[name] = collect(study, *by_name[name])
+        bar.update()
+
+    return train_parallel(batch, jobs, finished, on_change=lambda names: bar.set_postfix_str(", ".join(names)))
 
 
 def _write_report(study, planned, results: dict[str, list[dict]], teacher: dict[str, float],
@@ -151,25 +200,17 @@ def _write_report(study, planned, results: dict[str, list[dict]], teacher: dict[
     return summary
 
 
-def _state(folder: Path, cfg) -> str:
-    from clipkd.ablate.runs import changes, finished
-
-    if finished(folder, cfg) is not None:
-        return "finished"
-    if finished(folder) is not None:
-        return f"to train again (trained with another config: {'; '.join(changes(folder, cfg))})"
-    return "to train"
-
-
 def run_ablate(args: argparse.Namespace) -> int:
     """`clipkd ablate`: check the study, then run it (or list it with --dry-run)."""
     from clipkd.ablate.study import load_study
 
     study = load_study(args.config)
     if args.dry_run:
+        from clipkd.ablate.runs import run_state
+
         for spec, cfg in checked_runs(study):
-            print(f"{spec.name}: {_state(Path(cfg.run_dir), cfg)}  {spec.arm.overrides}")
+            print(f"{spec.name}: {run_state(Path(cfg.run_dir), cfg).describe()}  {spec.arm.overrides}")
         return 0
-    if run_study(study, report_only=args.report_only) is not None:
+    if run_study(study, report_only=args.report_only, jobs=args.jobs) is not None:
         print((Path(study.out) / "ablation.md").read_text())
     return 0

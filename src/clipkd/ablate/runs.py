@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from clipkd.ablate.study import Arm, StudyConfig, arms, sweep_arm_name
 import yaml
 
+from clipkd.ablate.study import Arm, StudyConfig, arms, sweep_arm_name, weight_term
 from clipkd.config import TrainConfig, apply_overrides, dump_config, validate_config
 from clipkd.engine.config_diff import breaking_changes, flatten
 from clipkd.errors import ConfigError
@@ -61,16 +61,17 @@ def swept_value(cfg: TrainConfig, key: str) -> Optional[float]:
     """The number ``key`` stands for in ``cfg`` as the run uses it (unset: the recipe's loss weight and mask ratio,
     all the views the teacher cache holds), or None."""
     value = flatten(cfg.model_dump(mode="json")).get(key)
-    manifest = _cache_manifest(cfg)
-    term = key.removeprefix("distill.weights.")
-    if value is None and term != key:
+    term = weight_term(key)
+    if value is None and term:
+        manifest = _cache_manifest(cfg) if term == "gd" else None
         dims = [int(t["embed_dim"]) for t in manifest["teachers"]] if manifest else []
         if term != "gd" or len(dims) == 1:  # the GD weight follows the batch and the teacher's dim
             value = cfg.distill.resolved(cfg.data.batch_size * cfg.optim.accum_steps, *dims[:1])[0].get(term)
     elif value is None and key == "distill.mask_ratio":
         value = cfg.distill.resolved()[1]
-    elif value is None and key == "distill.cache_views" and manifest:
-        value = manifest["views"]
+    elif value is None and key == "distill.cache_views":
+        manifest = _cache_manifest(cfg)
+        value = manifest["views"] if manifest else None
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
@@ -110,12 +111,32 @@ def changes(folder: Path, cfg: TrainConfig) -> list[str]:
     return found
 
 
-def finished(folder: Path, cfg: Optional[TrainConfig] = None) -> Optional[dict]:
-    """The result of a finished run (trained with ``cfg``, up to :func:`changes`, when given), or None."""
+@dataclass(frozen=True)
+class RunState:
+    """Where a planned run stands: ``result`` when it finished with the planned config; ``changes`` (what
+    differs, see :func:`changes`) when its folder holds a finished run of another config; neither when it is to
+    train (new, or interrupted: it resumes)."""
+
+    result: Optional[dict] = None
+    changes: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.result is not None:
+            return "finished"
+        if self.changes:
+            return f"to train again (trained with another config: {'; '.join(self.changes)})"
+        return "to train"
+
+
+def run_state(folder: Path, cfg: TrainConfig) -> RunState:
+    """The :class:`RunState` of the run of ``cfg`` in ``folder``."""
     path = folder / RESULT_FILE
-    if not path.is_file() or (cfg is not None and changes(folder, cfg)):
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    if not path.is_file():
+        return RunState()
+    found = changes(folder, cfg)
+    if found:
+        return RunState(changes=tuple(found))
+    return RunState(result=json.loads(path.read_text(encoding="utf-8")))
 
 
 def train(cfg: TrainConfig, fresh: bool = False) -> Optional[str]:

@@ -86,7 +86,7 @@ def arms(study: StudyConfig) -> list[Arm]:
 def _swept(overrides: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """An arm's overrides with ``key`` set; one loss weight on an arm without explicit weights starts from its
     recipe's weights (the weight alone would replace them)."""
-    term = _weight_term(key)
+    term = weight_term(key)
     if term and "distill.weights" not in overrides:
         from clipkd.losses.recipes import get_recipe
 
@@ -95,7 +95,8 @@ def _swept(overrides: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     return {**overrides, key: value}
 
 
-def _weight_term(key: str) -> Optional[str]:
+def weight_term(key: str) -> Optional[str]:
+    """The loss term of a ``distill.weights.<term>`` key, or None for any other key."""
     return key[len("distill.weights."):] if key.startswith("distill.weights.") else None
 
 
@@ -131,7 +132,7 @@ def _problems(study: StudyConfig) -> list[str]:
 def _weight_sweep_problem(sweep: Sweep, overrides: Optional[dict[str, Any]]) -> Optional[str]:
     """Why a loss-weight sweep cannot be set on its arm, or None: the arm needs explicit weights or a recipe whose
     weights do not depend on the batch (a recipe's GD weight follows the global batch)."""
-    term = _weight_term(sweep.key)
+    term = weight_term(sweep.key)
     if not term or overrides is None or "distill.weights" in overrides:
         return None
     recipe = overrides.get("distill.recipe")
