@@ -38,7 +38,8 @@ def full_test_benchmark(demo: Path, folder: Path) -> Path:
         write_shards(samples, shards)
     base = yaml.safe_load((demo / "ablation-base.yaml").read_text())
     (spec,) = [b for b in base["eval"]["benchmarks"] if b["name"] == "fashion-mnist"]
-    spec.update(name="fashion-mnist-full", path=sorted(str(p) for p in shards.glob("shard-*.tar")), workers=2)
+    spec.update(name="fashion-mnist-full", path=sorted(str(p.resolve()) for p in shards.glob("shard-*.tar")),
+                workers=2)
     path = folder / "benchmarks.yaml"
     path.write_text(yaml.safe_dump([spec]))
     return path
