@@ -12,6 +12,7 @@ runs' ``result.json``. Nothing here chooses a setting: the arms are the ones the
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -23,7 +24,8 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from clipkd.demo.fmnist import TEST_PAIR_TEMPLATES, TEST_TEMPLATES, _seed, load_split, make_split, write_shards  # noqa: E402,E501
+from clipkd.demo.fmnist import (TEST_PAIR_TEMPLATES, TEST_TEMPLATES, _seed, load_split, make_split,  # noqa: E402
+                                write_shards)
 
 FULL = 10_000
 
@@ -46,13 +48,18 @@ def full_test_benchmark(demo: Path, folder: Path) -> Path:
 
 
 def evaluate(run: Path, benchmarks: Path, out: Path, side: str = "student") -> float:
-    """Top-1 of the run's final student (or its teacher) on the full test split, kept in ``out`` once measured."""
-    target = out / f"{run.name}-{side}.json"
+    """Top-1 of the run's final student (or its teacher) on the full test split, kept in ``out`` once measured;
+    the teacher once for all runs that share it (kept under its model and weights)."""
+    if side == "teacher":
+        t = yaml.safe_load((run / "config.yaml").read_text())["teacher"]
+        name = "teacher-" + hashlib.sha256(json.dumps([t["model"], t.get("pretrained")]).encode()).hexdigest()[:12]
+    else:
+        name = f"{run.name}-{side}"
+    target = out / f"{name}.json"
     if not target.is_file():
         subprocess.run([sys.executable, "-m", "clipkd", "eval", "--run", str(run), "--side", side, "--benchmarks",
-                        str(benchmarks), "--out", str(out / "eval" / f"{run.name}-{side}")], check=True,
-                       stdout=subprocess.DEVNULL)
-        (found,) = (out / "eval" / f"{run.name}-{side}").rglob("*fashion-mnist-full*.json")
+                        str(benchmarks), "--out", str(out / "eval" / name)], check=True, stdout=subprocess.DEVNULL)
+        (found,) = (out / "eval" / name).rglob("*fashion-mnist-full*.json")
         target.write_text(found.read_text())
     return float(json.loads(target.read_text())["metrics"]["acc1"])
 
@@ -65,11 +72,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", type=Path, default=Path("runs/ablation-full-test"))
     args = p.parse_args()
+    if len(args.arms) < 2:
+        p.error("give the baseline and at least one distilled arm (its runs name the teacher to measure)")
     args.out.mkdir(parents=True, exist_ok=True)
     benchmarks = full_test_benchmark(args.demo, args.out)
     first = args.runs / f"{args.arms[0]}-seed{args.seeds[0]}"
-    teacher_run = next(args.runs / f"{a}-seed{args.seeds[0]}" for a in args.arms[1:])
-    teacher = evaluate(teacher_run, benchmarks, args.out, side="teacher")
+    teacher = evaluate(args.runs / f"{args.arms[1]}-seed{args.seeds[0]}", benchmarks, args.out, side="teacher")
     rows = {}
     for arm in args.arms:
         runs = [args.runs / f"{arm}-seed{s}" for s in args.seeds]
