@@ -50,3 +50,31 @@ def test_clamp_logit_scales(student_encoder, teacher_encoder):
     clamp_logit_scales(d.student)
     assert d.student.encoder.logit_scale.item() == pytest.approx(math.log(100))
     assert d.student.icl_logit_scale.item() == 0.0
+
+
+def _adamw_by_hand(p, grads, lr, wd, betas, eps):
+    """AdamW written out (Loshchilov & Hutter, torch's decoupled decay order), float64."""
+    m, v = torch.zeros_like(p), torch.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        p = p * (1 - lr * wd)
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        m_hat, v_hat = m / (1 - betas[0] ** t), v / (1 - betas[1] ** t)
+        p = p - lr * m_hat / (v_hat.sqrt() + eps)
+    return p
+
+
+def test_fused_adamw_on_cpu_is_adamw():
+    torch.manual_seed(0)
+    module = torch.nn.Linear(7, 5).double()
+    start = {n: p.detach().clone() for n, p in module.named_parameters()}
+    opt = create_optimizer(module, 1e-2, 0.1, (0.9, 0.98), 1e-6)
+    assert all(g["fused"] for g in opt.param_groups)
+    grads = {n: [torch.randn_like(p) for _ in range(5)] for n, p in module.named_parameters()}
+    for step in range(5):
+        for n, p in module.named_parameters():
+            p.grad = grads[n][step]
+        opt.step()
+    for n, p in module.named_parameters():
+        wd = 0.1 if n == "weight" else 0.0
+        torch.testing.assert_close(p.detach(), _adamw_by_hand(start[n], grads[n], 1e-2, wd, (0.9, 0.98), 1e-6))

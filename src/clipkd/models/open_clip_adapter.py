@@ -17,10 +17,12 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 
 from clipkd.errors import HubUnreachable
+from clipkd.models.causal_text import CausalTextTower
 from clipkd.models.encoders import ClipEncoder, TextBatch, eval_mode
 from clipkd.models.masking import vit_token_drop
 from clipkd.models.state_dict import read_state_dict
@@ -105,7 +107,11 @@ class OpenClipEncoder(ClipEncoder):
         return self.model.encode_image(images, normalize=normalize)
 
     def encode_text(self, text: TextBatch, normalize: bool = True) -> torch.Tensor:
-        return self.model.encode_text(text, normalize=normalize)
+        tower = CausalTextTower.of(self.model) if isinstance(text, torch.Tensor) else None
+        if tower is None:
+            return self.model.encode_text(text, normalize=normalize)
+        x = tower.encode(text)
+        return F.normalize(x, dim=-1) if normalize else x
 
     def encode_image_masked(self, images, ratio, generator=None):
         visual = self.model.visual
