@@ -72,3 +72,20 @@ def test_towers_whose_pooled_feature_sees_the_padding_run_in_full(tmp_path, text
 def test_an_empty_batch_keeps_its_shape(tmp_path):
     enc = _encoder(tmp_path, False)
     assert enc.encode_text(enc.tokenize([])).shape == (0, 16)
+
+
+def test_an_exported_text_tower_keeps_every_position(tmp_path):
+    """A traced graph must not keep the example's trimmed length: longer captions than the example's still count."""
+    enc = _encoder(tmp_path, False).float().eval()
+
+    class Text(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = enc
+
+        def forward(self, text):
+            return self.enc.encode_text(text)
+
+    short, long = enc.tokenize(["a bag", "a coat"]), enc.tokenize(CAPTIONS[1:3])
+    program = torch.export.export(Text(), (short,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    torch.testing.assert_close(program.module()(long), enc.model.encode_text(long, normalize=True))

@@ -5,7 +5,8 @@ depends on that token and the ones before it, never on the padding after it. Cap
 than the context (the demo's: at most 14 of 32 tokens), so running the tower on the first ``max(pooled index)
 + 1`` positions gives the same embeddings and gradients for a fraction of the compute (about 2.4x less text
 tower time on the demo's student). Towers this does not apply to (bidirectional, HF, pad-masked, CoCa's
-appended class token, pooling the last position) run unchanged through open_clip.
+appended class token, pooling the last position) run unchanged through open_clip, and so does every tower while
+it is traced, exported or compiled: the trimmed length depends on the data, and a graph must not keep it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from torch import nn
 _POOLED_TOKEN = ("argmax", "eos", "first")
 
 
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 @dataclass
 class CausalTextTower:
     """The parts of an open_clip causal text tower (``CLIP``'s own, or a ``TextTransformer``)."""
@@ -31,7 +36,10 @@ class CausalTextTower:
 
     @classmethod
     def of(cls, model: nn.Module) -> Optional["CausalTextTower"]:
-        """The trimmable text tower of an open_clip model, or None when trimming could change its output."""
+        """The trimmable text tower of an open_clip model, or None when trimming could change its output or a
+        traced graph (ONNX export, ``torch.export``, ``torch.compile``, TorchScript tracing) would keep one length."""
+        if _tracing():
+            return None
         if isinstance(model, CLIP):
             tower, pool, eos = model, model.text_pool_type, getattr(model, "text_eos_id", None)
         elif isinstance(getattr(model, "text", None), TextTransformer):
