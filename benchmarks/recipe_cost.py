@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Optional
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,22 +36,28 @@ def stored_batch(student, n: int, dim: int) -> DistillBatch:
     return DistillBatch(images, text, images, text, teacher=teacher)
 
 
-def recipe_step(name: str, student_name: str, batch: DistillBatch, dim: int):
-    """One optimizer step of recipe ``name`` (its own student and optimizer), as a callable."""
+def seeded_student(student_name: str):
+    """The student encoder, built from seed 0 (every variant starts from the same weights)."""
     torch.manual_seed(0)
+    return create_open_clip_encoder(student_name)
+
+
+def recipe_step(name: str, student, batch: DistillBatch, dim: int, fused: Optional[bool] = None):
+    """One optimizer step of recipe ``name`` on the encoder ``student`` (its own optimizer), as a callable that
+    returns the step's loss; ``fused``: as :func:`create_optimizer` takes it."""
     weights = resolve_weights(name, None, len(batch), dim)
-    d = build_distiller(create_open_clip_encoder(student_name), None, weights, get_recipe(name).mask_ratio,
-                        stored_teacher_dims=[dim])
+    d = build_distiller(student, None, weights, get_recipe(name).mask_ratio, stored_teacher_dims=[dim])
     d.student.train()
-    opt = create_optimizer(d.student, 1e-4, 0.1, (0.9, 0.98), 1e-6)
+    opt = create_optimizer(d.student, 1e-4, 0.1, (0.9, 0.98), 1e-6, fused=fused)
     grad_step, gen = GlobalBatchStep(d, d.student, DistEnv(), torch.device("cpu")), torch.Generator().manual_seed(0)
 
-    def step():
+    def step() -> float:
         opt.zero_grad(set_to_none=True)
-        grad_step([batch], gen)
+        loss = grad_step([batch], gen)["loss"]
         torch.nn.utils.clip_grad_norm_(d.student.parameters(), 1.0)
         opt.step()
         clamp_logit_scales(d.student)
+        return float(loss)
 
     return step
 
@@ -65,7 +72,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     batch = stored_batch(create_open_clip_encoder(args.student), args.batch, args.teacher_dim)
-    steps = {name: recipe_step(name, args.student, batch, args.teacher_dim) for name in RECIPES}
+    steps = {name: recipe_step(name, seeded_student(args.student), batch, args.teacher_dim) for name in RECIPES}
     load = OtherLoad()
     med = interleaved_medians(steps, args.repeats)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, {args.student}, "

@@ -16,60 +16,32 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _common import OtherLoad, interleaved_medians  # noqa: E402
-from recipe_cost import stored_batch  # noqa: E402
+from recipe_cost import recipe_step, seeded_student, stored_batch  # noqa: E402
 
-from clipkd.demo.fmnist import CLASSNAMES, TRAIN_PAIR_TEMPLATES, TRAIN_TEMPLATES  # noqa: E402
-from clipkd.distill import build_distiller  # noqa: E402
-from clipkd.engine import optim  # noqa: E402
-from clipkd.engine.distributed import DistEnv  # noqa: E402
-from clipkd.engine.gradcache import GlobalBatchStep  # noqa: E402
-from clipkd.losses.recipes import get_recipe, resolve_weights  # noqa: E402
-from clipkd.models import create_open_clip_encoder  # noqa: E402
+from clipkd.demo.fmnist import TRAIN_PAIR_TEMPLATES, TRAIN_TEMPLATES, make_split  # noqa: E402
 
 
 def demo_captions(n: int, seed: int = 0) -> list[str]:
-    """Captions drawn as the demo draws its training captions: one item, or (30%) a pair."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.sample(CLASSNAMES, 2)
-        out.append(rng.choice(TRAIN_PAIR_TEMPLATES).format(a=a, b=b) if rng.random() < 0.3
-                   else rng.choice(TRAIN_TEMPLATES).format(a))
-    return out
+    """Captions drawn by the demo's own split builder (one item, or 30% two-item scenes), on blank images."""
+    samples = make_split(np.zeros((n, 28, 28), np.uint8), np.arange(n) % 10, count=n, scene_fraction=0.3,
+                         templates=TRAIN_TEMPLATES, pair_templates=TRAIN_PAIR_TEMPLATES, seed=seed, key_prefix="b")
+    return [s.caption for s in samples]
 
 
 def variant_step(recipe: str, student: str, batch, dim: int, trim: bool, fused: bool):
-    """One optimizer step of ``recipe`` with or without each change, as a callable (and its last loss)."""
-    torch.manual_seed(0)
-    enc = create_open_clip_encoder(student)
+    """One optimizer step of ``recipe`` with or without each change, as a callable, and the losses it returned."""
+    enc = seeded_student(student)
     if not trim:  # open_clip's full forward, as before
         enc.encode_text = lambda text, normalize=True: enc.model.encode_text(text, normalize=normalize)
-    d = build_distiller(enc, None, resolve_weights(recipe, None, len(batch), dim), get_recipe(recipe).mask_ratio,
-                        stored_teacher_dims=[dim])
-    d.student.train()
-    devices = optim.FUSED_DEVICES
-    optim.FUSED_DEVICES = devices if fused else ()
-    try:
-        opt = optim.create_optimizer(d.student, 1e-4, 0.1, (0.9, 0.98), 1e-6)
-    finally:
-        optim.FUSED_DEVICES = devices
-    grad_step, gen = GlobalBatchStep(d, d.student, DistEnv(), torch.device("cpu")), torch.Generator().manual_seed(0)
+    step = recipe_step(recipe, enc, batch, dim, fused=None if fused else False)
     losses: list[float] = []
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(grad_step([batch], gen)["loss"]))
-        torch.nn.utils.clip_grad_norm_(d.student.parameters(), 1.0)
-        opt.step()
-        optim.clamp_logit_scales(d.student)
-
-    return step, losses
+    return (lambda: losses.append(step())), losses
 
 
 def main() -> None:
@@ -82,7 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    enc = create_open_clip_encoder(args.student)
+    enc = seeded_student(args.student)
     batch = stored_batch(enc, args.batch, args.teacher_dim)
     batch.student_text = batch.teacher_text = enc.tokenize(demo_captions(args.batch))
     longest = int((batch.student_text != 0).sum(1).max())

@@ -70,6 +70,7 @@ def test_fused_adamw_on_cpu_is_adamw():
     start = {n: p.detach().clone() for n, p in module.named_parameters()}
     opt = create_optimizer(module, 1e-2, 0.1, (0.9, 0.98), 1e-6)
     assert all(g["fused"] for g in opt.param_groups)
+    assert not any(g["fused"] for g in create_optimizer(module, 1e-2, 0.1, (0.9, 0.98), 1e-6, fused=False).param_groups)
     grads = {n: [torch.randn_like(p) for _ in range(5)] for n, p in module.named_parameters()}
     for step in range(5):
         for n, p in module.named_parameters():

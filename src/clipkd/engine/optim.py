@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -18,18 +18,19 @@ def _no_decay(name: str, p: torch.Tensor) -> bool:
 FUSED_DEVICES = ("cpu", "cuda")
 
 
-def create_optimizer(module: nn.Module, lr: float, weight_decay: float, betas: Sequence[float], eps: float):
+def create_optimizer(module: nn.Module, lr: float, weight_decay: float, betas: Sequence[float], eps: float,
+                     fused: Optional[bool] = None):
     """AdamW over the module's trainable parameters, weight decay only on matrices/kernels.
 
-    Fused when every parameter is a float tensor on a CPU or CUDA device: the same update as the per-tensor
-    loops, about 6x faster on the demo's 9M-parameter student (most of them its token embedding, whose whole
-    gradient is updated every step).
+    ``fused=None``: fused when every parameter is a float tensor on a CPU or CUDA device, the same update in one
+    kernel (``benchmarks/student_step.py`` measures it); ``False``: torch's unfused implementation.
     """
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if not _no_decay(n, p)]
     rest = [p for n, p in named if _no_decay(n, p)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for _, p in named)
+    if fused is None:
+        fused = all(p.device.type in FUSED_DEVICES and p.is_floating_point() for _, p in named)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, fused=fused or None)
 
 

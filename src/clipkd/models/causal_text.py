@@ -3,8 +3,8 @@
 CLIP's text transformer is causal and pools one token per caption (the end-of-text token): the pooled feature
 depends on that token and the ones before it, never on the padding after it. Captions are usually far shorter
 than the context (the demo's: at most 16 of 32 tokens), so running the tower on the first ``max(pooled index)
-+ 1`` positions gives the same embeddings and gradients for a fraction of the compute (about 2.3x less text
-tower time on the demo's student). Towers this does not apply to (bidirectional, HF, pad-masked, CoCa's
++ 1`` positions gives the same embeddings and gradients for a fraction of the compute (``benchmarks/student_step.py``
+measures the step with and without it). Towers this does not apply to (bidirectional, HF, pad-masked, CoCa's
 appended class token, pooling the last position) run unchanged through open_clip, and so does every tower while
 it is traced, exported or compiled: the trimmed length depends on the data, and a graph must not keep it.
 """
