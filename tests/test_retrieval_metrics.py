@@ -1,25 +1,44 @@
 """Retrieval recall@K against a brute-force double loop, plus hand-built cases."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from clipkd.eval.retrieval_metrics import first_caption_only, retrieval_recall
+from clipkd.eval.retrieval_metrics import first_caption_only, retrieval_recall, tie_tolerance
 
 
-def brute_force(image_emb, text_emb, text_to_image, ks):
-    """Pure-Python reference: ranks by explicit loops over all pairs."""
-    imgs, txts, t2i = image_emb.tolist(), text_emb.tolist(), text_to_image.tolist()
+UNIT_ROUNDOFF = {torch.float64: 2.0 ** -53, torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8,
+                 torch.float16: 2.0 ** -11}
 
-    def dot(u, v):
-        return sum(a * b for a, b in zip(u, v))
+
+def brute_force(image_emb, text_emb, text_to_image, ks, dtype=None):
+    """Pure-Python reference: ranks by explicit loops over all pairs, scores summed exactly (math.fsum).
+
+    The documented tie rule, written out independently: a wrong candidate counts against the query when it scores
+    at least the right one's score minus ``(8 u + D 2^-53) |q| max|c|`` (``u``: the unit roundoff of ``dtype``,
+    by default the inputs' own)."""
+    u = UNIT_ROUNDOFF[dtype or torch.promote_types(image_emb.dtype, text_emb.dtype)]
+    imgs, txts, t2i = image_emb.double().tolist(), text_emb.double().tolist(), text_to_image.tolist()
+    dim = len(imgs[0])
+
+    def dot(a, b):
+        return math.fsum(x * y for x, y in zip(a, b))
+
+    def norm(v):
+        return math.sqrt(math.fsum(x * x for x in v))
+
+    def tol(query, candidates):
+        return (8 * u + dim * 2.0 ** -53) * norm(query) * max(norm(c) for c in candidates)
 
     scores = [[dot(t, i) for i in imgs] for t in txts]  # [T][I]
-    # pessimistic ranks: every WRONG candidate scoring at least as high as the best right one counts
-    t_ranks = [sum(s >= row[t2i[t]] for j, s in enumerate(row) if j != t2i[t]) for t, row in enumerate(scores)]
+    # pessimistic ranks: every WRONG candidate scoring at least as high as the best right one, up to rounding
+    t_ranks = [sum(s >= row[t2i[t]] - tol(txts[t], imgs) for j, s in enumerate(row) if j != t2i[t])
+               for t, row in enumerate(scores)]
     i_ranks = []
     for i in range(len(imgs)):
-        best = max(scores[t][i] for t in range(len(txts)) if t2i[t] == i)
+        best = max(scores[t][i] for t in range(len(txts)) if t2i[t] == i) - tol(imgs[i], txts)
         i_ranks.append(sum(scores[t][i] >= best for t in range(len(txts)) if t2i[t] != i))
     out = {}
     for k in ks:
@@ -54,7 +73,7 @@ def test_matches_brute_force(chunk, ks, seed):
 def test_float32_matches_brute_force_and_is_not_trivial():
     images, texts, t2i = random_case(n_img=20, seed=3, dtype=torch.float32)
     got = retrieval_recall(images, texts, t2i, ks=(1, 5, 10), chunk=7)
-    want = brute_force(images.double(), texts.double(), t2i, (1, 5, 10))
+    want = brute_force(images, texts, t2i, (1, 5, 10))
     assert got == pytest.approx(want, abs=1e-9)
     assert 0 < got["image_retrieval_recall@1"] < 1  # the case exercises both outcomes
 
@@ -165,14 +184,16 @@ def test_deliberate_ties_match_brute_force(chunk, seed):
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
 
 
-def test_bfloat16_input_is_upcast():
+def test_low_precision_inputs_tie_within_their_own_rounding():
+    """bf16/fp16 inputs are scored in float64, with ties up to *their* rounding (coarser than float32's)."""
     images, texts, t2i = random_case(n_img=15, seed=4, dtype=torch.float32)
-    images, texts = images.bfloat16(), texts.bfloat16()
-    got = retrieval_recall(images, texts, t2i, chunk=4)
-    want = retrieval_recall(images.float(), texts.float(), t2i, chunk=1000)
-    assert got == want
-    assert all(0.0 <= v <= 1.0 for v in got.values())
-    assert retrieval_recall(images.half(), texts.half(), t2i) == pytest.approx(got, abs=0.15)
+    for dtype in (torch.bfloat16, torch.float16):
+        low_i, low_t = images.to(dtype), texts.to(dtype)
+        got = retrieval_recall(low_i, low_t, t2i, chunk=4)
+        assert got == pytest.approx(brute_force(low_i, low_t, t2i, (1, 5, 10)), abs=1e-12)
+        # the same values handed over as float32 are judged by float32's (finer) rounding
+        assert retrieval_recall(low_i.float(), low_t.float(), t2i) == pytest.approx(
+            brute_force(low_i.float(), low_t.float(), t2i, (1, 5, 10)), abs=1e-12)
 
 
 def test_larger_case_chunk_invariant():
@@ -212,3 +233,55 @@ def test_first_caption_only_protocol_roundtrip():
     got = retrieval_recall(images, texts[first], t2i[first], ks=(1, 5))
     want = brute_force(images, texts[first], torch.arange(images.shape[0]), (1, 5))
     assert got == pytest.approx(want)
+
+
+def _ulp_noise(x, ulps, seed):
+    """``x`` with each element moved by up to ``ulps`` units in the last place of its dtype, at random."""
+    g = torch.Generator().manual_seed(seed)
+    out = x.clone()
+    for _ in range(ulps):
+        step = torch.randint(-1, 2, x.shape, generator=g)  # -1, 0 or +1 ulp per element
+        up, down = torch.nextafter(out, torch.full_like(out, math.inf)), torch.nextafter(out, torch.full_like(out, -math.inf))
+        out = torch.where(step > 0, up, torch.where(step < 0, down, out))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("collapsed", ["text", "image"])
+def test_rows_equal_up_to_rounding_tie(dtype, collapsed):
+    """A collapsed tower whose rows differ only by rounding noise (as two kernels, batch positions or machines
+    produce them) still scores chance level: the noise never lets the right candidate win."""
+    n_img, dim = 12, 64
+    g = torch.Generator().manual_seed(11)
+    base = F.normalize(torch.randn(n_img, dim, generator=g, dtype=dtype), dim=1)
+    same = _ulp_noise(base[:1].expand(n_img, dim).contiguous(), 2, seed=3)  # 2 ulps per element at most
+    assert not torch.equal(same[0], same[1])  # not exact copies
+    images, texts = (base, same) if collapsed == "text" else (same, base)
+    t2i = torch.arange(n_img)
+    ks = (1, 5, 11, 12)
+    got = retrieval_recall(images, texts, t2i, ks=ks, chunk=5)
+    side = "text" if collapsed == "text" else "image"
+    for k in ks:
+        assert got[f"{side}_retrieval_recall@{k}"] == _chance_recall(n_img - 1, k), k
+    assert got == pytest.approx(brute_force(images, texts, t2i, ks), abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tie_tolerance_boundary(dtype):
+    """A wrong image scoring below the right one by a quarter of the documented tolerance ties; by four times
+    it, it does not (the tolerance for unit vectors, written out: 8 u + D 2^-53)."""
+    dim = 16
+    u = UNIT_ROUNDOFF[dtype]
+    tol = 8 * u + dim * 2.0 ** -53
+    assert tie_tolerance(dtype, dim) == pytest.approx(tol, rel=1e-12)
+    right = torch.zeros(dim, dtype=torch.float64)
+    right[0] = 1.0
+    for factor, tied in ((0.25, True), (4.0, False)):
+        theta = math.acos(1 - factor * tol)  # cos(theta) = 1 - factor * tol: the wrong image's score
+        wrong = torch.zeros(dim, dtype=torch.float64)
+        wrong[0], wrong[1] = math.cos(theta), math.sin(theta)
+        images = torch.stack([right, wrong]).to(dtype)
+        texts = images.clone()  # each caption is its own image's exact copy; the other image scores cos(theta)
+        got = retrieval_recall(images, texts, torch.tensor([0, 1]), ks=(1,))
+        assert got["image_retrieval_recall@1"] == (0.0 if tied else 1.0), factor
+        assert got["text_retrieval_recall@1"] == (0.0 if tied else 1.0), factor

@@ -16,13 +16,20 @@ from clipkd.models.encoders import ClipEncoder, eval_mode
 @torch.inference_mode()
 def embed_captions(encoder: ClipEncoder, captions: Sequence[str], device: Union[str, torch.device],
                    batch_size: int = 256) -> torch.Tensor:
-    """Normalised text embeddings, tokenised with the encoder's own tokenizer, in batches."""
+    """Normalised text embeddings, tokenised with the encoder's own tokenizer, in batches.
+
+    Each distinct caption text is embedded once and shared by all its copies, so identical captions get
+    bit-identical embeddings (a tower's output for one text can differ in the last bits with its position in a
+    batch) and tie exactly in retrieval, on every machine."""
+    distinct = list(dict.fromkeys(captions))
     out = []
-    for i in range(0, len(captions), batch_size):
-        tokens = encoder.tokenize(captions[i : i + batch_size])
+    for i in range(0, len(distinct), batch_size):
+        tokens = encoder.tokenize(distinct[i : i + batch_size])
         tokens = tokens.to(device) if isinstance(tokens, torch.Tensor) else {k: v.to(device) for k, v in tokens.items()}
         out.append(encoder.encode_text(tokens).float())
-    return torch.cat(out)
+    row = {text: i for i, text in enumerate(distinct)}
+    index = torch.tensor([row[c] for c in captions], dtype=torch.long)
+    return torch.cat(out)[index.to(out[0].device)] if out else torch.empty(0)
 
 
 def evaluate_retrieval(encoder: ClipEncoder, data: CaptionedImages, device: Union[str, torch.device] = "cpu",

@@ -5,14 +5,22 @@ Conventions:
 * embeddings are L2-normalised, so the similarity is the dot product;
 * ``text_to_image[t]`` is the index of caption ``t``'s image; an image may have several captions
   and every image must have at least one;
-* a query's rank is the number of *wrong* candidates scoring at least as high as (``>=``) its best
-  correct candidate, so ties count against the query (pessimistic ranking); the query succeeds at K
+* a query's rank is the number of *wrong* candidates scoring at least as high as its best correct candidate
+  *up to rounding* (see below), so ties count against the query (pessimistic ranking); the query succeeds at K
   when ``rank < K``. A collapsed tower (every caption, or every image, the same embedding) therefore
   scores chance level, R@K = 1 only when fewer than K wrong candidates exist, and an identical caption
   of another image is not a hit;
+* **ties up to rounding** (:func:`tie_tolerance`): scores are computed in float64 whatever the inputs' dtype, and
+  a wrong candidate ties with the right one when ``s_wrong >= s_right - tol``, where
+  ``tol = (TIE_ULPS * u_in + D * u_64) * |q| * max_c |c|``: ``u_in`` is the unit roundoff of the inputs' dtype
+  (float32: 2^-24; bfloat16: 2^-8), ``u_64 = 2^-53``, ``D`` the embedding width, ``|q|`` the query's norm and
+  ``max_c |c|`` the largest candidate norm. The first term covers inputs that differ by up to ``TIE_ULPS / 4``
+  units in the last place per element on each side (so two embeddings that are equal up to their own dtype's
+  rounding tie); the second is a worst-case bound on float64's own summation error over ``D`` products. Ties
+  then do not depend on the BLAS kernel (AVX2 or AVX-512, CPU or GPU): exact copies of a row score apart by
+  1e-16 in float64 and 1e-8 in float32 on some kernels, far inside ``tol`` (float32 unit vectors: 4.8e-7);
 * only a ``[chunk, max(I, T)]`` block of scores exists at any time, so 5k images x 25k captions
-  fit easily; bfloat16/float16 inputs are computed in float32 (float64 stays float64) on the
-  inputs' device.
+  fit easily; the block is float64 on the inputs' device.
 
 The keys match what clip_benchmark writes: ``image_retrieval_recall@K`` is text -> image,
 ``text_retrieval_recall@K`` is image -> text.
@@ -25,12 +33,16 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["retrieval_recall", "first_caption_only"]
+__all__ = ["retrieval_recall", "first_caption_only", "tie_tolerance", "TIE_ULPS"]
+
+TIE_ULPS = 8
+"""Units of the inputs' rounding within which two scores are one: 2 ulps per element on each side."""
 
 
-def _compute_dtype(*xs: Tensor) -> torch.dtype:
-    """float64 if any input is float64, else float32 (bf16/fp16 are upcast)."""
-    return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
+def tie_tolerance(dtype: torch.dtype, dim: int) -> float:
+    """The score difference, per unit of ``|q| * max_c |c|``, within which two float64 scores of ``dtype``
+    embeddings of width ``dim`` count as equal: ``TIE_ULPS * u(dtype) + dim * u(float64)``."""
+    return TIE_ULPS * torch.finfo(dtype).eps / 2 + dim * torch.finfo(torch.float64).eps / 2
 
 
 def _check_ks(ks: Sequence[int]) -> list[int]:
@@ -67,25 +79,19 @@ def _check_inputs(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, ch
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
 
 
-def _text_to_image_ranks(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, chunk: int) -> Tensor:
-    """Wrong images scoring ``>=`` each caption's own image, ``[T]``."""
-    ranks = []
-    for start in range(0, text_emb.shape[0], chunk):
-        scores = text_emb[start:start + chunk] @ image_emb.T  # [c, I]
-        own = scores.gather(1, text_to_image[start:start + chunk, None])  # [c, 1]
-        ranks.append((scores >= own).sum(dim=1) - 1)  # the own image itself always counts once
-    return torch.cat(ranks)
+def _ranks(queries: Tensor, candidates: Tensor, own_mask, tol: float, chunk: int) -> Tensor:
+    """Per query, the wrong candidates scoring within ``tol * |q| * max|c|`` of (or above) its best own one.
 
-
-def _image_to_text_ranks(image_emb: Tensor, text_emb: Tensor, text_to_image: Tensor, chunk: int) -> Tensor:
-    """Other images' captions scoring ``>=`` each image's best-scoring own caption, ``[I]``."""
+    ``own_mask(start, stop, n)`` is the ``[stop - start, n]`` boolean mask of each query's own candidates."""
+    scale = tol * candidates.norm(dim=1).max()
     ranks = []
-    for start in range(0, image_emb.shape[0], chunk):
-        scores = image_emb[start:start + chunk] @ text_emb.T  # [c, T]
-        ids = torch.arange(start, start + scores.shape[0], device=scores.device)
-        own = text_to_image[None, :] == ids[:, None]  # [c, T]
+    for start in range(0, queries.shape[0], chunk):
+        q = queries[start:start + chunk]
+        scores = q @ candidates.T  # [c, N], float64
+        own = own_mask(start, start + q.shape[0], candidates.shape[0])
         best_own = scores.masked_fill(~own, float("-inf")).amax(dim=1, keepdim=True)
-        ranks.append(((scores >= best_own) & ~own).sum(dim=1))
+        margin = scale * q.norm(dim=1, keepdim=True)
+        ranks.append(((scores >= best_own - margin) & ~own).sum(dim=1))
     return torch.cat(ranks)
 
 
@@ -104,13 +110,20 @@ def retrieval_recall(
     """
     _check_inputs(image_emb, text_emb, text_to_image, chunk)
     ks = _check_ks(ks)
-    dtype = _compute_dtype(image_emb, text_emb)
-    image_emb = image_emb.detach().to(dtype)
-    text_emb = text_emb.detach().to(device=image_emb.device, dtype=dtype)
+    in_dtype = torch.promote_types(image_emb.dtype, text_emb.dtype)
+    tol = tie_tolerance(in_dtype, image_emb.shape[1])
+    image_emb = image_emb.detach().to(torch.float64)
+    text_emb = text_emb.detach().to(device=image_emb.device, dtype=torch.float64)
     t2i = text_to_image.detach().to(device=image_emb.device, dtype=torch.long)
 
-    t2i_ranks = _text_to_image_ranks(image_emb, text_emb, t2i, int(chunk))
-    i2t_ranks = _image_to_text_ranks(image_emb, text_emb, t2i, int(chunk))
+    def own_image(start: int, stop: int, n: int) -> Tensor:  # caption t's own image: text_to_image[t]
+        return t2i[start:stop, None] == torch.arange(n, device=t2i.device)[None, :]
+
+    def own_captions(start: int, stop: int, n: int) -> Tensor:  # image i's own captions
+        return t2i[None, :] == torch.arange(start, stop, device=t2i.device)[:, None]
+
+    t2i_ranks = _ranks(text_emb, image_emb, own_image, tol, int(chunk))
+    i2t_ranks = _ranks(image_emb, text_emb, own_captions, tol, int(chunk))
     metrics: dict[str, float] = {}
     for k in ks:
         metrics[f"image_retrieval_recall@{k}"] = (t2i_ranks < k).double().mean().item()
