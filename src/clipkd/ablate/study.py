@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from clipkd.config import _Strict, error_lines
 from clipkd.errors import ConfigError
+from clipkd.suggest import did_you_mean
 
 
 class Selection(_Strict):
@@ -115,18 +116,35 @@ def sweep_arm_name(sweep: str, value: Any) -> str:
 def _problems(study: StudyConfig) -> list[str]:
     names = [*study.recipes, *study.variants]
     problems = [f"variants.{n}: also the name of a recipe of the study" for n in study.variants if n in study.recipes]
-    problems += [f"sweeps.{s}.arm: '{sw.arm}' is not a recipe or variant of the study ({', '.join(names)})"
-                 for s, sw in study.sweeps.items() if sw.arm not in names]
+    problems += [f"sweeps.{s}.arm: {_unknown_arm(sw.arm, names)}" for s, sw in study.sweeps.items()
+                 if sw.arm not in names]
     arm_overrides = {**{r: {"distill.recipe": r} for r in study.recipes}, **study.variants}
     problems += [f"sweeps.{s}: {why}" for s, sw in study.sweeps.items()
                  if (why := _weight_sweep_problem(sw, arm_overrides.get(sw.arm)))]
     if study.baseline not in names:
-        problems.append(f"baseline: '{study.baseline}' is not a recipe or variant of the study")
+        problems.append(f"baseline: {_unknown_arm(study.baseline, names)}")
     if study.select.val == study.select.test:
         problems.append("select.val and select.test name the same benchmark: settings chosen on the test set")
     if not names:
         problems.append("recipes / variants: the study trains nothing")
     return problems
+
+
+def _unknown_arm(name: str, names: list[str]) -> str:
+    """``'x' is not a recipe or variant of the study (did you mean `y`? known: ...)``."""
+    hint = did_you_mean(name, names)
+    return (f"'{name}' is not a recipe or variant of the study ({hint + ' ' if hint else ''}known: "
+            f"{', '.join(names) or 'none'})")
+
+
+def _error_lines(err: ValidationError) -> list[tuple[str, str]]:
+    """:func:`clipkd.config.error_lines` of a study, an unknown field with the nearest study field
+    (``select.metirc: unknown field (did you mean `select.metric`?)``)."""
+    from clipkd.config import _unknown_field
+
+    hints = {".".join(map(str, e["loc"])): _unknown_field(StudyConfig, list(e["loc"])) for e in err.errors()
+             if e["type"] == "extra_forbidden"}
+    return [(f, hints.get(f, m) if m == "unknown field" else m) for f, m in error_lines(err)]
 
 
 def _weight_sweep_problem(sweep: Sweep, overrides: Optional[dict[str, Any]]) -> Optional[str]:
@@ -162,7 +180,7 @@ def load_study(path: Union[str, Path]) -> StudyConfig:
     try:
         study = StudyConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{path}: " + "; ".join(f"{f}: {m}" if f else m for f, m in error_lines(err))) from None
+        raise ConfigError(f"{path}: " + "; ".join(f"{f}: {m}" if f else m for f, m in _error_lines(err))) from None
     problems = _problems(study)
     if not problems:  # two arms of one name would share a run folder
         names = [a.name for a in arms(study)]
