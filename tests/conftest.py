@@ -1,6 +1,8 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("CLIPKD_CACHE_DIR", tempfile.mkdtemp(prefix="clipkd-test-cache-"))  # digests, not ~/.cache
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `clipkd` command sets it (engine/threads.py)
 
 import pytest  # noqa: E402

@@ -33,29 +33,45 @@ def _positive(text: str) -> int:
     return value
 
 
-def _teacher_scores(study, cfg) -> dict[str, float]:
-    """The teacher's val and test metric (computed once, kept in ``<out>/teacher.json``)."""
+def _chance(metric: str, classes: int) -> Optional[float]:
+    """A random guess's expected score: 1/C for acc1, min(1, 5/C) for acc5; None for other metrics."""
+    return {"acc1": 1 / classes, "acc5": min(1.0, 5 / classes)}.get(metric) if classes else None
+
+
+def _teacher_scores(study, cfg) -> dict[str, Any]:
+    """The teacher's val and test metric, each benchmark's size (usable images) and chance level (computed once,
+    kept in ``<out>/teacher.json`` under the teacher's and the benchmarks' content identities: a changed teacher,
+    benchmark or metric is evaluated again)."""
     from clipkd.config import teacher_list
+    from clipkd.eval.identity import benchmark_identity
     from clipkd.eval.runner import Benchmark
     from clipkd.files import read_json, write_json
+    from clipkd.identity import model_identity
     from clipkd.models.factory import create_encoder
 
-    path = Path(study.out) / TEACHER_FILE
-    sel = study.select
-    key = {"val": sel.val, "test": sel.test, "metric": sel.metric}
-    if path.is_file() and read_json(path).get("key") == key:
-        return read_json(path)["scores"]
     teachers = teacher_list(cfg.teacher)
     if len(teachers) != 1:
         raise ConfigError("the study's base config needs exactly one teacher to measure the gap against")
-    t = teachers[0]
-    encoder = create_encoder(t.model, t.pretrained, t.image_mean, t.image_std, role="teacher").eval()
+    t, sel = teachers[0], study.select
     specs = {b.name: b for b in cfg.eval.benchmarks}
-    scores = {side: Benchmark(specs[name]).evaluate(encoder)[sel.metric] for side, name in (("val", sel.val),
-                                                                                             ("test", sel.test))}
+    sides = {"val": sel.val, "test": sel.test}
+    key = {"metric": sel.metric, "teacher": model_identity(t.model, t.pretrained, t.image_mean, t.image_std),
+           **{side: benchmark_identity(specs[name]) for side, name in sides.items()}}
+    path = Path(study.out) / TEACHER_FILE
+    if path.is_file() and read_json(path).get("key") == key:
+        saved = read_json(path)
+        return {**saved["scores"], "n": saved["n"], "chance": saved["chance"]}
+    encoder = create_encoder(t.model, t.pretrained, t.image_mean, t.image_std, role="teacher").eval()
+    scores, n, chance = {}, {}, {}
+    for side, name in sides.items():
+        bench = Benchmark(specs[name])
+        scores[side] = bench.evaluate(encoder)[sel.metric]
+        n[side] = bench.images
+        chance[side] = _chance(sel.metric, len(bench.prompts()[0])) if specs[name].task == "zeroshot" else None
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"key": key, "model": t.model, "pretrained": t.pretrained, "scores": scores})
-    return scores
+    write_json(path, {"key": key, "model": t.model, "pretrained": t.pretrained, "scores": scores, "n": n,
+                      "chance": chance})
+    return {**scores, "n": n, "chance": chance}
 
 
 def _configs(study, base: dict) -> list[tuple[Any, Any]]:
@@ -84,7 +100,22 @@ def checked_runs(study) -> list[tuple[Any, Any]]:
         raise ConfigError(problem)
     planned = _configs(study, base)
     _preflight(planned)
+    _check_distinct(study, planned[0][1])
     return planned
+
+
+def _check_distinct(study, cfg) -> None:
+    """Refuse a val benchmark that is the test benchmark (by content, under any name): settings chosen on it
+    would be judged on the data they were chosen on."""
+    from clipkd.eval.identity import benchmark_identity
+
+    sel = study.select
+    specs = {b.name: b for b in cfg.eval.benchmarks}
+    if sel.val == sel.test or benchmark_identity(specs[sel.val])["sha256"] == \
+            benchmark_identity(specs[sel.test])["sha256"]:
+        raise ConfigError(f"select.val ({sel.val!r}) and select.test ({sel.test!r}) are the same data (the same images, "
+                          "labels and prompts): choosing settings on val would then be judged on the data they were "
+                          "chosen on; point select.val at a held-out split of its own")
 
 
 def _preflight(planned: list[tuple[Any, Any]]) -> None:
@@ -118,7 +149,8 @@ def run_study(study, log=print, report_only: bool = False, jobs: int = 1) -> Opt
 
     planned = checked_runs(study)
     teacher = _teacher_scores(study, planned[0][1])  # before hours of training: its problems come first
-    states = {spec.name: run_state(Path(cfg.run_dir), cfg) for spec, cfg in planned}
+    memo: dict[str, Any] = {}  # the inputs' identity, once per distinct setup
+    states = {spec.name: run_state(Path(cfg.run_dir), cfg, memo) for spec, cfg in planned}
     done = {name: state.result for name, state in states.items() if state.result is not None}
     todo = [(s, c) for s, c in planned if s.name not in done]
     log(f"study: {len(planned)} runs, {len(done)} finished already")
@@ -208,8 +240,9 @@ def run_ablate(args: argparse.Namespace) -> int:
     if args.dry_run:
         from clipkd.ablate.runs import run_state
 
+        memo: dict = {}
         for spec, cfg in checked_runs(study):
-            print(f"{spec.name}: {run_state(Path(cfg.run_dir), cfg).describe()}  {spec.arm.overrides}")
+            print(f"{spec.name}: {run_state(Path(cfg.run_dir), cfg, memo).describe()}  {spec.arm.overrides}")
         return 0
     if run_study(study, report_only=args.report_only, jobs=args.jobs) is not None:
         print((Path(study.out) / "ablation.md").read_text())

@@ -96,10 +96,27 @@ def sweep_points(study: StudyConfig, planned: list[tuple[RunSpec, TrainConfig]])
     return out
 
 
-def changes(folder: Path, cfg: TrainConfig) -> list[str]:
-    """What differs between the config the run in ``folder`` was trained with and ``cfg`` (``key: old -> new``),
-    leaving out what cannot change its result (where and how often it writes, logs or evaluates), but not the
-    benchmarks it is judged on."""
+def current_inputs(cfg: TrainConfig, memo: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """:func:`clipkd.engine.inputs.run_inputs` of ``cfg``; with ``memo`` (one per look at a study: the runs of a
+    study share their data, benchmarks and teachers), once per distinct setup."""
+    from clipkd.engine.inputs import run_inputs
+
+    if memo is None:
+        return run_inputs(cfg)
+    d = cfg.model_dump(mode="json")
+    key = json.dumps([d["student"], d["teacher"], d["data"], d["eval"], d["distill"]], sort_keys=True)
+    if key not in memo:
+        memo[key] = run_inputs(cfg)
+    return memo[key]
+
+
+def changes(folder: Path, cfg: TrainConfig, memo: Optional[dict[str, Any]] = None) -> list[str]:
+    """What differs between the run in ``folder`` and the run of ``cfg``: the config it was trained with
+    (``key: old -> new``, leaving out what cannot change its result: where and how often it writes, logs or
+    evaluates, but not the benchmarks it is judged on), and the content of its inputs (data, teachers, reinforced
+    data, benchmarks: :mod:`clipkd.engine.inputs`), so a run is not reused after its data was rebuilt in place."""
+    from clipkd.engine.inputs import input_changes
+
     path = folder / "config.yaml"
     if not path.is_file():
         return ["config.yaml: missing"]
@@ -108,7 +125,7 @@ def changes(folder: Path, cfg: TrainConfig) -> list[str]:
     found = breaking_changes(saved, current)
     if (saved.get("eval") or {}).get("benchmarks") != current["eval"]["benchmarks"]:
         found.append("eval.benchmarks")
-    return found
+    return found + input_changes(folder, current_inputs(cfg, memo))
 
 
 @dataclass(frozen=True)
@@ -128,12 +145,12 @@ class RunState:
         return "to train"
 
 
-def run_state(folder: Path, cfg: TrainConfig) -> RunState:
-    """The :class:`RunState` of the run of ``cfg`` in ``folder``."""
+def run_state(folder: Path, cfg: TrainConfig, memo: Optional[dict[str, Any]] = None) -> RunState:
+    """The :class:`RunState` of the run of ``cfg`` in ``folder`` (``memo``: see :func:`current_inputs`)."""
     path = folder / RESULT_FILE
     if not path.is_file():
         return RunState()
-    found = changes(folder, cfg)
+    found = changes(folder, cfg, memo)
     if found:
         return RunState(changes=tuple(found))
     return RunState(result=json.loads(path.read_text(encoding="utf-8")))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -109,7 +110,22 @@ def _check_shards(field: str, urls: Union[str, list[str]]) -> list[str]:
         return [f"{field}: {exc}"]
     local = [s for s in shards if "://" not in s and not s.startswith("pipe:")]
     missing = [s for s in local if not Path(s).is_file()]
-    return [f"{field}: {len(missing)} of {len(shards)} shards not found (first: {missing[0]})"] if missing else []
+    if missing:
+        return [f"{field}: {len(missing)} of {len(shards)} shards not found (first: {missing[0]})"]
+    return _duplicate_shards(field, shards)
+
+
+def _duplicate_shards(field: str, shards: list[str]) -> list[str]:
+    """A shard listed twice (also as two spellings of one local file): every record would be read twice per
+    epoch, and reinforced data, one sidecar per shard, would not match it."""
+    seen: dict[str, str] = {}
+    for s in shards:
+        where = s if "://" in s or s.startswith("pipe:") else os.path.realpath(s)
+        if where in seen:
+            twice = s if s == seen[where] else f"{seen[where]} and {s}"
+            return [f"{field}: a shard is listed twice ({twice}); list each shard once"]
+        seen[where] = s
+    return []
 
 
 def _check_dir(field: str, path: Optional[str]) -> list[str]:

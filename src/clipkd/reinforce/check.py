@@ -10,6 +10,7 @@ from typing import Any, Optional, Sequence
 from clipkd.config import DataConfig, ModelConfig
 from clipkd.data.sources import RawSample, expand_shards
 from clipkd.files import quick_digest, sha256_file
+from clipkd.identity import IdentityUnavailable
 from clipkd.reinforce.format import SidecarReader
 from clipkd.reinforce.plan import shard_location
 from clipkd.reinforce.identity import config_identity
@@ -22,8 +23,11 @@ _TEACHER_FIELDS = {"model": "model", "weights": "weights", "model_config_sha256"
 
 
 def _teacher_problems(i: int, saved: dict[str, Any], mc: ModelConfig) -> list[str]:
-    now = config_identity(mc)
     where = f"teacher {i} ({mc.model})"
+    try:
+        now = config_identity(mc)
+    except IdentityUnavailable as exc:
+        return [f"{where}: {exc}"]
     out = [f"{where}: {label}: {saved.get(key)} in the cache, {now[key]} now"
            for key, label in _TEACHER_FIELDS.items() if saved.get(key) != now[key]]
     if any(k.startswith(("image_", "model_config")) for k in now if saved.get(k) != now[k]):
@@ -84,6 +88,9 @@ def manifest_problems(manifest: dict[str, Any], teachers: Sequence[ModelConfig],
     scale = list(data.crop_scale) if data.crop_scale else None
     if manifest["crop_scale"] != scale:
         out.append(f"data.crop_scale: {manifest['crop_scale']} in the cache, {scale} now")
+    if manifest.get("max_image_pixels") != data.max_image_pixels:  # it decides which records have a view
+        out.append(f"data.max_image_pixels: {manifest.get('max_image_pixels')} in the cache, {data.max_image_pixels} "
+                   "now (it decides which images were too large to have a stored view)")
     if len(manifest["teachers"]) != len(teachers):
         out.append(f"teachers: {len(manifest['teachers'])} in the cache, {len(teachers)} now")
     for i, (saved, mc) in enumerate(zip(manifest["teachers"], teachers)):
@@ -106,20 +113,53 @@ def fingerprint_problem(reader: SidecarReader, sidecar: int, index: int, raw: Ra
             f"{index}: fingerprint {stored.hex()} in the cache, {fp.hex()} now)")
 
 
+def sidecar_problems(folder: Path, manifest: dict[str, Any], full: bool = False) -> list[str]:
+    """What differs between the sidecar files in ``folder`` and the build's manifest: a missing file or another
+    size (cheap: at every training start); with ``full``, also another SHA-256 (reads every byte: `clipkd
+    reinforce --verify`)."""
+    out = []
+    for entry in manifest["data"]["sidecars"]:
+        path = Path(folder) / entry["file"]
+        if not path.is_file():
+            out.append(f"{entry['file']}: missing")
+        elif path.stat().st_size != entry["file_bytes"]:
+            out.append(f"{entry['file']}: {path.stat().st_size} bytes, the build wrote {entry['file_bytes']} "
+                       "(replaced or truncated since)")
+        elif full and sha256_file(path) != entry["sha256"]:
+            out.append(f"{entry['file']}: its content is not what the build wrote (SHA-256 differs: copied in from "
+                       "another build, or damaged)")
+    return out
+
+
+def _not_a_build(folder: Path) -> str:
+    """Why ``folder`` (without a manifest) cannot be used, and what to do."""
+    from clipkd.reinforce.settings import SETTINGS_FILE
+
+    if (folder / SETTINGS_FILE).is_file():
+        return ("an unfinished `clipkd reinforce` build (no manifest.json yet); re-run the `clipkd reinforce` "
+                "command that started it to finish it")
+    if (folder / "config.yaml").is_file() or (folder / "checkpoints").is_dir():
+        return ("a training run folder, not reinforced data; distill.teacher_cache takes the --out folder of "
+                "`clipkd reinforce -c run.yaml --views K --out DIR`")
+    return "not a `clipkd reinforce` build (no manifest.json); make one with `clipkd reinforce -c run.yaml " \
+           "--views K --out DIR`"
+
+
 def cache_problems(folder: str, teachers: Sequence[ModelConfig], data: DataConfig, views: Optional[int]
                    ) -> tuple[Optional[dict[str, Any]], list[str]]:
     """(manifest, problems) of training from the reinforced data in ``folder``; ``views`` None: all it holds.
 
-    A folder that is not a finished build is a problem; no teacher is built, no sidecar is opened.
-    """
+    A folder that is not a finished build is a problem; no teacher is built; each sidecar's size is compared
+    with the manifest's (not its content: :func:`sidecar_problems` with ``full``)."""
     from clipkd.reinforce.manifest import load_manifest
 
     if not Path(folder).is_dir():
         return None, ["folder not found (make it with `clipkd reinforce -c run.yaml --views K --out DIR`)"]
     try:
         manifest = load_manifest(folder)
-    except FileNotFoundError as exc:  # the caller names the folder
-        return None, [str(exc).removeprefix(f"{folder}: ")]
+    except FileNotFoundError:
+        return None, [_not_a_build(Path(folder))]
     except ValueError as exc:
         return None, [f"manifest.json is not readable JSON ({exc})"]
-    return manifest, manifest_problems(manifest, teachers, data, views or manifest["views"])
+    problems = manifest_problems(manifest, teachers, data, views or manifest["views"])
+    return manifest, problems + (sidecar_problems(Path(folder), manifest) if not problems else [])

@@ -14,12 +14,12 @@ from clipkd.config import TrainConfig, teacher_list
 from clipkd.engine.config_diff import flatten
 from clipkd.errors import ConfigError
 from clipkd.files import read_json, write_json
+from clipkd.identity import MANIFEST_FILE
 from clipkd.reinforce.identity import config_identity
 
 FORMAT_VERSION = 1
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 SETTINGS_FILE = "build.json"
-MANIFEST_FILE = "manifest.json"
 RECEIPTS_DIR = "done"
 
 

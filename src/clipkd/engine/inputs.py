@@ -1,0 +1,69 @@
+"""A run's inputs by content (``inputs.json`` in the run folder): what its result depends on beyond its config.
+
+The config names its inputs; this says what they held when the run started: the student's initial weights, the
+teachers' weights (or the reinforced data the run reads instead), the training and held-out data and each
+benchmark (:mod:`clipkd.identity`). A resume compares them (a run is not continued on other data or another
+teacher), and so does `clipkd ablate` before it reuses a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from clipkd.config import DataConfig, ModelConfig, TrainConfig, teacher_list, teacher_terms
+from clipkd.files import write_json
+from clipkd.identity import IdentityUnavailable, changed, data_identity, model_identity, reinforced_identity
+
+INPUTS_FILE = "inputs.json"
+
+
+def _model(mc: ModelConfig) -> dict[str, Any]:
+    return model_identity(mc.model, mc.pretrained, mc.image_mean, mc.image_std)
+
+
+def _data(dc: DataConfig) -> dict[str, Any]:
+    from clipkd.data.sources import expand_shards
+
+    return data_identity(dc.format, dc.train if dc.format == "csv" else expand_shards(dc.train))
+
+
+def run_inputs(cfg: TrainConfig) -> dict[str, Any]:
+    """The identity of every input of the run of ``cfg`` (files are hashed; nothing is built). A teacher the run
+    does not use (recipe ``baseline``) is left out; with reinforced data, the data's identity stands for the
+    teachers'."""
+    from clipkd.eval.identity import benchmark_identity
+
+    out: dict[str, Any] = {"student": _model(cfg.student), "data": _data(cfg.data)}
+    if teacher_list(cfg.teacher) and teacher_terms(cfg.distill):
+        if cfg.distill.teacher_cache:
+            out["teacher_cache"] = reinforced_identity(cfg.distill.teacher_cache)
+        else:
+            out["teachers"] = {str(i): _model(t) for i, t in enumerate(teacher_list(cfg.teacher))}
+    if cfg.eval.val_data is not None:
+        out["val_data"] = _data(cfg.eval.val_data)
+    out["benchmarks"] = {spec.name: benchmark_identity(spec) for spec in cfg.eval.benchmarks}
+    return out
+
+
+def saved_inputs(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:
+    """The inputs recorded when the run in ``run_dir`` started, or None (none recorded: an older run)."""
+    path = Path(run_dir) / INPUTS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def record_inputs(run_dir: Union[str, Path], inputs: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / INPUTS_FILE, inputs)
+
+
+def input_changes(run_dir: Union[str, Path], now: dict[str, Any]) -> list[str]:
+    """What differs between the inputs the run in ``run_dir`` started with and ``now`` (``inputs.<key>: changed
+    since the run started``); ``inputs: not recorded`` for a run that recorded none."""
+    saved = saved_inputs(run_dir)
+    if saved is None:
+        return [f"{INPUTS_FILE}: not recorded (a run from before clipkd recorded its inputs)"]
+    return [f"inputs.{key}: its content changed since the run started" for key in changed(saved, now)]
+
+
+__all__ = ["INPUTS_FILE", "IdentityUnavailable", "input_changes", "record_inputs", "run_inputs", "saved_inputs"]

@@ -1,0 +1,213 @@
+"""No result leans on a stale input: a replaced teacher folder, a sidecar copied in from another build, a shard
+listed twice, another pixel limit, data rebuilt under the same name.
+
+Each case is made as a user would make it (files replaced in place, under the same names) and must be refused
+up front with a message that names what changed.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clipkd.config import load_config
+from clipkd.data.synthetic import write_csv, write_shards
+from clipkd.engine.builders import preflight
+from clipkd.errors import ConfigError
+from clipkd.reinforce.build import run_build
+from clipkd.reinforce.check import cache_problems, manifest_problems, sidecar_problems
+from clipkd.reinforce.manifest import load_manifest
+from clipkd.reinforce.settings import BuildOptions
+from conftest import STUDENT
+from test_identity import _open_clip_folder
+
+
+def _cfg(data: str, teacher: str, fmt: str = "csv", **extra):
+    items = {"run_dir": "unused", "seed": 3, "device": "cpu", "student.model": STUDENT, "teacher.model": teacher,
+             "data.format": fmt, "data.train": data, "data.crop_scale": [0.5, 1.0], "optim.steps": 1,
+             "logging.progress": False, "distill.recipe": "fd", **extra}
+    return load_config(None, [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in items.items()])
+
+
+def _build(out: Path, cfg, views: int = 1, **kw):
+    return run_build(cfg, BuildOptions(out=out, views=views, dtype="fp32", batch_size=8, rows_per_shard=8), **kw)
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("pairs") / "csv", 20, size=40)
+
+
+def test_a_replaced_local_dir_teacher_is_not_taken_for_the_old_one(tmp_path, pairs):
+    """The issue's reproduction: reinforce with teacher.model=local-dir:FOLDER, export another teacher into the
+    folder, train from the cache: refused (it was accepted, and the student learned the old teacher)."""
+    folder = _open_clip_folder(tmp_path / "teacher", seed=2)
+    cfg = _cfg(pairs, f"local-dir:{folder}")
+    _build(tmp_path / "cache", cfg)
+    trained = _cfg(pairs, f"local-dir:{folder}", **{"distill.teacher_cache": str(tmp_path / "cache")})
+    preflight(trained)  # the same teacher: fine
+    moved = shutil.copytree(folder, tmp_path / "moved")  # the same teacher elsewhere: fine (content, not path)
+    preflight(_cfg(pairs, f"local-dir:{moved}", **{"distill.teacher_cache": str(tmp_path / "cache")}))
+    _open_clip_folder(folder, seed=5)
+    with pytest.raises(ConfigError, match=r"distill.teacher_cache: .*teacher 0 \(local-dir:.*\): weights: "
+                                          r"folder-sha256:\w+ in the cache, folder-sha256:\w+ now"):
+        preflight(trained)
+
+
+def test_an_interrupted_build_does_not_resume_with_another_teacher(tmp_path, pairs):
+    folder = _open_clip_folder(tmp_path / "teacher", seed=2)
+    cfg = _cfg(pairs, f"local-dir:{folder}")
+
+    def crash(index):
+        raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        _build(tmp_path / "cache", cfg, after_sidecar=crash)
+    _open_clip_folder(folder, seed=5)
+    with pytest.raises(ConfigError, match=r"(?s)holds a reinforce build with other settings.*teachers\.0\.weights"):
+        _build(tmp_path / "cache", cfg)
+
+
+def test_sidecars_are_checked_against_the_build(tmp_path, pairs):
+    """A truncated sidecar is refused at training start (its size); one copied in from another build of the same
+    data (same size) is found by the full check, `clipkd reinforce --verify`."""
+    from test_identity import _open_clip_folder as export
+
+    a, b = export(tmp_path / "a", seed=2), export(tmp_path / "b", seed=5)
+    _build(tmp_path / "cache-a", _cfg(pairs, f"local-dir:{a}"))
+    _build(tmp_path / "cache-b", _cfg(pairs, f"local-dir:{b}"))
+    manifest = load_manifest(tmp_path / "cache-a")
+    first = manifest["data"]["sidecars"][0]["file"]
+    assert sidecar_problems(tmp_path / "cache-a", manifest, full=True) == []
+    shutil.copy(tmp_path / "cache-b" / first, tmp_path / "cache-a" / first)
+    assert sidecar_problems(tmp_path / "cache-a", manifest, full=True) == [
+        f"{first}: its content is not what the build wrote (SHA-256 differs: copied in from another build, or "
+        "damaged)"]
+    data = (tmp_path / "cache-a" / first).read_bytes()
+    (tmp_path / "cache-a" / first).write_bytes(data[:-10])
+    _, problems = cache_problems(str(tmp_path / "cache-a"), [_cfg(pairs, f"local-dir:{a}").teacher],
+                                 _cfg(pairs, f"local-dir:{a}").data, None)
+    assert problems == [f"{first}: {len(data) - 10} bytes, the build wrote {len(data)} (replaced or truncated since)"]
+
+
+def test_a_shard_listed_twice_is_refused_up_front(tmp_path):
+    write_shards(tmp_path / "wds", 16, per_shard=8, size=40)
+    shard = tmp_path / "wds" / "shard-00000.tar"
+    for listed in ([str(shard), str(tmp_path / "wds" / "shard-00001.tar"), str(shard)],
+                   [str(shard), str(tmp_path / "wds" / ".." / "wds" / "shard-00000.tar")]):
+        cfg = _cfg(listed, "clipkd-tiny-teacher", fmt="webdataset")
+        with pytest.raises(ConfigError, match=r"data.train: a shard is listed twice \(.*shard-00000.tar.*\); list "
+                                              "each shard once"):
+            preflight(cfg)
+
+
+def test_the_pixel_limit_is_part_of_the_build(tmp_path, pairs, monkeypatch):
+    cfg = _cfg(pairs, "clipkd-tiny-teacher")
+    _build(tmp_path / "cache", cfg)
+    manifest = load_manifest(tmp_path / "cache")
+    assert manifest_problems(manifest, [cfg.teacher], cfg.data, 1) == []
+    higher = _cfg(pairs, "clipkd-tiny-teacher", **{"data.max_image_pixels": 2 * cfg.data.max_image_pixels})
+    assert manifest_problems(manifest, [higher.teacher], higher.data, 1) == [
+        f"data.max_image_pixels: {cfg.data.max_image_pixels} in the cache, {2 * cfg.data.max_image_pixels} now (it "
+        "decides which images were too large to have a stored view)"]
+
+
+def test_a_teacher_cache_that_is_a_training_run_says_so(tmp_path, pairs):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    cfg = _cfg(pairs, "clipkd-tiny-teacher")
+    _, problems = cache_problems(str(run), [cfg.teacher], cfg.data, None)
+    assert problems == ["a training run folder, not reinforced data; distill.teacher_cache takes the --out folder "
+                        "of `clipkd reinforce -c run.yaml --views K --out DIR`"]
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "build.json").write_text("{}")
+    _, problems = cache_problems(str(tmp_path / "unfinished"), [cfg.teacher], cfg.data, None)
+    assert "unfinished `clipkd reinforce` build" in problems[0]
+
+
+def test_a_run_does_not_resume_on_rebuilt_data(tmp_path):
+    """A run's data rewritten in place under the same name (same config text): resuming is refused, naming the
+    data; ``allow_config_change`` continues on purpose; the same content elsewhere is the same data."""
+    from clipkd.engine.trainer import Trainer
+    from test_train import base_overrides
+
+    csv = Path(write_csv(tmp_path / "pairs", 32, size=40))
+    items = {"data.format": "csv", "data.train": str(csv), "distill.recipe": "baseline", "optim.steps": 2,
+             "checkpoint.every_steps": 1}
+    cfg = load_config(None, base_overrides(tmp_path / "run", tmp_path, "csv", **items))
+    Trainer(cfg).fit()
+    assert json.loads((tmp_path / "run" / "inputs.json").read_text())["data"]["format"] == "csv"
+    rows = csv.read_text().splitlines()
+    csv.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")  # the same pairs, another order
+    with pytest.raises(ConfigError, match=r"(?s)the run's inputs changed since it started.*inputs\.data\.sha256"):
+        Trainer(cfg, resume="latest")
+    assert Trainer(cfg, resume="latest", allow_config_change=True).fit().step == 2
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A one-arm study (baseline) whose teacher weights are a file, and its base config's parts."""
+    import yaml
+    from safetensors.torch import save_file
+
+    from conftest import TEACHER, make_encoder
+    from test_ablate import _folder
+
+    weights = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in make_encoder(TEACHER, seed=2).model.state_dict().items()}, str(weights))
+    benches = [{"name": n, "task": "zeroshot", "format": "folder", "path": _folder(tmp_path / n, seed),
+                "batch_size": 8} for n, seed in (("val", 1), ("test", 2))]
+    base = {"teacher": {"model": TEACHER, "pretrained": str(weights)}, "student": {"model": STUDENT},
+            "data": {"format": "csv", "train": write_csv(tmp_path / "pairs", 32, size=40), "batch_size": 16,
+                     "workers": 0},
+            "optim": {"steps": 2, "warmup_steps": 1}, "checkpoint": {"every_steps": 2},
+            "logging": {"every_steps": 1, "progress": False, "tensorboard": False},
+            "eval": {"benchmarks": benches}, "run_dir": "unused", "device": "cpu"}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"base": "base.yaml", "out": "out", "recipes": ["baseline"], "seeds": [0],
+                                    "curve_points": 1, "select": {"val": "val", "test": "test"}}))
+    return path, weights, Path(base["data"]["train"]), benches
+
+
+def test_ablate_does_not_reuse_what_changed(study):
+    """The teacher replaced in place: its scores are measured again (they were reused: every gap and share was
+    wrong). The data rebuilt in place: the finished run is trained again (it was reused)."""
+    from clipkd.cli import main
+    from clipkd.config import BenchmarkSpec
+    from clipkd.eval.runner import Benchmark
+    from clipkd.models.factory import create_encoder
+    from conftest import TEACHER, make_encoder
+    from safetensors.torch import save_file
+
+    path, weights, csv, benches = study
+    out = path.parent / "out"
+    assert main(["ablate", "-c", str(path)]) == 0
+    first = json.loads((out / "runs" / "baseline-seed0" / "result.json").read_text())
+    save_file({k: v.contiguous() for k, v in make_encoder(TEACHER, seed=7).model.state_dict().items()}, str(weights))
+    assert main(["ablate", "-c", str(path)]) == 0
+    teacher = create_encoder(TEACHER, str(weights), role="teacher").eval()
+    want = {side: Benchmark(BenchmarkSpec(**b)).evaluate(teacher)["acc1"] for side, b in zip(("val", "test"), benches)}
+    assert json.loads((out / "teacher.json").read_text())["scores"] == pytest.approx(want)
+    assert not list((out / "runs").glob("baseline-seed0.replaced-*"))  # baseline uses no teacher: kept
+    assert json.loads((out / "runs" / "baseline-seed0" / "result.json").read_text()) == first
+    rows = csv.read_text().splitlines()
+    csv.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    assert main(["ablate", "-c", str(path)]) == 0
+    assert len(list((out / "runs").glob("baseline-seed0.replaced-*"))) == 1  # trained again on the new data
+
+
+def test_ablate_refuses_val_and_test_of_the_same_data(study, capsys):
+    import yaml
+
+    from clipkd.cli import main
+
+    path, _, _, benches = study
+    base = yaml.safe_load((path.parent / "base.yaml").read_text())
+    copy = shutil.copytree(benches[1]["path"], path.parent / "test-copy")
+    base["eval"]["benchmarks"][0]["path"] = str(copy)  # "val" is the test images under another name
+    (path.parent / "base.yaml").write_text(yaml.safe_dump(base))
+    assert main(["ablate", "-c", str(path), "--dry-run"]) == 2
+    assert "select.val ('val') and select.test ('test') are the same data" in capsys.readouterr().err
