@@ -5,7 +5,8 @@ embeddings (reinforced data: no teacher forward), through the Trainer's own Glob
 and AdamW included, with
   - ``open_clip + loop AdamW``: the text tower run on all ``context_length`` positions (open_clip's own
     ``encode_text``) and AdamW's per-tensor loops (clipkd before this change);
-  - ``trimmed text``: the causal text tower run only up to the last pooled (end-of-text) token;
+  - ``trimmed text``: the causal text tower run only up to the last pooled (end-of-text) token (the encoder's
+    ``trim_text`` switch, which the trainable student turns on and which acts in training mode only);
   - ``fused AdamW``: torch's one-kernel AdamW;
   - ``both`` (clipkd now).
 Captions are the demo's (Fashion-MNIST templates and class names: 5-16 tokens of the student's 32). Prints each
@@ -37,9 +38,8 @@ def demo_captions(n: int, seed: int = 0) -> list[str]:
 def variant_step(recipe: str, student: str, batch, dim: int, trim: bool, fused: bool):
     """One optimizer step of ``recipe`` with or without each change, as a callable, and the losses it returned."""
     enc = seeded_student(student)
-    if not trim:  # open_clip's full forward, as before
-        enc.encode_text = lambda text, normalize=True: enc.model.encode_text(text, normalize=normalize)
     step = recipe_step(recipe, enc, batch, dim, fused=None if fused else False)
+    enc.trim_text = trim  # the training-only switch DistillStudent turned on; off: open_clip's full forward
     losses: list[float] = []
     return (lambda: losses.append(step())), losses
 

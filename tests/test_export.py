@@ -192,22 +192,109 @@ def test_timm_student_onnx(cnn_export):
     _onnx_matches(run, out / "onnx")
 
 
+def _per_input(session, name, rows):
+    """``session`` run on each row alone (batch of one), as the recorded drift is defined."""
+    return np.concatenate([session.run(None, {name: rows[i:i + 1]})[0] for i in range(len(rows))])
+
+
+def _unit(x):
+    x = x.astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
 def test_variants_report_drift_and_accuracy_change(vit_export, vit_run, colours):
+    """The recorded drift and accuracy are those of each image and caption run alone through onnxruntime (sessions
+    opened here), whatever --batch-size the export used (4), and the cosine is a true cosine (the fp16 variant's
+    outputs are not exactly unit vectors)."""
     entry = json.loads((vit_export / "export.json").read_text())["formats"]["onnx"]
     assert max(d for side in entry["max_abs_diff"].values() for d in side.values()) <= 1e-4
     student = _student(vit_run)
-    fp32 = ort.InferenceSession(str(vit_export / "onnx" / "image_encoder.onnx"))
-    images = np.stack([student.preprocess_val(Image.open(p)).numpy() for p in sorted(colours.glob("*/*.png"))])
-    ref = fp32.run(None, {"image": images})[0]
+    paths = sorted(colours.glob("*/*.png"))
+    images = np.stack([student.preprocess_val(Image.open(p)).numpy() for p in paths])
+    classes = sorted(COLOURS)  # the folder names: the class names and, with the bare template, the prompts
+    labels = np.array([classes.index(p.parent.name) for p in paths])
+    ids = student.tokenize(classes).numpy()
+    onnx = vit_export / "onnx"
+    ref = {"image": _per_input(ort.InferenceSession(str(onnx / "image_encoder.onnx")), "image", images),
+           "text": _per_input(ort.InferenceSession(str(onnx / "text_encoder.onnx")), "text", ids)}
     for kind in ("int8", "fp16"):
         v = entry["variants"][kind]
+        got = {"image": _per_input(ort.InferenceSession(str(onnx / f"image_encoder.{kind}.onnx")), "image", images),
+               "text": _per_input(ort.InferenceSession(str(onnx / f"text_encoder.{kind}.onnx")), "text", ids)}
+        for side in ("image", "text"):
+            cosine = float((_unit(got[side]) * _unit(ref[side])).sum(1).mean())
+            assert v["cosine"][side] == pytest.approx(cosine, abs=1e-6), (kind, side)
+            assert 0.98 < v["cosine"][side] <= 1.0 + 1e-12
+        hits = ((got["image"] @ _unit(got["text"]).T).argmax(1) == labels).mean()
+        base = ((ref["image"] @ _unit(ref["text"]).T).argmax(1) == labels).mean()
+        assert (v["acc1"], v["acc1_float32"]) == (pytest.approx(hits), pytest.approx(base))
         assert v["acc1_change"] == pytest.approx(v["acc1"] - v["acc1_float32"])
-        got = ort.InferenceSession(str(vit_export / "onnx" / f"image_encoder.{kind}.onnx")).run(None, {"image": images})[0]
-        cosine = float((got * ref).sum(1).mean() / 1)  # both are unit vectors
-        assert v["cosine"]["image"] == pytest.approx(cosine, abs=1e-4)
-        assert 0.98 < v["cosine"]["image"] < 1.0 and 0.98 < v["cosine"]["text"] <= 1.0
+        assert v["accepted"] is True and v["reasons"] == []
+    assert entry["bar"] == {"min_cosine": 0.99, "max_acc1_drop": 1.0}
     assert entry["variants"]["int8"]["bytes"] < 0.5 * entry["files"]["image_encoder.onnx"] + \
         0.5 * entry["files"]["text_encoder.onnx"]
+
+
+def test_drift_does_not_depend_on_how_the_inputs_are_batched(vit_run, vit_export):
+    """onnxruntime's dynamic int8 quantisation scales activations per tensor: batched together, an image's int8
+    embedding depends on the others. The recorder runs every input alone, so batching changes nothing."""
+    from clipkd.export.onnx_encoder import DriftRecorder, OnnxEncoder
+
+    student, onnx = _student(vit_run), vit_export / "onnx"
+    images = _images(9, student.image_size, seed=3)
+    cosines = []
+    for sizes in ((9,), (4, 4, 1)):
+        recorder = DriftRecorder(OnnxEncoder(onnx / "image_encoder.int8.onnx", onnx / "text_encoder.int8.onnx",
+                                             student), OnnxEncoder(onnx / "image_encoder.onnx",
+                                                                   onnx / "text_encoder.onnx", student))
+        for chunk in images.split(list(sizes)):
+            recorder.encode_image(chunk)
+        cosines.append(torch.cat(recorder.cosines["image"]))
+    torch.testing.assert_close(cosines[0], cosines[1], rtol=0, atol=1e-12)
+
+
+def _damaged_int8(src, dst):
+    """A real int8 variant whose weight matrices are then replaced by seeded noise of the same dtype and shape."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    model, rng = onnx.load(str(dst)), np.random.default_rng(0)
+    for init in model.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if w.dtype == np.int8 and w.ndim == 2:
+            init.CopyFrom(numpy_helper.from_array(rng.integers(-127, 128, w.shape).astype(np.int8), init.name))
+    onnx.save(model, str(dst))
+
+
+def test_a_variant_below_the_bar_is_flagged_and_not_written(vit_run, colours, tmp_path, monkeypatch, capsys):
+    import clipkd.export.variants as variants
+
+    monkeypatch.setattr(variants, "_int8", _damaged_int8)
+    out = tmp_path / "out"
+    assert main(["export", str(vit_run), "--format", "onnx", "--out", str(out), "--quantize", "int8", "--fp16",
+                 "--zeroshot", f"folder:{colours}"]) == 1  # the export is there, but not all that was asked for
+    printed = capsys.readouterr().out
+    entry = json.loads((out / "export.json").read_text())["formats"]["onnx"]
+    bad, good = entry["variants"]["int8"], entry["variants"]["fp16"]
+    assert bad["accepted"] is False and good["accepted"] is True
+    assert any(r.startswith("mean image cosine") and "< 0.99" in r for r in bad["reasons"]), bad["reasons"]
+    assert bad["cosine"]["image"] < 0.99
+    assert sorted(p.name for p in out.glob("*.int8.onnx")) == [] and "image_encoder.int8.onnx" not in entry["files"]
+    assert (out / "image_encoder.fp16.onnx").is_file() and "image_encoder.fp16.onnx" in entry["files"]
+    assert re.search(r"int8: REFUSED \(not written\): mean image cosine", printed), printed
+
+
+def test_acceptance_bar_reasons():
+    from clipkd.export.variants import Bar
+
+    bar = Bar(min_cosine=0.995, max_acc1_drop=1.0)
+    assert bar.reasons({"cosine": {"image": 0.999, "text": 0.999}}) == []
+    assert bar.reasons({"cosine": {"image": 0.999, "text": 0.999}, "acc1_change": -0.01}) == []  # exactly 1 point
+    assert bar.reasons({"cosine": {"image": 0.999, "text": 0.98}, "acc1_change": -0.02}) == [
+        "mean text cosine 0.98000 < 0.995", "zero-shot acc1 -2.00 points against float32 (at most 1 may be lost)"]
+    assert bar.reasons({"cosine": {"image": 0.999, "text": 0.999}, "acc1_change": 0.05}) == []
 
 
 def _error(argv, capsys):
@@ -255,13 +342,21 @@ def test_card_measures_student_beside_teacher(vit_run, vit_export, cnn_export, t
     t, w, layers = 17, 192, 4
     per_layer = 2 * t * w * 3 * w + 2 * 2 * t * t * w + 2 * t * w * w + 2 * 2 * t * w * 4 * w
     assert student["flops"]["image"] == 2 * 16 * (3 * 8 * 8) * w + layers * per_layer + 2 * w * 256
+    # text FLOPs by hand, at the whole context (as open_clip and the ONNX graph run it): 32 tokens, width 128,
+    # 4 layers, MLP x4; then the pooled token's projection to 256
+    t, w = 32, 128
+    per_layer = 2 * t * w * 3 * w + 2 * 2 * t * t * w + 2 * t * w * w + 2 * 2 * t * w * 4 * w
+    assert student["flops"]["text"] == layers * per_layer + 2 * w * 256
     for engine in ("pytorch", "onnxruntime"):
         assert set(student["latency_ms"][engine]["image"]) == {"1", "2"}
     md = (tmp_path / "card.md").read_text()
     row = next(line for line in md.splitlines() if line.startswith("| GFLOPs per image"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[3]) == pytest.approx(student["flops"]["image"] / teacher["flops"]["image"], abs=1e-3)
-    assert re.search(r"\| colours/acc1 \| [0-9.]+ \|", md)  # the run's evaluation results
+    acc1 = card["evaluation"]["run"]["eval/colours/acc1"]  # the run's evaluation results, in percent
+    assert 0 <= acc1 <= 1 and f"| colours/acc1 (%) | {100 * acc1:.2f} |" in md
+    assert set(card["variants"]) == {"int8", "fp16"}  # the export's variants, with their verdicts
+    assert re.search(r"\| int8 \| [0-9.]+ \| [0-9.]+ / [0-9.]+ \| [-+0-9.]+ \| accepted \|", md), md
 
 
 def test_readme_runtime_snippet_runs_without_torch(vit_run, vit_export, colours, tmp_path):
@@ -284,7 +379,8 @@ def test_readme_runtime_snippet_runs_without_torch(vit_run, vit_export, colours,
     student = _student(vit_run)
     with torch.no_grad():
         img = student.encode_image(student.preprocess_val(Image.open(image)).unsqueeze(0))
-        probs = (100 * img @ student.encode_text(student.tokenize(captions)).T).softmax(-1)[0]
+        scale = student.model.logit_scale.exp().clamp(max=100)  # the student's learned temperature, not 100
+        probs = (scale * img @ student.encode_text(student.tokenize(captions)).T).softmax(-1)[0]
     assert list(printed) == captions
     assert np.allclose(list(printed.values()), probs.numpy(), atol=2e-4)
 
@@ -305,3 +401,61 @@ def test_an_export_failing_its_check_or_killed_leaves_nothing(vit_run, tmp_path,
     with pytest.raises(ExportError, match="differs from PyTorch by"):
         export_student(resolve_source(vit_run), out, ["onnx"], [])
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["deploy", "keep.txt"]
+
+
+def test_onnx_folder_records_the_learned_logit_scale(vit_run, vit_export):
+    """model.json holds the multiplier a runtime applies to cosine similarities: exp(logit_scale) of the checkpoint,
+    read here with safetensors."""
+    import math
+
+    checkpoint = sorted((vit_run / "checkpoints").glob("step_*"))[-1] / "student.safetensors"
+    with safe_open(str(checkpoint), "np") as f:
+        log_scale = float(f.get_tensor("encoder.model.logit_scale"))
+    model = json.loads((vit_export / "onnx" / "model.json").read_text())
+    assert model["logit_scale"] == pytest.approx(math.exp(log_scale), rel=1e-6) and model["logit_scale"] < 50
+    assert model["embed_dim"] == 256
+    assert "model.json" in json.loads((vit_export / "export.json").read_text())["formats"]["onnx"]["files"]
+
+
+def test_model_json_clamps_the_scale_as_clip_does(tmp_path):
+    from clipkd.export.onnx_export import write_model_info
+
+    student = create_encoder("clipkd-tiny-vit", None, role="student")
+    with torch.no_grad():
+        student.model.logit_scale.fill_(5.0)  # exp(5) = 148: CLIP applies at most 100
+    scale = json.loads(write_model_info(student, tmp_path / "model.json").read_text())["logit_scale"]
+    assert scale == pytest.approx(100.0, rel=1e-6)
+
+
+def _tree(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_export_into_a_folder_holding_files_is_refused_unless_replace(vit_run, tmp_path, capsys):
+    out = tmp_path / "deploy"
+    (out / "onnx").mkdir(parents=True)
+    (out / "onnx" / "image_encoder.int8.onnx").write_bytes(b"an earlier export's")
+    (out / "export.json").write_text("{}")
+    before = _tree(tmp_path)
+    err = _error(["export", str(vit_run), "--format", "open_clip", "--out", str(out)], capsys)
+    assert f"--out: {out} is not empty" in err and "--replace" in err
+    assert _tree(tmp_path) == before  # nothing written, nothing moved
+    assert main(["export", str(vit_run), "--format", "open_clip", "--out", str(out), "--replace"]) == 0
+    aside = sorted(tmp_path.glob("deploy.replaced-*"))
+    assert len(aside) == 1 and (aside[0] / "onnx" / "image_encoder.int8.onnx").read_bytes() == b"an earlier export's"
+    assert f"moved the earlier contents of {out} to {aside[0]}" in capsys.readouterr().out
+    manifest = json.loads((out / "export.json").read_text())
+    assert list(manifest["formats"]) == ["open_clip"]
+    assert _tree(out) == sorted(["export.json", *manifest["formats"]["open_clip"]["files"]])  # the new export alone
+    (tmp_path / "empty").mkdir()  # an empty folder (or none) needs no --replace
+    assert main(["export", str(vit_run), "--format", "open_clip", "--out", str(tmp_path / "empty")]) == 0
+    assert not list(tmp_path.glob("empty.replaced-*"))
+
+
+def test_export_help_states_the_acceptance_bar(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"--min-cosine \S+ .*\(default: 0\.99\)", text), text
+    assert re.search(r"--max-acc1-drop \S+ .*\(default: 1\.0\)", text), text
+    assert "--replace" in text

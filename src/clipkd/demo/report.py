@@ -79,7 +79,9 @@ def deployment(report: dict) -> str:
             f"{deploy['machine']['threads']} threads):\n\n{deploy['table']}\n\n"
             f"int8 ONNX: {q['bytes'] / 2**20:.1f} MiB, mean cosine to float32 image {q['cosine']['image']:.4f} / "
             f"text {q['cosine']['text']:.4f}, zero-shot top-1 {100 * q['acc1']:.1f} "
-            f"({100 * q['acc1_change']:+.1f} points against float32).\n")
+            f"({100 * q['acc1_change']:+.1f} points against float32)"
+            + (f"; refused by its acceptance bar, not written: {'; '.join(q['reasons'])}" if not q.get("accepted", True)
+               else "") + ".\n")
 
 
 def write_demo_report(report: dict, out: Path) -> str:

@@ -142,6 +142,7 @@ def deploy(cfg, out: Path, zeroshot: Benchmark, report: dict, quick: bool) -> di
     from clipkd.export.source import resolve_source
 
     source = resolve_source(cfg.run_dir)
+    shutil.rmtree(out / "export", ignore_errors=True)  # the demo's own output: an earlier demo's export never mixes in
     manifest = export_student(source, out / "export", ["open_clip", "onnx"], ["int8"], zeroshot)
     results = [{"dataset": "fashion-mnist", "side": row, "metrics": {k: report[row][k] for k in ("zeroshot_top1",
                 "t2i_r1", "i2t_r1")}} for row in ("teacher", "baseline", "clipkd")]

@@ -1,10 +1,11 @@
 """A measured model card: the student beside its teacher(s) - parameters, FLOPs, latency in PyTorch and
-onnxruntime, exported file sizes - plus the run's evaluation results. ``card.json`` holds every figure,
-``card.md`` the table.
+onnxruntime, exported file sizes - plus the run's evaluation results and, for an ONNX folder of `clipkd export`, its
+int8/fp16 variants with their verdicts. ``card.json`` holds every figure, ``card.md`` the tables.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import tempfile
 from pathlib import Path
@@ -82,6 +83,27 @@ def run_evaluation(run_dir: Optional[Path], step: int) -> dict[str, float]:
     return found
 
 
+def export_variants(onnx_dir: Optional[Path]) -> dict[str, Any]:
+    """``{"variants": ..., "variant_bar": ...}``: the int8/fp16 variants `clipkd export` judged for the ONNX folder
+    ``onnx_dir`` (figures and verdicts) and their acceptance bar, from the ``export.json`` in it (``--format onnx``)
+    or above it (``all``: ``onnx_dir`` is its ``onnx`` folder) that lists ``onnx_dir``'s float32 files at their
+    sizes; empty when there is none."""
+    from clipkd.export.command import MANIFEST
+    from clipkd.export.onnx_export import IMAGE_FILE
+
+    if onnx_dir is None or not (onnx_dir / IMAGE_FILE).is_file():
+        return {}
+    size = (onnx_dir / IMAGE_FILE).stat().st_size
+    for manifest_file in [onnx_dir / MANIFEST] + ([onnx_dir.parent / MANIFEST] if onnx_dir.name == "onnx" else []):
+        try:
+            entry = json.loads(manifest_file.read_text(encoding="utf-8"))["formats"]["onnx"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if entry.get("files", {}).get(IMAGE_FILE) == size and entry.get("variants"):
+            return {"variants": entry["variants"], "variant_bar": entry.get("bar")}
+    return {}
+
+
 def build_card(source, models: Sequence[tuple[str, ClipEncoder]], results: Sequence[dict] = (),
                batches: Sequence[int] = BATCHES, student_onnx: Optional[Path] = None, **timing) -> dict[str, Any]:
     """The card of ``source`` (an :class:`~clipkd.export.source.ExportSource`): ``models`` are ``(role, encoder)``,
@@ -97,7 +119,7 @@ def build_card(source, models: Sequence[tuple[str, ClipEncoder]], results: Seque
         "step": source.step, "recipe": cfg.distill.recipe,
         "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
-        "batches": list(batches), "models": profiles,
+        "batches": list(batches), "models": profiles, **export_variants(student_onnx),
         "evaluation": {"run": run_evaluation(source.run_dir, source.step),
                        "results": [{"dataset": r.get("dataset"), "model": r.get("model"), "side": r.get("side"),
                                     "metrics": r.get("metrics", {})} for r in results]},

@@ -1,7 +1,9 @@
-"""``card.md``: the card's figures as one markdown table (student, teacher(s), student ÷ first teacher)."""
+"""``card.md``: the card's figures as one markdown table (student, teacher(s), student ÷ first teacher), the
+evaluation results (benchmark accuracies in percent) and the export's smaller ONNX variants with their verdicts."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Optional
 
 Row = tuple[str, Callable[[dict], Optional[float]], str]
@@ -51,6 +53,19 @@ def table(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Benchmark metrics stored as fractions (zero-shot top-k and per-class recall, retrieval recall@K and its mean, the
+# demo's zeroshot_top1 / t2i_r1 / i2t_r1): shown in percent, as `clipkd eval` and `clipkd report` show them.
+FRACTION = re.compile(r"(acc\d+|top\d+|recall(@\d+)?|_r\d+)$")
+
+
+def _metric_row(name: str, value: float) -> str:
+    """A metric's table row: benchmark fractions as ``name (%)`` in percent, anything else (losses) as it is."""
+    metric = name.split(" (")[0].rsplit("/", 1)[-1]
+    if FRACTION.search(metric):
+        return f"| {name} (%) | {100 * value:.2f} |"
+    return f"| {name} | {value:.4g} |"
+
+
 def evaluation(card: dict[str, Any]) -> str:
     """The evaluation results as a markdown table (empty when there are none)."""
     ev = card["evaluation"]
@@ -60,7 +75,25 @@ def evaluation(card: dict[str, Any]) -> str:
         found += [(f"{r['dataset']}/{k}" + (f" ({who})" if who else ""), v) for k, v in r["metrics"].items()]
     if not found:
         return ""
-    return "\n".join(["| metric | value |", "|---|---|", *(f"| {k} | {v:.4g} |" for k, v in found)])
+    return "\n".join(["| metric | value |", "|---|---|", *(_metric_row(k, v) for k, v in found)])
+
+
+def variants(card: dict[str, Any]) -> str:
+    """The export's int8/fp16 variants and their verdicts as a markdown table (empty when there are none)."""
+    found, bar = card.get("variants") or {}, card.get("variant_bar") or {}
+    if not found:
+        return ""
+    lines = [f"Judged against the float32 export, each image and caption run alone; acceptance bar: mean cosine "
+             f">= {bar.get('min_cosine', '?')} per side, at most {bar.get('max_acc1_drop', '?')} points of zero-shot "
+             "top-1 lost (when measured). A refused variant was not written.", "",
+             "| variant | MiB | mean cosine to float32 (image / text) | zero-shot top-1 change (points) | verdict |",
+             "|---|---|---|---|---|"]
+    for kind, v in found.items():
+        cos = " / ".join(f"{v['cosine'].get(side, float('nan')):.5f}" for side in ("image", "text"))
+        change = f"{100 * v['acc1_change']:+.2f}" if "acc1_change" in v else "-"
+        verdict = "accepted" if v.get("accepted", True) else "refused: " + "; ".join(v.get("reasons", []))
+        lines.append(f"| {kind} | {v['bytes'] / 2**20:.2f} | {cos} | {change} | {verdict} |")
+    return "\n".join(lines)
 
 
 def markdown(card: dict[str, Any]) -> str:
@@ -76,5 +109,9 @@ def markdown(card: dict[str, Any]) -> str:
              table(card)]
     ev = evaluation(card)
     if ev:
-        parts += ["", "## Evaluation", "", ev]
+        parts += ["", "## Evaluation", "", "Benchmark accuracies and recalls in percent, as `clipkd eval` and "
+                  "`clipkd report` show them; losses as they are.", "", ev]
+    smaller = variants(card)
+    if smaller:
+        parts += ["", "## Smaller ONNX variants", "", smaller]
     return "\n".join(parts) + "\n"

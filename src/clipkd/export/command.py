@@ -34,6 +34,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--templates", help="--zeroshot prompt templates: a file (one per line, '{}' = the class name), "
                    "'imagenet' or 'imagenet-simple' (default: the bare class name)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch for --zeroshot")
+    p.add_argument("--min-cosine", type=float, default=None, metavar="C",
+                   help="acceptance bar of --quantize/--fp16: a variant whose mean cosine to the float32 embeddings "
+                   "(each image and caption run alone) is below C on either side is refused: not written, "
+                   "export.json says why, exit status 1 (default: 0.99)")
+    p.add_argument("--max-acc1-drop", type=float, default=None, metavar="POINTS",
+                   help="acceptance bar with --zeroshot: a variant losing more than POINTS of zero-shot top-1 "
+                   "(percentage points) against float32 is refused (default: 1.0)")
+    p.add_argument("--replace", action="store_true",
+                   help="--out may hold files: move them aside to OUT.replaced-<time> first (default: a folder "
+                   "that is not empty is refused, so two exports never mix)")
 
 
 def _formats(value: str) -> list[str]:
@@ -73,8 +83,44 @@ def _benchmark(args: argparse.Namespace):
     return prepared_benchmarks(spec_args)[0]
 
 
+def _bar(args: argparse.Namespace, variants: list[str]):
+    """The acceptance bar of the variants (:class:`~clipkd.export.variants.Bar`) from its flags, checked."""
+    from clipkd.export.variants import Bar
+
+    given = {"--min-cosine": args.min_cosine, "--max-acc1-drop": args.max_acc1_drop}
+    for flag, value in given.items():
+        if value is not None and not variants:
+            raise ConfigError(f"{flag} is the acceptance bar of --quantize int8 / --fp16: give one of them")
+    if args.max_acc1_drop is not None and not args.zeroshot:
+        raise ConfigError("--max-acc1-drop judges the zero-shot accuracy change: give --zeroshot FORMAT:PATH")
+    if args.min_cosine is not None and not -1 <= args.min_cosine <= 1:
+        raise ConfigError(f"--min-cosine: a cosine lies in [-1, 1], got {args.min_cosine}")
+    if args.max_acc1_drop is not None and not 0 <= args.max_acc1_drop <= 100:
+        raise ConfigError(f"--max-acc1-drop: percentage points in [0, 100], got {args.max_acc1_drop}")
+    return Bar(**{k: v for k, v in (("min_cosine", args.min_cosine), ("max_acc1_drop", args.max_acc1_drop))
+                  if v is not None})
+
+
+def _held(out: Path) -> list[str]:
+    """What ``out`` holds, but the staging leftovers of a killed export (the next export removes those)."""
+    from clipkd.files import TMP_PREFIX
+
+    return sorted(p.name for p in out.iterdir() if not p.name.startswith(TMP_PREFIX)) if out.is_dir() else []
+
+
+def _check_out(out: Path, replace: bool) -> None:
+    """Refuse a file, and a folder that holds anything unless ``replace``."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a folder")
+    held = _held(out)
+    if held and not replace:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise ConfigError(f"--out: {out} is not empty ({shown}); an export there would mix with what it holds. "
+                          f"Pass --replace to move it aside to {out.name}.replaced-<time>, or choose another folder")
+
+
 def preflight(args: argparse.Namespace):
-    """Every flag checked before a model is built: ``(source, formats, variants, benchmark)``."""
+    """Every flag checked before a model is built: ``(source, formats, variants, benchmark, bar)``."""
     from clipkd.export.source import resolve_source
 
     formats, variants = _formats(args.format), _variants(args)
@@ -85,13 +131,12 @@ def preflight(args: argparse.Namespace):
         raise ConfigError("--zeroshot measures the accuracy change of --quantize int8 / --fp16: give one of them")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: {out} is a file, not a folder")
+    bar = _bar(args, variants)
+    _check_out(Path(args.out), args.replace)
     missing = _missing_packages(formats, variants)
     if missing:
         raise ConfigError(f"exporting needs {', '.join(missing)}: pip install 'clipkd[export]'")
-    return resolve_source(args.source), formats, variants, _benchmark(args)
+    return resolve_source(args.source), formats, variants, _benchmark(args), bar
 
 
 def _folder(out: Path, fmt: str, formats: list[str]) -> Path:
@@ -118,17 +163,24 @@ def export_open_clip(encoder, folder: Path) -> dict[str, Any]:
     return {"files": _sizes(files), "max_abs_diff": diff}
 
 
-def export_onnx_folder(encoder, folder: Path, variants: list[str], benchmark=None) -> dict[str, Any]:
-    """Write and check the ONNX folder (and its variants); its manifest entry."""
+def export_onnx_folder(encoder, folder: Path, variants: list[str], benchmark=None, bar=None) -> dict[str, Any]:
+    """Write and check the ONNX folder (and its variants, judged by ``bar``: default
+    :class:`~clipkd.export.variants.Bar`; a refused variant's files are removed); its manifest entry."""
+    from dataclasses import asdict
+
     from clipkd.export.onnx_export import check_onnx, export_onnx
-    from clipkd.export.variants import assess_variants, write_variant
+    from clipkd.export.variants import Bar, assess_variants, remove_refused, write_variant
 
     files = export_onnx(encoder, folder)
     entry: dict[str, Any] = {"files": _sizes(files), "max_abs_diff": check_onnx(encoder, folder)}
     for kind in variants:
         entry["files"].update(_sizes(write_variant(folder, kind)))
     if variants:
-        entry["variants"] = assess_variants(folder, encoder, variants, benchmark)
+        bar = bar or Bar()
+        entry["bar"] = asdict(bar)
+        entry["variants"] = assess_variants(folder, encoder, variants, benchmark, bar)
+        for name in remove_refused(folder, entry["variants"]):
+            entry["files"].pop(name)
     return entry
 
 
@@ -160,8 +212,10 @@ def _staged(write, folder: Path) -> dict[str, Any]:
     return entry
 
 
-def export_student(source, out: Path, formats: list[str], variants: list[str], benchmark=None) -> dict[str, Any]:
-    """Build the student of ``source`` and write each format; the manifest (also written as ``out/export.json``)."""
+def export_student(source, out: Path, formats: list[str], variants: list[str], benchmark=None,
+                   bar=None) -> dict[str, Any]:
+    """Build the student of ``source`` and write each format (variants judged by ``bar``, default
+    :class:`~clipkd.export.variants.Bar`); the manifest (also written as ``out/export.json``)."""
     from clipkd.export.source import load_student
     from clipkd.files import write_json
 
@@ -174,7 +228,7 @@ def export_student(source, out: Path, formats: list[str], variants: list[str], b
         folder = _folder(out, fmt, formats)
         folder.parent.mkdir(parents=True, exist_ok=True)
         entry = _staged(lambda tmp: export_open_clip(encoder, tmp) if fmt == "open_clip" else
-                        export_onnx_folder(encoder, tmp, variants, benchmark), folder)
+                        export_onnx_folder(encoder, tmp, variants, benchmark, bar), folder)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         manifest["formats"][fmt] = entry
     out.mkdir(parents=True, exist_ok=True)
@@ -182,24 +236,57 @@ def export_student(source, out: Path, formats: list[str], variants: list[str], b
     return manifest
 
 
+def refused(manifest: dict[str, Any]) -> list[str]:
+    """The variants that failed their acceptance bar (and were not written)."""
+    return [kind for entry in manifest["formats"].values() for kind, v in entry.get("variants", {}).items()
+            if not v.get("accepted", True)]
+
+
+def _variant_line(kind: str, v: dict[str, Any]) -> str:
+    acc = f", zero-shot acc1 {100 * v['acc1']:.2f}% ({100 * v['acc1_change']:+.2f} points vs float32)" \
+        if "acc1" in v else ""
+    cos = ", ".join(f"{side} {c:.5f}" for side, c in v["cosine"].items())
+    verdict = "accepted" if v["accepted"] else "REFUSED (not written): " + "; ".join(v["reasons"])
+    return f"    {kind}: {verdict}; {v['bytes'] / 2**20:.2f} MiB, mean cosine to float32 {cos}{acc}"
+
+
 def summary(manifest: dict[str, Any]) -> list[str]:
-    """Lines for the terminal: each format's folder and check, each variant's drift and accuracy change."""
+    """Lines for the terminal: each format's folder and check, each variant's verdict, drift and accuracy change."""
     lines = [f"exported {manifest['student']} from {manifest['source']} (left out {len(manifest['left_out'])} "
              "distillation-only tensors)"]
     for fmt, entry in manifest["formats"].items():
         diff = entry["max_abs_diff"]
         worst = max(d for side in diff.values() for d in side.values()) if isinstance(diff, dict) else diff
         lines.append(f"  {fmt}: {entry['folder']} (max abs difference to PyTorch {worst:.2g})")
-        for kind, v in entry.get("variants", {}).items():
-            acc = f", zero-shot acc1 {v['acc1']:.4f} ({v['acc1_change']:+.4f} vs float32)" if "acc1" in v else ""
-            cos = ", ".join(f"{side} {c:.5f}" for side, c in v["cosine"].items())
-            lines.append(f"    {kind}: {v['bytes'] / 2**20:.2f} MiB, mean cosine to float32 {cos}{acc}")
+        if "bar" in entry:
+            lines.append(f"    acceptance bar: mean cosine >= {entry['bar']['min_cosine']:g} per side"
+                         + (f", zero-shot acc1 at most {entry['bar']['max_acc1_drop']:g} percentage point(s) "
+                            "below float32"
+                            if any("acc1" in v for v in entry["variants"].values()) else ""))
+        lines += [_variant_line(kind, v) for kind, v in entry.get("variants", {}).items()]
     return lines
 
 
+def _move_aside(out: Path) -> Path:
+    """Rename ``out`` to ``<name>.replaced-<time>`` beside it (a free name); the new place. The naming of
+    :func:`clipkd.engine.run_dir.move_aside`, which moves only folders holding a run."""
+    import os
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
+    while dest.exists():
+        dest, n = out.with_name(f"{out.name}.replaced-{stamp}-{n}"), n + 1
+    os.replace(out, dest)
+    return dest
+
+
 def run_export(args: argparse.Namespace) -> int:
-    """`clipkd export`: check, build, write, check each format against PyTorch, print the summary."""
-    source, formats, variants, benchmark = preflight(args)
-    manifest = export_student(source, Path(args.out), formats, variants, benchmark)
+    """`clipkd export`: check, build, write, check each format against PyTorch, print the summary. Exit status 1
+    when a variant failed its acceptance bar (the rest is written)."""
+    source, formats, variants, benchmark, bar = preflight(args)
+    out = Path(args.out)
+    if args.replace and _held(out):
+        print(f"moved the earlier contents of {out} to {_move_aside(out)}")
+    manifest = export_student(source, out, formats, variants, benchmark, bar)
     print("\n".join(summary(manifest)))
-    return 0
+    return 1 if refused(manifest) else 0

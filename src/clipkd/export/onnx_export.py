@@ -1,5 +1,6 @@
 """A CLIP encoder as two ONNX graphs (image and text; dynamic batch; normalised embeddings) plus what a runtime needs
-besides: ``preprocess.json`` (resize, crop, mean/std) and the tokenizer's files.
+besides: ``preprocess.json`` (resize, crop, mean/std), ``model.json`` (embedding size and the learned logit scale)
+and the tokenizer's files.
 
 Graphs come from PyTorch's exporter (``torch.onnx.export(dynamo=True)``); every export is run in onnxruntime at
 batch 1 and 8 and compared with PyTorch before it is kept.
@@ -21,6 +22,7 @@ from clipkd.errors import ExportError
 from clipkd.models.encoders import ClipEncoder, TextBatch
 
 IMAGE_FILE, TEXT_FILE, PREPROCESS_FILE = "image_encoder.onnx", "text_encoder.onnx", "preprocess.json"
+MODEL_FILE = "model.json"
 IMAGE_INPUT, IMAGE_OUTPUT, TEXT_OUTPUT = "image", "image_embeds", "text_embeds"
 MAX_DIFF = 1e-4  # float32 onnxruntime against PyTorch eager
 CHECK_BATCHES = (1, 8)
@@ -145,9 +147,26 @@ def probe_captions(n: int) -> list[str]:
     return [PROBE_CAPTIONS[i % len(PROBE_CAPTIONS)] for i in range(n)]
 
 
+def model_info(encoder: ClipEncoder) -> dict:
+    """What a runtime needs to turn the two encoders' outputs into CLIP's logits: the embedding size and the
+    learned ``logit_scale`` as the multiplier ``exp(logit_scale)`` clamped to 100 (:meth:`ClipEncoder.scale`).
+    A model with a logit bias (SigLIP) would add ``logit_bias`` beside it and say so in ``logits``."""
+    return {"embed_dim": int(encoder.embed_dim), "logit_scale": float(encoder.scale().detach()),
+            "logits": "logit_scale * image_embeds @ text_embeds.T (the embeddings are L2-normalised); a softmax "
+                      "over the captions gives CLIP's probabilities"}
+
+
+def write_model_info(encoder: ClipEncoder, path: Path) -> Path:
+    """Write :func:`model_info` as JSON; return ``path``."""
+    from clipkd.files import write_json
+
+    write_json(path, model_info(encoder))
+    return path
+
+
 def export_onnx(encoder: ClipEncoder, out: Path) -> list[Path]:
-    """Write ``image_encoder.onnx``, ``text_encoder.onnx``, ``preprocess.json`` and the tokenizer files into ``out``;
-    return the files. Raises :class:`ExportError` naming a tower that cannot be traced."""
+    """Write ``image_encoder.onnx``, ``text_encoder.onnx``, ``preprocess.json``, ``model.json`` and the tokenizer
+    files into ``out``; return the files. Raises :class:`ExportError` naming a tower that cannot be traced."""
     from clipkd.export.preprocess import write_preprocess
     from clipkd.export.tokenizer_files import write_tokenizer_files
 
@@ -159,7 +178,8 @@ def export_onnx(encoder: ClipEncoder, out: Path) -> list[Path]:
         tower = _TextIds(encoder) if list(feed) == ["text"] else _TextMasked(encoder)
         text = _export(tower, feed, TEXT_OUTPUT, out / TEXT_FILE,
                        tower_name(encoder, "text"))
-    return [image, text, write_preprocess(encoder, out / PREPROCESS_FILE), *write_tokenizer_files(encoder.tokenizer, out)]
+    return [image, text, write_preprocess(encoder, out / PREPROCESS_FILE), write_model_info(encoder, out / MODEL_FILE),
+            *write_tokenizer_files(encoder.tokenizer, out)]
 
 
 def session(path: Path, threads: int | None = None):

@@ -1,11 +1,18 @@
 """Smaller ONNX variants of an export and what they cost: int8 (onnxruntime dynamic quantisation) and fp16.
 
 Each variant is judged against the float32 export by its *drift* (mean cosine between its embeddings and the
-float32 ones, per side) and, on a benchmark the user names, by its zero-shot accuracy change.
+float32 ones, per side) and, on a benchmark the user names, by its zero-shot accuracy change. Both are measured
+one input at a time (:class:`~clipkd.export.onnx_encoder.DriftRecorder`), so they do not depend on ``--batch-size``.
+
+Each variant then meets an acceptance :class:`Bar` or not. One that does not is *refused*: its files are not
+written (the ONNX folder holds only what passed, so nothing downstream can pick up a variant that failed), while
+``export.json`` keeps its figures, ``accepted: false`` and the reasons, and ``clipkd export`` exits with status 1.
+The same rule as the float32 export's check against PyTorch: nothing is kept that failed its check.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,6 +27,28 @@ from clipkd.models.encoders import ClipEncoder
 KINDS = ("int8", "fp16")
 FP32_OPS = ("LayerNormalization",)  # kept in float32: precision, and onnxruntime 1.32's optimiser crashes on fp16 LN
 PROBE_SIZE = 32
+MIN_COSINE = 0.99  # mean cosine to float32 per side: an embedding turned by ~8 degrees on average fails
+MAX_ACC1_DROP = 1.0  # zero-shot top-1 points a variant may lose against float32
+
+
+@dataclass(frozen=True)
+class Bar:
+    """What a variant must keep of the float32 export: a mean cosine of at least ``min_cosine`` on each side and,
+    when a zero-shot benchmark was measured, at most ``max_acc1_drop`` points of top-1 lost."""
+
+    min_cosine: float = MIN_COSINE
+    max_acc1_drop: float = MAX_ACC1_DROP
+
+    def reasons(self, entry: dict) -> list[str]:
+        """Why a variant's manifest entry (``cosine``, optional ``acc1_change`` as a fraction) fails; empty: it
+        passes."""
+        found = [f"mean {side} cosine {c:.5f} < {self.min_cosine:g}" for side, c in entry["cosine"].items()
+                 if c < self.min_cosine]
+        change = entry.get("acc1_change")
+        if change is not None and round(-100 * change, 9) > self.max_acc1_drop:
+            found.append(f"zero-shot acc1 {100 * change:+.2f} points against float32 (at most "
+                         f"{self.max_acc1_drop:g} may be lost)")
+        return found
 
 
 def variant_file(name: str, kind: str) -> str:
@@ -60,13 +89,15 @@ def _probe(recorder: DriftRecorder, encoder: ClipEncoder) -> None:
         recorder.encode_text(text_input(encoder, PROBE_SIZE))
 
 
-def assess_variants(out: Path, encoder: ClipEncoder, kinds: Sequence[str], benchmark=None) -> dict[str, dict]:
+def assess_variants(out: Path, encoder: ClipEncoder, kinds: Sequence[str], benchmark=None,
+                    bar: Bar = Bar()) -> dict[str, dict]:
     """Per variant: ``cosine`` (mean per side), file ``bytes``, and with a zero-shot ``benchmark``
-    (:class:`clipkd.eval.runner.Benchmark`) ``acc1`` of the variant and of the float32 export and the change.
+    (:class:`clipkd.eval.runner.Benchmark`) ``acc1`` of the variant and of the float32 export and the change;
+    then ``accepted`` and the ``reasons`` it fails ``bar``. Every input runs alone (batch of one).
 
     Without a benchmark the drift is measured on seeded random images and the probe captions (``on`` says which).
     """
-    reference = OnnxEncoder(out / IMAGE_FILE, out / TEXT_FILE, encoder)
+    reference = OnnxEncoder(out / IMAGE_FILE, out / TEXT_FILE, encoder, per_input=True)
     base: Optional[float] = benchmark.evaluate(reference)["acc1"] if benchmark is not None else None
     found = {}
     for kind in kinds:
@@ -81,5 +112,19 @@ def assess_variants(out: Path, encoder: ClipEncoder, kinds: Sequence[str], bench
             _probe(recorder, encoder)
             entry["on"] = f"{PROBE_SIZE} seeded random images and {PROBE_SIZE} probe captions"
         entry["cosine"] = recorder.mean_cosine()
+        entry["reasons"] = bar.reasons(entry)
+        entry["accepted"] = not entry["reasons"]
         found[kind] = entry
     return found
+
+
+def remove_refused(out: Path, found: dict[str, dict]) -> list[str]:
+    """Delete the files of every variant in ``found`` that was not accepted (its entry keeps the figures, loses
+    ``files``); the names removed."""
+    removed = []
+    for entry in found.values():
+        if not entry["accepted"]:
+            for name in entry.pop("files"):
+                (out / name).unlink(missing_ok=True)
+                removed.append(name)
+    return removed

@@ -1,12 +1,18 @@
-"""open_clip's causal text towers, run only as far as the token they pool.
+"""open_clip's causal text towers, run only as far as the token they pool: a training-only speed-up.
 
 CLIP's text transformer is causal and pools one token per caption (the end-of-text token): the pooled feature
 depends on that token and the ones before it, never on the padding after it. Captions are usually far shorter
 than the context (the demo's: at most 16 of 32 tokens), so running the tower on the first ``max(pooled index)
 + 1`` positions gives the same embeddings and gradients for a fraction of the compute (``benchmarks/student_step.py``
 measures the step with and without it). Towers this does not apply to (bidirectional, HF, pad-masked, CoCa's
-appended class token, pooling the last position) run unchanged through open_clip, and so does every tower while
-it is traced, exported or compiled: the trimmed length depends on the data, and a graph must not keep it.
+appended class token, pooling the last position) run unchanged through open_clip.
+
+It is an explicit switch, never a guess: :class:`~clipkd.models.open_clip_adapter.OpenClipEncoder` trims only when
+its ``trim_text`` is on (off by default; :class:`~clipkd.models.student.DistillStudent` turns it on for the student
+it trains) *and* it is in training mode. Everything else runs open_clip's reference forward over the whole
+context: evaluation (also in-training evaluation, under ``eval_mode``), the teacher (always in eval mode), export
+(the trimmed length depends on the data, and a traced graph must not keep it) and the model card's FLOPs and
+latency, which so measure what is deployed.
 """
 
 from __future__ import annotations
@@ -22,10 +28,6 @@ from torch import nn
 _POOLED_TOKEN = ("argmax", "eos", "first")
 
 
-def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 @dataclass
 class CausalTextTower:
     """The parts of an open_clip causal text tower (``CLIP``'s own, or a ``TextTransformer``)."""
@@ -36,10 +38,7 @@ class CausalTextTower:
 
     @classmethod
     def of(cls, model: nn.Module) -> Optional["CausalTextTower"]:
-        """The trimmable text tower of an open_clip model, or None when trimming could change its output or a
-        traced graph (ONNX export, ``torch.export``, ``torch.compile``, TorchScript tracing) would keep one length."""
-        if _tracing():
-            return None
+        """The trimmable text tower of an open_clip model, or None when trimming could change its output."""
         if isinstance(model, CLIP):
             tower, pool, eos = model, model.text_pool_type, getattr(model, "text_eos_id", None)
         elif isinstance(getattr(model, "text", None), TextTransformer):

@@ -86,7 +86,14 @@ def model_config(model: str) -> dict[str, Any]:
 
 
 class OpenClipEncoder(ClipEncoder):
-    """An open_clip ``CLIP``/``CustomTextCLIP`` behind the :class:`ClipEncoder` interface."""
+    """An open_clip ``CLIP``/``CustomTextCLIP`` behind the :class:`ClipEncoder` interface.
+
+    ``trim_text``: the training-only switch of :mod:`clipkd.models.causal_text` (off by default; the trainable
+    :class:`~clipkd.models.student.DistillStudent` turns it on). Honoured only in training mode: in eval mode, and
+    so in evaluation, export and the model card, ``encode_text`` is open_clip's own forward.
+    """
+
+    trim_text: bool = False
 
     def __init__(self, model: torch.nn.Module, preprocess_train, preprocess_val, tokenizer, name: str):
         super().__init__()
@@ -107,7 +114,8 @@ class OpenClipEncoder(ClipEncoder):
         return self.model.encode_image(images, normalize=normalize)
 
     def encode_text(self, text: TextBatch, normalize: bool = True) -> torch.Tensor:
-        tower = CausalTextTower.of(self.model) if isinstance(text, torch.Tensor) else None
+        trim = self.trim_text and self.training and isinstance(text, torch.Tensor)
+        tower = CausalTextTower.of(self.model) if trim else None
         if tower is None:
             return self.model.encode_text(text, normalize=normalize)
         x = tower.encode(text)

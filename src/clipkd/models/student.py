@@ -79,7 +79,9 @@ class DistillStudent(nn.Module):
     """Student encoder plus the heads the active loss terms need.
 
     Args:
-        encoder: the student :class:`ClipEncoder` (trainable).
+        encoder: the student :class:`ClipEncoder` (trainable). Its ``trim_text`` switch, where it has one, is
+            turned on: in training mode a causal text tower runs only up to its pooled token
+            (:mod:`clipkd.models.causal_text`); in eval mode it runs open_clip's whole forward.
         teacher_dim: the teacher's embedding size ``d_t``, or the sizes of an ensemble's teachers in teacher
             order (a sequence of one size is the same as that size).
         needs: union of the active terms' requirements (see ``REQUIREMENTS``); heads nothing needs are not
@@ -102,6 +104,8 @@ class DistillStudent(nn.Module):
         if unknown:
             raise ValueError(f"unknown student requirements: {sorted(unknown)}")
         self.encoder = encoder
+        if hasattr(encoder, "trim_text"):  # causal text towers run up to their pooled token while training only
+            encoder.trim_text = True
         self._teacher_dims = _as_dims(teacher_dim)
         self.teacher_dim = self._teacher_dims[0]
         self.needs = frozenset(needs)
