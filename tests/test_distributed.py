@@ -153,7 +153,8 @@ def test_cli_nproc_two_writes_one_run_and_resumes_exactly(data_dir, tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         assert done.stdout.count("done: step") == 1  # only rank 0 reports
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "part"]
-    assert sorted(p.name for p in full.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "tensorboard"]
+    assert sorted(p.name for p in full.iterdir()) == ["checkpoints", "config.yaml", "inputs.json", "metrics.jsonl",
+                                                      "tensorboard"]
     assert [p.name for p in list_checkpoints(full)] == ["step_00000002", "step_00000003"]
     assert len(list((full / "tensorboard").iterdir())) == 1
     rows_full = read_metrics(full, "train")

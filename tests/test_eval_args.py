@@ -241,11 +241,13 @@ def test_data_flags_reach_the_benchmarks_they_apply_to(files):
 
 
 def test_benchmarks_of_the_same_name_get_distinct_names(files, tmp_path):
-    """Two --zeroshot folders both called `val` must not share a result file or a table column."""
+    """Two --zeroshot folders both called `colours` must not share a result file or a table column; folders called
+    `val` (a generic name: tests/test_eval_names.py) are named with their parent's name."""
     from clipkd.eval.command import collect_specs
 
     for parent in ("a", "b"):
-        (tmp_path / parent / "val" / "red").mkdir(parents=True)
-    specs = collect_specs(_eval_args(["--zeroshot", f"folder:{tmp_path}/a/val", "--zeroshot",
-                                      f"folder:{tmp_path}/b/val"]))
-    assert [s.name for s in specs] == ["val", "b-val"]
+        for name in ("val", "colours"):
+            (tmp_path / parent / name / "red").mkdir(parents=True)
+    specs = collect_specs(_eval_args([f"--zeroshot=folder:{tmp_path}/{p}/{n}" for n in ("colours", "val")
+                                      for p in ("a", "b")]))
+    assert [s.name for s in specs] == ["colours", "b-colours", "a-val", "b-val"]

@@ -520,4 +520,6 @@ def test_an_unfinished_build_is_named_once_by_the_caller(tmp_path):
 
     manifest, problems = cache_problems(tmp_path, [], None, None)
     assert manifest is None and problems == [
-        "no manifest.json (not a finished `clipkd reinforce` build; re-run the same command to finish it)"]
+        "not a `clipkd reinforce` build (no manifest.json); make one with `clipkd reinforce -c run.yaml --views K "
+        "--out DIR`"]
+    assert str(tmp_path) not in problems[0]

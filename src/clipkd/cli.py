@@ -288,3 +288,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as exc:
         print(f"clipkd: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C where no command stops on it by itself (e.g. while torch is imported)
+        print("clipkd: interrupted", file=sys.stderr)
+        return 130

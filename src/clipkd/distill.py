@@ -8,6 +8,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 
 from clipkd.losses.combine import DistillLoss
+from clipkd.losses.ensemble import per_teacher_terms
 from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
 from clipkd.models.student import NEEDS_TEACHER, DistillStudent, StudentOutput
 from clipkd.models.teacher import FrozenTeacher, TeacherEnsemble
@@ -102,9 +103,16 @@ class Distiller:
         s = (student or self.student)(batch.student_images, batch.student_text, t, self.mask_ratio, generator)
         return s, t
 
+    def per_teacher(self, student: StudentOutput, teacher: Optional[Embeddings]) -> dict[str, torch.Tensor]:
+        """A teacher ensemble's ``{"<term>/t<i>": value}``: each term that uses the teachers, with teacher i alone
+        (:func:`clipkd.losses.ensemble.per_teacher_terms`; detached). Empty for one teacher."""
+        return per_teacher_terms(self.loss.ensemble, self.loss.terms, student, teacher)
+
     def __call__(self, batch: DistillBatch, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-        """``{"loss": total, <term>: value}`` for one batch."""
-        return self.loss(*self.embed(batch, generator))
+        """``{"loss": total, <term>: value}`` for one batch; with a teacher ensemble also ``<term>/t<i>``, each
+        teacher's own value of the term (:meth:`per_teacher`)."""
+        student, teacher = self.embed(batch, generator)
+        return {**self.loss(student, teacher), **self.per_teacher(student, teacher)}
 
 
 def build_distiller(

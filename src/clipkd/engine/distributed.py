@@ -6,11 +6,8 @@ every collective is the identity. Backend: NCCL for CUDA, gloo for CPU.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
-import signal
-import subprocess
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -19,7 +16,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from clipkd.engine.threads import set_thread_environment
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -139,21 +135,9 @@ def launch_local(nproc: int, clipkd_args: Sequence[str], threads: Optional[int] 
 
     ``threads``: CPU threads of each process, passed as ``OMP_NUM_THREADS`` unless that is set already
     (otherwise torchrun would set 1); OpenMP threads sleep while they wait (:mod:`clipkd.engine.threads`).
+    SIGTERM/SIGINT reach the workers through torchrun, which waits for their checkpoint and leaves without a
+    traceback (:func:`clipkd.engine.preemption.launch_stoppable`).
     """
-    env = dict(os.environ)
-    set_thread_environment(env)
-    if threads is not None:
-        env.setdefault("OMP_NUM_THREADS", str(threads))
-    proc = subprocess.Popen(torchrun_command(nproc, ["-m", "clipkd", *clipkd_args]), env=env)
-    with _ignoring_stop_signals():  # the group's signal reaches the workers; wait for their checkpoint
-        return proc.wait()
+    from clipkd.engine.preemption import launch_stoppable
 
-
-@contextlib.contextmanager
-def _ignoring_stop_signals():
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return launch_stoppable(nproc, clipkd_args, threads)[0]

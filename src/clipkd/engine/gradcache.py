@@ -123,7 +123,8 @@ class GlobalBatchStep:
 
     def __call__(self, micro_batches: Sequence[DistillBatch],
                  generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-        """Gradients of one optimizer step; returns ``{"loss": total, <term>: value}`` (detached, global)."""
+        """Gradients of one optimizer step; returns ``{"loss": total, <term>: value}`` (detached, global), with a
+        teacher ensemble also each teacher's ``<term>/t<i>`` (:meth:`Distiller.per_teacher`)."""
         if not micro_batches:
             raise ValueError("a step needs at least one micro-batch")
         replay = len(micro_batches) > 1
@@ -166,6 +167,8 @@ class GlobalBatchStep:
         order = rows + scalars
         grads = torch.autograd.grad(self.scale_loss(values["loss"]), [leaves[n] for n in order], allow_unused=True)
         grads = [torch.zeros_like(leaves[n]) if g is None else g for n, g in zip(order, grads)]
+        with self.autocast():  # an ensemble's per-teacher values, for the log (no graph)
+            values.update(self.distiller.per_teacher(student, teacher))
         sizes = [len(c.student.img) for c in cached]
         n_local, w = sum(sizes), self.env.world_size
         sample_grads = [(g[self.env.rank * n_local:(self.env.rank + 1) * n_local] * w).split(sizes)

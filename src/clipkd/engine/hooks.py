@@ -53,7 +53,7 @@ def _student_and_losses(distiller: Distiller, batch, t) -> tuple[StudentOutput, 
     the teacher's) and only the terms that need no teacher, e.g. ``task``, without a total."""
     if t is not None or not distiller.loss.needs_teacher:
         s = distiller.student(batch.student_images, batch.student_text, t, 0.0)
-        return s, distiller.loss(s, t)
+        return s, {**distiller.loss(s, t), **distiller.per_teacher(s, t)}  # an ensemble: each teacher's terms too
     enc = distiller.student.encoder
     s = StudentOutput(img=enc.encode_image(batch.student_images), txt=enc.encode_text(batch.student_text),
                       scale=enc.scale())

@@ -1,5 +1,13 @@
 """The run folder: refuse to mix two runs in one folder, move an old run aside on request, and keep the log
-consistent with the checkpoint a run resumes from. Rank 0 alone calls the functions that change the folder."""
+consistent with the checkpoint a run resumes from. Rank 0 alone calls the functions that change the folder.
+
+A folder *holds a run* once a step of it was trained: it holds a checkpoint (even ``step_00000000``, which a run
+stopped by a signal before its first step writes), or ``metrics.jsonl`` holds a row with ``step >= 1`` (a logged
+training step; rows are logged at the step just trained, so a row of step 0, e.g. a skipped non-finite step, is
+none). The files of an attempt that trained no step (``config.yaml``, ``inputs.json``, an empty or step-0
+``metrics.jsonl``, TensorBoard event files: a run stopped by a check at its first batch) are not a run: a new run
+in that folder replaces them (:func:`clear_untrained`), without ``--resume`` or ``--overwrite``.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +27,42 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
+def _row_step(line: str) -> Optional[int]:
+    """The step of a ``metrics.jsonl`` line; None for a line torn by a kill during its write."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, (int, float)) else None
+
+
+def logged_a_step(run_dir: Union[str, Path]) -> bool:
+    """Whether ``metrics.jsonl`` holds a row of a trained step (``step >= 1``); read up to the first one."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as f:
+        return any((_row_step(line) or 0) >= 1 for line in f if line.strip())
+
+
 def holds_run(run_dir: Union[str, Path]) -> bool:
-    """True when ``run_dir`` already holds (part of) a run: a config, a metrics log or a checkpoint."""
+    """True when ``run_dir`` holds a run that trained a step: a checkpoint, or a logged step >= 1."""
+    return bool(list_checkpoints(run_dir)) or logged_a_step(run_dir)
+
+
+def clear_untrained(run_dir: Union[str, Path]) -> list[Path]:
+    """Rank 0, before a new run starts in ``run_dir``: when it holds no run, delete the log of an earlier attempt
+    that trained no step (``metrics.jsonl``, TensorBoard event files), so the new run's log is its own; the
+    deleted paths (none in a folder holding a run). ``config.yaml`` and ``inputs.json`` are rewritten by the run."""
     run_dir = Path(run_dir)
-    return (run_dir / "config.yaml").exists() or (run_dir / METRICS_FILE).exists() or bool(list_checkpoints(run_dir))
+    if holds_run(run_dir):
+        return []
+    found = [p for p in [run_dir / METRICS_FILE] if p.is_file()]
+    tb = run_dir / TENSORBOARD_DIR
+    found += sorted(tb.glob("events.out.tfevents.*")) if tb.is_dir() else []
+    for path in found:
+        path.unlink()
+    return found
 
 
 def check_run_dir(run_dir: Union[str, Path], resume: Optional[str], overwrite: bool) -> None:
@@ -63,11 +103,8 @@ def truncate_metrics(run_dir: Union[str, Path], step: int) -> int:
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     keep = []
     for line in lines:
-        try:
-            row_step = json.loads(line)["step"]
-        except (ValueError, KeyError, TypeError):
-            continue  # a row torn by a kill during the write
-        if row_step <= step:
+        row_step = _row_step(line)
+        if row_step is not None and row_step <= step:  # a row torn by a kill during the write is dropped
             keep.append(line)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")

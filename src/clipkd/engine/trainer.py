@@ -38,13 +38,14 @@ from clipkd.engine.builders import (build_distiller_from_config, build_stream, g
 from clipkd.engine.distributed import DistEnv, current_env, local_processes, wrap_ddp
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.hooks import EvalHook, ValLossHook
+from clipkd.engine.inputs import input_changes, record_inputs, run_inputs, saved_inputs
 from clipkd.engine.logger import MetricLogger, NullLogger
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer, create_scheduler
 from clipkd.engine.config_diff import breaking_changes
 from clipkd.engine.preemption import StopRequest
 from clipkd.engine.rank_state import RankState, mask_seed, pick_rank_state
 from clipkd.engine.threads import apply_threads
-from clipkd.engine.run_dir import check_run_dir, move_aside, truncate_metrics
+from clipkd.engine.run_dir import check_run_dir, clear_untrained, move_aside, truncate_metrics
 from clipkd.errors import ConfigError, DataQualityError, TrainingDiverged
 from clipkd.eval.runner import BenchmarkHook
 
@@ -92,6 +93,7 @@ class Trainer:
         self.cfg = cfg
         self.env = env or current_env()
         manifest = preflight(cfg)  # reinforced data's, when the run trains from it
+        self.inputs = run_inputs(cfg)  # what the result depends on beyond the config, by content
         apply_threads(cfg.threads, local_processes())
         self.run_dir = Path(cfg.run_dir)
         self.allow_config_change = allow_config_change
@@ -153,6 +155,9 @@ class Trainer:
         if self.env.is_main:
             if overwrite and (moved := move_aside(self.run_dir)):
                 log.warning("--overwrite: moved the run that was in %s to %s", self.run_dir, moved)
+            if not resume and (cleared := clear_untrained(self.run_dir)):
+                log.info("%s: an earlier attempt trained no step; its log is replaced (%s)", self.run_dir,
+                         ", ".join(p.name for p in cleared))
             for action in ckpt.clean_leftovers(self.run_dir):
                 log.warning("checkpoint left-over of an interrupted write: %s", action)
         self.env.barrier()
@@ -187,6 +192,19 @@ class Trainer:
                               "you mean to change them")
         log.warning("--allow-config-change: resuming %s with changed keys:\n%s", path, listing)
 
+    def _check_inputs(self) -> None:
+        """Refuse to continue a run whose inputs (data, teachers, reinforced data, benchmarks) changed content since
+        it started (unless ``allow_config_change``); a run that recorded none is continued."""
+        changes = input_changes(self.run_dir, self.inputs) if saved_inputs(self.run_dir) is not None else []
+        if not changes:
+            return
+        listing = "\n".join(f"  {c}" for c in changes)
+        if not self.allow_config_change:
+            raise ConfigError(f"{self.run_dir}: the run's inputs changed since it started; resuming would not continue "
+                              f"the same run:\n{listing}\nrestore them, start a new run (--overwrite), or pass "
+                              "--allow-config-change if you mean to continue on the new inputs")
+        log.warning("--allow-config-change: resuming %s with changed inputs:\n%s", self.run_dir, listing)
+
     def _resume(self, resume: str) -> None:
         path = ckpt.resolve_resume(resume, self.run_dir)
         if path is None:
@@ -197,6 +215,7 @@ class Trainer:
         state = ckpt.load_state(path)
         mine = pick_rank_state(state, self.env.rank, self.env.world_size, self.cfg.data.workers, str(path))
         self._check_config(path)
+        self._check_inputs()
         ckpt.load_student(path, self.student)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -327,10 +346,17 @@ class Trainer:
             self.rank_state.position = DataPosition(self.rank_state.position.epoch + 1)
 
     def fit(self) -> TrainResult:
+        """Train to the end, or until SIGTERM/SIGINT (heard from the first file this run writes on: a signal
+        then stops it after the step in progress, with a checkpoint, even during start-up or the final evaluation)."""
+        with self.stop_request:
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         main = self.env.is_main
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+            record_inputs(self.run_dir, self.inputs)
             log.info("global batch %d = %d per micro-batch x %d accumulation steps x %d processes",
                      self.global_batch, self.cfg.data.batch_size, self.accum, self.env.world_size)
         purge = self.step + 1 if self._resumed else None
@@ -340,8 +366,7 @@ class Trainer:
                    disable=not (self.cfg.logging.progress and main))
         self.student.train()
         try:
-            with self.stop_request:
-                self._loop(logger, bar, result)
+            self._loop(logger, bar, result)
             if not self.agreed.stop:
                 self._check_skips(final=True)
                 self._maybe_eval(logger, final=True)

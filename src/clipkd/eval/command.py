@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 import torch
@@ -57,40 +58,46 @@ DATA_FLAGS = {
 }
 
 
-def _check_flags(args: argparse.Namespace) -> None:
-    """Numbers and combinations of flags, before anything is read."""
+def _check_flags(args: argparse.Namespace) -> list[str]:
+    """Numbers and combinations of flags, before anything is read: every problem."""
+    problems = []
     if args.batch_size < 1:
-        raise ConfigError(f"--batch-size: must be >= 1, got {args.batch_size}")
+        problems.append(f"--batch-size: must be >= 1, got {args.batch_size}")
     if args.workers < 0:
-        raise ConfigError(f"--workers: must be >= 0, got {args.workers}")
+        problems.append(f"--workers: must be >= 0, got {args.workers}")
     if args.device != "auto":
         try:
             torch.device(args.device)
         except RuntimeError:
-            raise ConfigError(f"--device: expected auto, cpu or cuda (or a torch device like cuda:1), "
-                              f"got '{args.device}'") from None
+            problems.append(f"--device: expected auto, cpu or cuda (or a torch device like cuda:1), "
+                            f"got '{args.device}'")
     if not args.run:
-        for flag, given in (("--diagnostics", args.diagnostics), ("--side", args.side is not None),
-                            ("--checkpoint", args.checkpoint)):
-            if given:
-                raise ConfigError(f"{flag} needs --run (a clipkd run folder)")
+        problems += [f"{flag} needs --run (a clipkd run folder)" for flag, given in (
+            ("--diagnostics", args.diagnostics), ("--side", args.side is not None), ("--checkpoint", args.checkpoint))
+            if given]
     if args.run and args.pretrained:
-        raise ConfigError("--pretrained goes with --model (a run's weights come from its checkpoint or config)")
+        problems.append("--pretrained goes with --model (a run's weights come from its checkpoint or config)")
     if args.pairs and not args.diagnostics:
-        raise ConfigError("--pairs needs --diagnostics")
+        problems.append("--pairs needs --diagnostics")
     if args.run and args.side == "teacher" and args.checkpoint and not args.diagnostics:
-        raise ConfigError("--checkpoint picks the student's weights (or those --diagnostics uses); with --side "
-                          "teacher the weights come from the run's config (teacher.pretrained)")
+        problems.append("--checkpoint picks the student's weights (or those --diagnostics uses); with --side "
+                        "teacher the weights come from the run's config (teacher.pretrained)")
+    return problems
 
 
-def _shorthand(args: argparse.Namespace) -> list[tuple[str, str, str, str, str]]:
-    """``(flag, item, task, format, path)`` of each --zeroshot / --retrieval benchmark."""
-    out = []
+def _shorthand(args: argparse.Namespace) -> tuple[list[tuple[str, str, str, str, str]], list[str]]:
+    """``(flag, item, task, format, path)`` of each --zeroshot / --retrieval benchmark, and the problem of each
+    item that is not ``FORMAT:PATH``."""
+    out, problems = [], []
     for flag, task, items in (("--zeroshot", "zeroshot", args.zeroshot), ("--retrieval", "retrieval", args.retrieval)):
         for item in items:
-            fmt, path = _split(item, flag)
+            try:
+                fmt, path = _split(item, flag)
+            except ConfigError as exc:
+                problems.append(str(exc))
+                continue
             out.append((flag, item, task, fmt, path))
-    return out
+    return out, problems
 
 
 def _check_data_flags(args: argparse.Namespace, shorthand: list[tuple[str, str, str, str, str]]) -> list[str]:
@@ -139,56 +146,128 @@ def _flag_names(flag: str, item: str) -> dict[str, str]:
             "label_key": "--label-key", "image_key": "--image-key", "caption_key": "--caption-key"}
 
 
-def _unique_name(path: str, taken: set[str]) -> str:
-    """A shorthand benchmark's name: the file or folder name, with its parent folders' names before it when
-    another benchmark has that name already (``a/val`` and ``b/val`` -> ``val`` and ``b-val``)."""
-    parts = [p for p in Path(path.rstrip("/")).parts if p not in ("/", ".", "..")] or ["data"]
-    parts[-1] = Path(parts[-1]).stem or parts[-1]
-    for n in range(1, len(parts) + 1):
-        name = "-".join(parts[-n:])
+GENERIC_NAMES = frozenset({
+    "data", "dataset", "datasets", "test", "testing", "train", "training", "val", "valid", "validation", "dev",
+    "eval", "evaluation", "images", "imgs", "img", "index", "labels", "annotations", "captions", "pairs",
+    "metadata", "meta", "shard", "shards", "split", "splits", "all", "files", "samples", "list"})
+"""File and folder names that do not tell benchmarks apart (compared lower-case): a benchmark named by one of
+them gets its parent folder's name before it."""
+
+
+def _path_parts(path: str, fmt: str) -> list[str]:
+    """The names along ``path`` (a local one made absolute, so the name does not depend on the working folder);
+    the last without its suffix (not a folder's) and brace ranges (``shard-{000..009}.tar`` -> ``shard``)."""
+    local = "://" not in path and not path.startswith("pipe:")
+    parts = [p for p in PurePosixPath((os.path.abspath(path) if local else path).rstrip("/")).parts
+             if p not in ("/", ".", "..")]
+    if not parts:
+        return []
+    last = parts[-1] if fmt == "folder" else PurePosixPath(parts[-1]).stem or parts[-1]
+    last = re.sub(r"\{[^}]*\}", "", last).strip("-_. ")
+    return parts[:-1] + [last] if last else parts[:-1]
+
+
+def benchmark_name(path: str, fmt: str, taken: set[str]) -> str:
+    """A --zeroshot / --retrieval benchmark's name: its file or folder name (without suffix or brace range),
+    with the parent folders' names before it while the name so far is generic (:data:`GENERIC_NAMES`):
+    ``cifar10/data.csv`` -> ``cifar10-data``, ``imagenet/val`` -> ``imagenet-val``, ``flowers102.csv`` ->
+    ``flowers102``. A name in ``taken`` gets more of the path before it, then a number (``-2``, ...)."""
+    parts = _path_parts(path, fmt) or ["data"]
+    n = 1
+    while n < len(parts) and all(p.lower() in GENERIC_NAMES for p in parts[-n:]):
+        n += 1
+    for k in range(n, len(parts) + 1):
+        name = "-".join(parts[-k:])
         if name not in taken:
             return name
-    n = 2
-    while f"{parts[-1]}-{n}" in taken:
-        n += 1
-    return f"{parts[-1]}-{n}"
+    base, i = "-".join(parts[-n:]), 2
+    while f"{base}-{i}" in taken:
+        i += 1
+    return f"{base}-{i}"
 
 
-def _collect(args: argparse.Namespace) -> list[tuple[BenchmarkSpec, str]]:
-    """``(spec, label)`` of every benchmark, validated, data paths checked; ``label`` names it in messages."""
+def _prompt_problems(spec: BenchmarkSpec, names: dict[str, str]) -> list[str]:
+    """What is wrong inside a zero-shot benchmark's class-name and template files (that exist), named by
+    ``names[key]``; read now, so that these problems come with the others."""
+    from clipkd.eval.datasets import load_classnames, load_templates
+
+    problems = []
+    for key, load in (("classnames", lambda f: load_classnames(f, [])), ("templates", load_templates)):
+        value = getattr(spec, key)
+        if spec.task != "zeroshot" or value is None or not Path(value).is_file():
+            continue  # a keyword, or a missing file (check_benchmark says so)
+        try:
+            if not load(value):
+                problems.append(f"{names[key]}: {value}: empty (one per line)")
+        except (ValueError, UnicodeDecodeError) as exc:
+            problems.append(f"{names[key]}: {_one_line(exc)}")
+    return problems
+
+
+def _file_specs(path: str, problems: list[str]) -> list[tuple[BenchmarkSpec, str, list[str]]]:
+    """The specs of a --benchmarks file, each with its label and problems; the file's own problems added to
+    ``problems``."""
     from clipkd.engine.builders import check_benchmark
 
     checked: list[tuple[BenchmarkSpec, str, list[str]]] = []
-    problems: list[str] = []
-    shorthand = _shorthand(args)
+    names: dict[str, int] = {}
+    try:
+        items = _benchmarks_file(path)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return []
+    for i, raw in enumerate(items):
+        label = f"--benchmarks {path}: benchmarks.{i}"
+        try:
+            spec = _validate_spec(f"--benchmarks {path}", f"benchmarks.{i}.", raw)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        if spec.name in names:
+            problems.append(f"{label}.name: '{spec.name}' is also the name of benchmarks.{names[spec.name]} "
+                            "(names must differ: they name the results)")
+        names.setdefault(spec.name, i)
+        found = check_benchmark(label, spec)
+        found += _prompt_problems(spec, {k: f"{label}.{k}" for k in ("classnames", "templates")})
+        checked.append((spec, label, found))
+    return checked
+
+
+def _shorthand_raw(args: argparse.Namespace, task: str, fmt: str, path: str, name: str) -> dict:
+    """The benchmark spec of one --zeroshot / --retrieval item: the data flags that apply to it, else the
+    defaults. A bad --batch-size / --workers is said by its flag (:func:`_check_flags`): a valid stand-in here."""
+    raw = {"name": name, "task": task, "format": fmt, "path": path, "root": args.root,
+           "batch_size": max(args.batch_size, 1), "workers": max(args.workers, 0)}
+    for key in ("image_key", "label_key", "caption_key", "classnames", "templates", "split", "first_caption_only"):
+        value = getattr(args, key)
+        if value is not None and fmt in DATA_FLAGS[f"--{key.replace('_', '-')}"][1].get(task, ()):
+            raw[key] = value
+        elif key in DEFAULTS:
+            raw[key] = DEFAULTS[key]  # the effective default --help states (a benchmark spec's own)
+    if raw["root"] is None or fmt not in DATA_FLAGS["--root"][1].get(task, ()):
+        del raw["root"]
+    return raw
+
+
+def _collect(args: argparse.Namespace) -> list[tuple[BenchmarkSpec, str]]:
+    """``(spec, label)`` of every benchmark, validated, data paths checked; ``label`` names it in messages.
+    Every problem in one :class:`ConfigError`."""
+    from clipkd.engine.builders import check_benchmark
+
+    shorthand, problems = _shorthand(args)
     problems += _check_data_flags(args, shorthand)
-    if args.benchmarks:
-        names: dict[str, int] = {}
-        for i, raw in enumerate(_benchmarks_file(args.benchmarks)):
-            label = f"--benchmarks {args.benchmarks}: benchmarks.{i}"
-            spec = _validate_spec(f"--benchmarks {args.benchmarks}", f"benchmarks.{i}.", raw)
-            if spec.name in names:
-                problems.append(f"{label}.name: '{spec.name}' is also the name of benchmarks.{names[spec.name]} "
-                                "(names must differ: they name the results)")
-            names.setdefault(spec.name, i)
-            checked.append((spec, label, check_benchmark(label, spec)))
+    checked = _file_specs(args.benchmarks, problems) if args.benchmarks else []
     taken = {spec.name for spec, _, _ in checked}
-    common = {"root": args.root, "batch_size": args.batch_size, "workers": args.workers}
     for flag, item, task, fmt, path in shorthand:
-        name = _unique_name(path, taken)
+        name = benchmark_name(path, fmt, taken)
         taken.add(name)
-        raw = {"name": name, "task": task, "format": fmt, "path": path, **common}
-        for key in ("image_key", "label_key", "caption_key", "classnames", "templates", "split",
-                    "first_caption_only"):
-            value = getattr(args, key)
-            if value is not None and fmt in DATA_FLAGS[f"--{key.replace('_', '-')}"][1].get(task, ()):
-                raw[key] = value
-            elif key in DEFAULTS:
-                raw[key] = DEFAULTS[key]  # the effective default --help states (a benchmark spec's own)
-        if raw["root"] is None or fmt not in DATA_FLAGS["--root"][1][task]:
-            del raw["root"]
-        spec = _validate_spec(f"{flag} {item}", "", raw)
-        checked.append((spec, f"{flag} {item}", check_benchmark(flag, spec, _flag_names(flag, item))))
+        try:
+            spec = _validate_spec(f"{flag} {item}", "", _shorthand_raw(args, task, fmt, path, name))
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        names = _flag_names(flag, item)
+        checked.append((spec, f"{flag} {item}", check_benchmark(flag, spec, names) + _prompt_problems(spec, names)))
     problems += [p for _, _, found in checked for p in found]
     if problems:
         raise ConfigError("; ".join(dict.fromkeys(problems)))  # --root etc. once, even for several benchmarks
@@ -303,7 +382,8 @@ def _check_diagnostics(args: argparse.Namespace) -> None:
     if args.pairs:
         fmt, path = _split(args.pairs, "--pairs")
         try:
-            data = DataConfig(format=fmt, train=path, batch_size=args.batch_size, workers=args.workers)
+            data = DataConfig(format=fmt, train=path, batch_size=max(args.batch_size, 1),  # a bad number: its flag
+                              workers=max(args.workers, 0))  # says so (_check_flags)
         except ValidationError as exc:
             raise ConfigError(f"--pairs {args.pairs}: " + "; ".join(f"{f}: {m}" for f, m in error_lines(exc))) \
                 from None
@@ -337,11 +417,10 @@ def _check_outputs(args: argparse.Namespace) -> list[str]:
 
 def _preflight(args: argparse.Namespace) -> tuple[list[tuple[BenchmarkSpec, str]], Optional[Target]]:
     """Every flag, path and model setting, checked before anything is built; all problems in one error."""
-    _check_flags(args)
+    problems = _check_flags(args)
     wanted = bool(args.zeroshot or args.retrieval or args.benchmarks)
     if not wanted and not args.diagnostics:
-        raise ConfigError("nothing to evaluate: give --zeroshot, --retrieval, --benchmarks or --diagnostics")
-    problems: list[str] = []
+        problems.append("nothing to evaluate: give --zeroshot, --retrieval, --benchmarks or --diagnostics")
 
     def attempt(check, *a):
         try:
@@ -352,7 +431,7 @@ def _preflight(args: argparse.Namespace) -> tuple[list[tuple[BenchmarkSpec, str]
 
     specs = attempt(_collect, args) if wanted else []
     target = attempt(_check_model_args, args) if wanted else None
-    if args.diagnostics:
+    if args.diagnostics and args.run:  # without --run: said by _check_flags
         attempt(_check_diagnostics, args)
     problems += _check_outputs(args)
     if problems:

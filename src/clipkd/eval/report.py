@@ -5,7 +5,9 @@ Each JSON file holds one evaluation::
     {"dataset": str, "model": str, "pretrained": str | None,
      "task": "zeroshot_classification" | "zeroshot_retrieval", "metrics": {name: float}}
 
-Metric values are fractions; tables and charts show them as percentages.
+Metric values are fractions; tables and charts show them as percentages. A zero-shot result that lists its
+class names (``classnames``, as clipkd writes them) and has at most 5 of them shows no ``acc5``: it is 100% by
+construction (clipkd no longer writes it then; older result files may hold it).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional, Sequence, Union
 __all__ = ["load_results", "markdown_table", "chart_figure", "bar_chart", "write_report"]
 
 REQUIRED_KEYS = ("dataset", "model", "pretrained", "task", "metrics")
+ACC5_MIN_CLASSES = 6  # as clipkd.eval.zeroshot.ACC5_MIN_CLASSES (this module does not import torch)
 MISSING = "–"
 PathLike = Union[str, Path]
 Column = tuple[str, str]  # (dataset, metric)
@@ -75,7 +78,7 @@ def _collect(
         if label not in labels:
             labels.append(label)
         names = per_dataset.setdefault(dataset, [])
-        for name, value in result["metrics"].items():
+        for name, value in _shown_metrics(result).items():
             if metrics is not None and name not in metrics:
                 continue
             if name not in names:
@@ -87,6 +90,15 @@ def _collect(
             names = [m for m in metrics if m in names]
         columns.extend((dataset, name) for name in names)
     return labels, columns, values
+
+
+def _shown_metrics(result: dict) -> dict[str, float]:
+    """A result's metrics as tables and charts show them: without ``acc5`` when the result lists at most 5 class
+    names (trivially 100%; see :data:`clipkd.eval.zeroshot.ACC5_MIN_CLASSES`)."""
+    classnames = result.get("classnames")
+    if isinstance(classnames, list) and len(classnames) < ACC5_MIN_CLASSES:
+        return {k: v for k, v in result["metrics"].items() if k != "acc5"}
+    return result["metrics"]
 
 
 def _percent(value: Optional[float]) -> str:

@@ -1,5 +1,9 @@
 """Zero-shot classification: class embeddings from prompt templates, then top-1/top-5/mean per-class recall.
 
+Top-5 accuracy (``acc5``) is reported from :data:`ACC5_MIN_CLASSES` classes on: with at most 5 classes every
+class is in the top 5, so it would be 100% whatever the model; such tasks have ``acc1`` and
+``mean_per_class_recall`` only.
+
 The classifier is open_clip's own ``build_zero_shot_classifier`` (each class: the mean of its L2-normalised
 prompt embeddings, re-normalised); logits are ``100 * cosine``. It can be cached on disk, keyed by the model
 and the prompts.
@@ -22,6 +26,9 @@ from clipkd.models.encoders import ClipEncoder, eval_mode
 
 
 _prompt_text = template_text
+
+ACC5_MIN_CLASSES = 6
+"""The fewest classes for which top-5 accuracy is reported (with 5 or fewer it is 100% by construction)."""
 
 
 def classifier_cache_path(cache_dir: Union[str, Path], model_key: str, classnames: Sequence[str],
@@ -77,14 +84,16 @@ def embed_images(encoder: ClipEncoder, loader: DataLoader, device: Union[str, to
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
-    """top-1, top-5 accuracy and mean per-class recall (classes absent from ``targets`` are left out)."""
+    """top-1 accuracy, top-5 accuracy (from :data:`ACC5_MIN_CLASSES` classes on; left out below) and mean
+    per-class recall (classes absent from ``targets`` are left out)."""
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     hit1 = top[:, 0] == targets
-    hit5 = (top == targets[:, None]).any(dim=1)
     recalls = [hit1[targets == c].float().mean() for c in range(num_classes) if (targets == c).any()]
-    return {"acc1": hit1.float().mean().item(), "acc5": hit5.float().mean().item(),
-            "mean_per_class_recall": torch.stack(recalls).mean().item()}
+    out = {"acc1": hit1.float().mean().item()}
+    if num_classes >= ACC5_MIN_CLASSES:
+        out["acc5"] = (top == targets[:, None]).any(dim=1).float().mean().item()
+    return {**out, "mean_per_class_recall": torch.stack(recalls).mean().item()}
 
 
 def zeroshot_metrics(feats: torch.Tensor, targets: torch.Tensor, classifier: torch.Tensor) -> dict[str, float]:

@@ -22,22 +22,31 @@ teacher t's size and ``I_t, T_t, s_t`` teacher t's embeddings and multiplier, th
 * AFD: ``L = sum_t w_t clip_loss(F_t(I), F_t(T), a_t)``, ``F_t = normalise(phi_t([P_t(student); teacher_t]))``.
 
 A one-teacher ensemble computes exactly what the single-teacher formulas of :mod:`.functional` compute.
+
+Per-teacher values (:func:`per_teacher_terms`, logged as ``<term>/t<i>`` beside each term): every term that uses
+the teachers, computed with teacher t alone, unweighted: the single-teacher formula on teacher t's block of
+each per-teacher field (``P_t``, ``F_t``, ``c_t``, ``a_t``, ``I_t``, ``T_t``, ``s_t``). FD, ICL, GD and AFD are
+then ``sum_t w_t * <term>/t<i>``; CRD is not (its target is the mixture of the teachers' distributions, not one
+teacher's), and its ``crd/t<i>`` is CRD against teacher t alone. Diagnostics: no gradient flows through them.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import operator
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
 from clipkd.losses import functional as LF
 from clipkd.losses.functional import Scale, full_precision
 from clipkd.models.encoders import Embeddings
+from clipkd.models.student import NEEDS_TEACHER
 
-__all__ = ["Ensemble", "SINGLE", "join_teachers", "crd_loss", "fd_loss", "icl_loss", "gd_loss", "afd_loss"]
+__all__ = ["Ensemble", "SINGLE", "join_teachers", "teacher_slices", "per_teacher_terms", "crd_loss", "fd_loss",
+           "icl_loss", "gd_loss", "afd_loss"]
 
 WEIGHT_SUM_TOL = 1e-6
 
@@ -145,6 +154,45 @@ def join_teachers(teachers: Sequence[Embeddings]) -> Embeddings:
         txt=torch.cat([t.txt for t in teachers], dim=1),
         scale=torch.stack([torch.as_tensor(t.scale).reshape(()) for t in teachers]),
     )
+
+
+STUDENT_BLOCKS = ("img_proj", "txt_proj", "afd_img", "afd_txt")
+"""The student's per-teacher ``[N, sum_t D_t]`` fields (the ensemble layout)."""
+STUDENT_SCALES = ("icl_scale", "afd_scale")
+"""The student's per-teacher ``[T]`` scales."""
+
+
+def teacher_slices(ens: Ensemble, student: Any, teacher: Embeddings) -> list[tuple[Any, Embeddings]]:
+    """Per teacher t: (the student's outputs, the teacher's embeddings) as a run with teacher t alone has them:
+    teacher t's block of every per-teacher field and its element of every per-teacher scale; the student's own
+    ``img``/``txt``/``scale`` unchanged."""
+    parts: dict[str, Sequence[Any]] = {}
+    for name in STUDENT_BLOCKS + STUDENT_SCALES:
+        value = getattr(student, name, None)
+        if value is not None:
+            parts[name] = ens.split(value) if name in STUDENT_BLOCKS else ens.scales(value)
+    img, txt, scale = ens.split(teacher.img), ens.split(teacher.txt), ens.scales(teacher.scale)
+    return [(replace(student, **{k: v[i] for k, v in parts.items()}), replace(teacher, img=img[i], txt=txt[i],
+                                                                             scale=scale[i]))
+            for i in range(ens.size)]
+
+
+def per_teacher_terms(ens: Ensemble, terms: Mapping[str, Any], student: Any, teacher: Optional[Embeddings]
+                      ) -> dict[str, torch.Tensor]:
+    """``{"<term>/t<i>": value}``: each term of ``terms`` that uses the teachers (``NEEDS_TEACHER`` in ``needs``),
+    computed with teacher i alone (a copy of the term set to one teacher, on :func:`teacher_slices`); detached,
+    without a graph. Empty for one teacher (the term itself is that teacher's) or without teacher embeddings."""
+    users = {name: term for name, term in terms.items() if NEEDS_TEACHER in term.needs}
+    if ens.size == 1 or teacher is None or not users:
+        return {}
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for i, (s, t) in enumerate(teacher_slices(ens, student, teacher)):
+            for name, term in users.items():
+                alone = copy.copy(term)  # the same term (and any state it holds), combining one teacher
+                alone.ensemble = SINGLE
+                out[f"{name}/t{i}"] = alone(s, t).detach()
+    return out
 
 
 def _blocks(ens: Ensemble, *tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:

@@ -6,6 +6,9 @@
   receipt; a re-run of the same command skips finished sidecars, and one with other settings is refused.
 * Several processes (under torchrun): sidecar ``i`` is built by rank ``i % world_size``; after a barrier rank 0
   writes ``manifest.json``.
+* Stoppable: asked to stop (a :class:`~clipkd.engine.preemption.StopRequest` set by SIGTERM/SIGINT), a process
+  drops the sidecar in progress before its next batch and builds no other; the finished ones are kept. Rank 0
+  writes no manifest then, and the same command continues the build.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from tqdm import tqdm
 from clipkd.config import TrainConfig, teacher_list
 from clipkd.engine.builders import build_encoder, resolve_device
 from clipkd.engine.distributed import DistEnv
+from clipkd.engine.preemption import StopRequest
 from clipkd.models.encoders import ClipEncoder
 from clipkd.files import remove_leftovers
 from clipkd.reinforce.identity import describe_teacher
@@ -29,20 +33,24 @@ from clipkd.reinforce.plan import SidecarSpec, make_plan
 from clipkd.reinforce.rows import ViewSpec
 from clipkd.reinforce.settings import (MANIFEST_FILE, RECEIPTS_DIR, BuildOptions, build_settings, check_folder,
                                        check_request, claim_folder)
-from clipkd.reinforce.writer import SidecarWriter
+from clipkd.reinforce.writer import SidecarWriter, Stopped
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class BuildResult:
-    """What this process did; ``manifest`` on rank 0 only."""
+    """What this process did; ``manifest`` on rank 0 only. A stopped build: ``stopped_by`` names the signal (on
+    every rank), ``finished`` counts the sidecars kept (rank 0), of ``sidecars``."""
 
     built: list[int] = field(default_factory=list)
     skipped: int = 0
     records: int = 0
     seconds: float = 0.0
     manifest: Optional[dict[str, Any]] = None
+    stopped_by: Optional[str] = None
+    finished: int = 0
+    sidecars: int = 0
 
     @property
     def samples_per_s(self) -> float:
@@ -82,33 +90,52 @@ def _claim(opts: BuildOptions, env: DistEnv, plan: Any, settings: dict[str, Any]
 
 def _write_all(writer: SidecarWriter, plan: Any, todo: list[int], result: BuildResult,
                after_sidecar: Optional[Callable[[int], None]]) -> None:
-    start = time.perf_counter()
-    for sidecar, records in plan.chunks(todo):
-        result.records += writer.write(sidecar, records)
-        result.built.append(sidecar.index)
-        if after_sidecar is not None:
-            after_sidecar(sidecar.index)
+    """Build the ``todo`` sidecars in turn, until done or asked to stop (the sidecar in progress dropped)."""
+    start, current = time.perf_counter(), None
+    try:
+        for sidecar, records in plan.chunks(todo):
+            current = sidecar.index
+            result.records += writer.write(sidecar, records)
+            result.built.append(sidecar.index)
+            if after_sidecar is not None:
+                after_sidecar(sidecar.index)
+    except Stopped:
+        log.info("stop requested: sidecar %s (in progress) dropped", current)
     result.seconds = time.perf_counter() - start
 
 
+def _agree_on_stop(env: DistEnv, device: torch.device, stop: Optional[StopRequest], unfinished: bool
+                   ) -> Optional[str]:
+    """Once every process is done writing (a collective: a barrier): which signal stopped the build, if any
+    process left a sidecar of its own unbuilt; None when none did."""
+    stopped = env.sum([float(unfinished)], device)[0] > 0
+    if not stopped:
+        return None
+    return stop.signal_name if stop is not None and stop.requested else "a signal to another process"
+
+
 def run_build(cfg: TrainConfig, opts: BuildOptions, env: DistEnv = DistEnv(),
-              after_sidecar: Optional[Callable[[int], None]] = None) -> BuildResult:
+              after_sidecar: Optional[Callable[[int], None]] = None,
+              stop: Optional[StopRequest] = None) -> BuildResult:
     """Build (or finish) the reinforced data of ``cfg`` in ``opts.out``; ``after_sidecar(index)`` runs after each
-    sidecar this process writes."""
+    sidecar this process writes; ``stop``: the signal handlers whose request stops the build (kept so far)."""
     check_request(cfg, opts)
     plan = make_plan(cfg.data, opts.rows_per_shard)
     settings = build_settings(cfg, opts, plan.identity)
     todo, skipped = _claim(opts, env, plan, settings)
-    result = BuildResult(skipped=skipped)
+    result = BuildResult(skipped=skipped, sidecars=len(plan.sidecars))
     device = resolve_device(cfg.device, env.local_rank)
     teachers = load_teachers(cfg, device) if todo or env.is_main else []
     spec = ViewSpec(cfg.seed, cfg.data.crop_scale, opts.views, cfg.data.max_image_pixels)
     with tqdm(total=plan.size_hint(todo) if todo else 0, unit=" samples", desc="reinforce",
               disable=not (env.is_main and cfg.logging.progress)) as bar:
-        writer = SidecarWriter(opts.out, teachers, spec, opts.dtype, opts.batch_size, device, bar)
+        writer = SidecarWriter(opts.out, teachers, spec, opts.dtype, opts.batch_size, device, bar,
+                               stop_requested=lambda: stop is not None and stop.requested)
         _write_all(writer, plan, todo, result, after_sidecar)
-    env.barrier()
-    if env.is_main:
+    result.stopped_by = _agree_on_stop(env, device, stop, len(result.built) < len(todo))
+    if env.is_main and result.stopped_by is not None:
+        result.finished = sum(finished(opts.out, s) for s in plan.sidecars)
+    elif env.is_main:
         described = [describe_teacher(mc, t) for mc, t in zip(teacher_list(cfg.teacher), teachers)]
         result.manifest = write_manifest(opts.out, settings, described, plan.sidecars)
     return result

@@ -1,15 +1,21 @@
 """The ``clipkd reinforce`` command: arguments and config checked before any compute, then the build (here, or
-as ``--nproc`` processes through torchrun)."""
+as ``--nproc`` processes through torchrun).
+
+SIGTERM/SIGINT (Ctrl-C) stop a build cleanly: the sidecars finished so far are kept, the command exits 0 and prints
+how many there are and the command that continues the build (the same command).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipkd.config import TrainConfig, teacher_fields
 from clipkd.errors import ConfigError
-from clipkd.reinforce.settings import BuildOptions, build_settings, check_folder, check_request
+from clipkd.reinforce.settings import MANIFEST_FILE, BuildOptions, build_settings, check_folder, check_request
 
 if TYPE_CHECKING:
     from clipkd.engine.distributed import DistEnv
@@ -32,13 +38,21 @@ def preflight(cfg: TrainConfig) -> None:
 
 
 def _launch(cfg: TrainConfig, opts: BuildOptions, args: argparse.Namespace) -> int:
-    """``--nproc`` workers through torchrun, once the output folder is known to fit (reported once, here)."""
-    from clipkd.engine.distributed import launch_local
+    """``--nproc`` workers through torchrun, once the output folder is known to fit (reported once, here); a
+    build stopped by a signal is reported here, from the folder (whatever became of the workers)."""
+    from clipkd.engine.preemption import launch_stoppable
     from clipkd.engine.threads import choose_threads
+    from clipkd.reinforce.manifest import finished
     from clipkd.reinforce.plan import make_plan
 
-    check_folder(opts.out, build_settings(cfg, opts, make_plan(cfg.data, opts.rows_per_shard).identity))
-    return launch_local(args.nproc, worker_argv(args, opts), choose_threads(cfg.threads, args.nproc)[0])
+    plan = make_plan(cfg.data, opts.rows_per_shard)
+    check_folder(opts.out, build_settings(cfg, opts, plan.identity))
+    threads = choose_threads(cfg.threads, args.nproc)[0]
+    code, stopped_by = launch_stoppable(args.nproc, worker_argv(args, opts), threads)
+    if stopped_by is not None and not (opts.out / MANIFEST_FILE).is_file():
+        kept = sum(finished(opts.out, s) for s in plan.sidecars)
+        print(stop_message(stopped_by, kept, len(plan.sidecars), opts.out, continue_command(args, opts)))
+    return code
 
 
 def worker_argv(args: argparse.Namespace, opts: BuildOptions) -> list[str]:
@@ -47,6 +61,21 @@ def worker_argv(args: argparse.Namespace, opts: BuildOptions) -> list[str]:
     argv += ["--views", str(opts.views), "--out", str(opts.out), "--dtype", opts.dtype,
              "--batch-size", str(opts.batch_size), "--rows-per-shard", str(opts.rows_per_shard)]
     return argv + list(args.overrides)
+
+
+def continue_command(args: argparse.Namespace, opts: BuildOptions) -> str:
+    """This command as a shell line (``--out`` absolute), ``--nproc`` included: what continues a stopped build."""
+    argv = worker_argv(args, opts)
+    if args.nproc > 1:
+        at = len(argv) - len(args.overrides)
+        argv[at:at] = ["--nproc", str(args.nproc)]
+    return shlex.join(["clipkd", *argv])
+
+
+def stop_message(signal_name: str, kept: int, total: int, out: Path, command: str) -> str:
+    """What a build stopped by a signal says: what it kept, and how to continue."""
+    return (f"stopped by {signal_name}: {kept} of {total} sidecars built, kept in {out} (the build is resumable)\n"
+            f"continue with the same command:\n  {command}")
 
 
 def run_reinforce(args: argparse.Namespace) -> int:
@@ -64,18 +93,24 @@ def run_reinforce(args: argparse.Namespace) -> int:
             return _launch(cfg, opts, args)
     apply_threads(cfg.threads, local_processes())
     env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
-    return _build(cfg, opts, env)
+    return _build(cfg, opts, env, args)
 
 
-def _build(cfg: TrainConfig, opts: BuildOptions, env: "DistEnv") -> int:
-    """Build in this process (one rank of a group, or alone); rank 0 prints the summary."""
+def _build(cfg: TrainConfig, opts: BuildOptions, env: "DistEnv", args: argparse.Namespace) -> int:
+    """Build in this process (one rank of a group, or alone), until done or stopped by SIGTERM/SIGINT; rank 0
+    prints the summary (of a stopped build: unless the ``--nproc`` launcher does)."""
     from clipkd.engine.distributed import shutdown
+    from clipkd.engine.preemption import LAUNCHER_REPORTS_STOP, StopRequest
     from clipkd.reinforce.build import run_build
 
     try:
-        result = run_build(cfg, opts, env)
+        with StopRequest() as stop:
+            result = run_build(cfg, opts, env, stop=stop)
     finally:
         shutdown()
+    if env.is_main and result.stopped_by is not None and not os.environ.get(LAUNCHER_REPORTS_STOP):
+        print(stop_message(result.stopped_by, result.finished, result.sidecars, opts.out,
+                           continue_command(args, opts)))
     if env.is_main and result.manifest is not None:
         m = result.manifest
         unusable = ", ".join(f"{k} {v}" for k, v in m["unusable"].items()) or "none"

@@ -1,11 +1,12 @@
 """One sidecar: its records in file order, in fixed batches, through the teacher; written atomically, then its
-receipt (:mod:`clipkd.reinforce.manifest`)."""
+receipt (:mod:`clipkd.reinforce.manifest`). Asked to stop (``stop_requested()``), it drops the sidecar in progress
+before its next batch (:class:`Stopped`): nothing of it was written."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from clipkd.data.sources import RawSample
 from clipkd.models.encoders import ClipEncoder
@@ -20,16 +21,23 @@ from clipkd.reinforce.settings import FORMAT_VERSION
 log = logging.getLogger(__name__)
 
 
+class Stopped(Exception):
+    """The build was asked to stop; the sidecar in progress was dropped."""
+
+
 class SidecarWriter:
     """Builds sidecars into ``out`` with fixed settings (views, dtype, batch size, teachers, device)."""
 
     def __init__(self, out: Path, teachers: Sequence[ClipEncoder], spec: ViewSpec, dtype: str, batch_size: int,
-                 device: Any, progress: Optional[Any] = None):
+                 device: Any, progress: Optional[Any] = None, stop_requested: Callable[[], bool] = lambda: False):
         self.out, self.teachers, self.spec, self.dtype = out, list(teachers), spec, dtype
         self.batch_size, self.device, self.progress = batch_size, device, progress
+        self.stop_requested = stop_requested
 
     def _flush(self, arrays: SidecarArrays, batch: list[PreparedRow]) -> None:
         if batch:
+            if self.stop_requested():
+                raise Stopped()
             arrays.add(batch, encode_rows(batch, self.teachers, self.device))
             if self.progress is not None:
                 self.progress.update(len(batch))
