@@ -69,26 +69,38 @@ def test_an_interrupted_build_does_not_resume_with_another_teacher(tmp_path, pai
         _build(tmp_path / "cache", cfg)
 
 
-def test_sidecars_are_checked_against_the_build(tmp_path, pairs):
-    """A truncated sidecar is refused at training start (its size); one copied in from another build of the same
-    data (same size) is found by the full check, `clipkd reinforce --verify`."""
+def test_sidecars_are_checked_against_the_build(tmp_path, pairs, capsys):
+    """A sidecar copied in from another build of the same data (same size) is refused at training start by its
+    header; `clipkd reinforce --verify` finds it (and a damaged byte) by its SHA-256; a truncated one by its size."""
+    from clipkd.cli import main
     from test_identity import _open_clip_folder as export
 
     a, b = export(tmp_path / "a", seed=2), export(tmp_path / "b", seed=5)
     _build(tmp_path / "cache-a", _cfg(pairs, f"local-dir:{a}"))
     _build(tmp_path / "cache-b", _cfg(pairs, f"local-dir:{b}"))
+    cfg = _cfg(pairs, f"local-dir:{a}")
     manifest = load_manifest(tmp_path / "cache-a")
     first = manifest["data"]["sidecars"][0]["file"]
     assert sidecar_problems(tmp_path / "cache-a", manifest, full=True) == []
+    assert main(["reinforce", "--verify", "--out", str(tmp_path / "cache-a")]) == 0
+    assert "all 3 sidecars are what the build wrote" in capsys.readouterr().out
+    good = (tmp_path / "cache-a" / first).read_bytes()
     shutil.copy(tmp_path / "cache-b" / first, tmp_path / "cache-a" / first)
-    assert sidecar_problems(tmp_path / "cache-a", manifest, full=True) == [
-        f"{first}: its content is not what the build wrote (SHA-256 differs: copied in from another build, or "
-        "damaged)"]
-    data = (tmp_path / "cache-a" / first).read_bytes()
-    (tmp_path / "cache-a" / first).write_bytes(data[:-10])
-    _, problems = cache_problems(str(tmp_path / "cache-a"), [_cfg(pairs, f"local-dir:{a}").teacher],
-                                 _cfg(pairs, f"local-dir:{a}").data, None)
-    assert problems == [f"{first}: {len(data) - 10} bytes, the build wrote {len(data)} (replaced or truncated since)"]
+    assert (tmp_path / "cache-a" / first).stat().st_size == len(good)  # the size alone cannot tell
+    _, problems = cache_problems(str(tmp_path / "cache-a"), [cfg.teacher], cfg.data, None)
+    assert len(problems) == 1 and problems[0].startswith(f"{first}: written by another build")
+    damaged = bytearray(good)
+    damaged[-5] ^= 1  # one bit of an embedding: same size, same header
+    (tmp_path / "cache-a" / first).write_bytes(bytes(damaged))
+    assert cache_problems(str(tmp_path / "cache-a"), [cfg.teacher], cfg.data, None)[1] == []  # cheap: unseen
+    assert main(["reinforce", "--verify", "--out", str(tmp_path / "cache-a")]) == 1
+    assert (f"{first}: its content is not what the build wrote (SHA-256 differs: copied in from another build, or "
+            "damaged)") in capsys.readouterr().out
+    (tmp_path / "cache-a" / first).write_bytes(good[:-10])
+    _, problems = cache_problems(str(tmp_path / "cache-a"), [cfg.teacher], cfg.data, None)
+    assert problems == [f"{first}: {len(good) - 10} bytes, the build wrote {len(good)} (replaced or truncated since)"]
+    assert main(["reinforce", "--verify", "--out", str(tmp_path / "cache-a"), "--views", "2"]) == 2
+    assert "--verify checks the build in --out and takes nothing else (--views given)" in capsys.readouterr().err
 
 
 def test_a_shard_listed_twice_is_refused_up_front(tmp_path):

@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("reinforce", "run the teacher once over the training data: K augmented views per sample, the "
                 "teacher's embeddings, stored in sidecar shards beside the data (augmentation replay)")
     p.add_argument("--config", "-c", default=None, help="run YAML (its teacher or teachers, data and seed are used)")
-    p.add_argument("--views", type=_positive_int, required=True, help="augmented views K per sample (1 without "
-                   "data.crop_scale)")
+    p.add_argument("--views", type=_positive_int, default=None, help="augmented views K per sample (1 without "
+                   "data.crop_scale); required to build")
     p.add_argument("--out", required=True, help="folder for the sidecars and manifest.json (re-run to resume; train "
                    "from it with distill.teacher_cache=OUT)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="embedding storage type")
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows-per-shard", type=_positive_int, default=10000, help="CSV rows per sidecar")
     p.add_argument("--nproc", type=_positive_int, default=1,
                    help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")
+    p.add_argument("--verify", action="store_true", help="build nothing: read every sidecar in --out and compare "
+                   "its size, header and SHA-256 with the build's manifest (exit 1 on any difference)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the run config, e.g. data.crop_scale=[0.5,1]")
     p.set_defaults(fn=_cmd_reinforce)
     p = command("export", "a run's student as an open_clip hub folder and/or ONNX encoders (+ preprocessing and "

@@ -31,8 +31,8 @@ from clipkd.reinforce.identity import describe_teacher
 from clipkd.reinforce.manifest import finished, write_manifest
 from clipkd.reinforce.plan import SidecarSpec, make_plan
 from clipkd.reinforce.rows import ViewSpec
-from clipkd.reinforce.settings import (MANIFEST_FILE, RECEIPTS_DIR, BuildOptions, build_settings, check_folder,
-                                       check_request, claim_folder)
+from clipkd.reinforce.settings import (MANIFEST_FILE, RECEIPTS_DIR, BuildOptions, build_digest, build_settings,
+                                       check_folder, check_request, claim_folder)
 from clipkd.reinforce.writer import SidecarWriter, Stopped
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,8 @@ def run_build(cfg: TrainConfig, opts: BuildOptions, env: DistEnv = DistEnv(),
     with tqdm(total=plan.size_hint(todo) if todo else 0, unit=" samples", desc="reinforce",
               disable=not (env.is_main and cfg.logging.progress)) as bar:
         writer = SidecarWriter(opts.out, teachers, spec, opts.dtype, opts.batch_size, device, bar,
-                               stop_requested=lambda: stop is not None and stop.requested)
+                               stop_requested=lambda: stop is not None and stop.requested,
+                               build=build_digest(settings))
         _write_all(writer, plan, todo, result, after_sidecar)
     result.stopped_by = _agree_on_stop(env, device, stop, len(result.built) < len(todo))
     if env.is_main and result.stopped_by is not None:

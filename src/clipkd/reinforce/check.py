@@ -4,6 +4,7 @@ teachers, data and K without building anything; :func:`fingerprint_problem` chec
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -113,22 +114,59 @@ def fingerprint_problem(reader: SidecarReader, sidecar: int, index: int, raw: Ra
             f"{index}: fingerprint {stored.hex()} in the cache, {fp.hex()} now)")
 
 
+def _header_build(path: Path) -> Optional[str]:
+    """The build digest a sidecar's metadata names (its header only is read)."""
+    from safetensors import safe_open
+
+    from clipkd.reinforce.format import META_KEY
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get(META_KEY, "{}")).get("build")
+
+
+def _sidecar_problem(folder: Path, entry: dict[str, Any], build: Optional[str], full: bool) -> Optional[str]:
+    path = Path(folder) / entry["file"]
+    if not path.is_file():
+        return f"{entry['file']}: missing"
+    if path.stat().st_size != entry["file_bytes"]:
+        return (f"{entry['file']}: {path.stat().st_size} bytes, the build wrote {entry['file_bytes']} (replaced or "
+                "truncated since)")
+    try:
+        header = _header_build(path)
+    except Exception as exc:  # noqa: BLE001 - not a safetensors file at all
+        return f"{entry['file']}: not a readable sidecar ({type(exc).__name__}: {exc})"
+    if header != build:
+        return f"{entry['file']}: written by another build (its header names build {str(header)[:12]}, this one is " \
+               f"{str(build)[:12]}): copied in from elsewhere"
+    if full and sha256_file(path) != entry["sha256"]:
+        return (f"{entry['file']}: its content is not what the build wrote (SHA-256 differs: copied in from "
+                "another build, or damaged)")
+    return None
+
+
 def sidecar_problems(folder: Path, manifest: dict[str, Any], full: bool = False) -> list[str]:
-    """What differs between the sidecar files in ``folder`` and the build's manifest: a missing file or another
-    size (cheap: at every training start); with ``full``, also another SHA-256 (reads every byte: `clipkd
-    reinforce --verify`)."""
-    out = []
-    for entry in manifest["data"]["sidecars"]:
-        path = Path(folder) / entry["file"]
-        if not path.is_file():
-            out.append(f"{entry['file']}: missing")
-        elif path.stat().st_size != entry["file_bytes"]:
-            out.append(f"{entry['file']}: {path.stat().st_size} bytes, the build wrote {entry['file_bytes']} "
-                       "(replaced or truncated since)")
-        elif full and sha256_file(path) != entry["sha256"]:
-            out.append(f"{entry['file']}: its content is not what the build wrote (SHA-256 differs: copied in from "
-                       "another build, or damaged)")
-    return out
+    """What differs between the sidecar files in ``folder`` and the build's manifest: a missing file, another size
+    or a header naming another build (cheap: at every training start); with ``full``, also another SHA-256 (reads
+    every byte: `clipkd reinforce --verify`)."""
+    build = manifest.get("build_sha256")
+    found = [_sidecar_problem(folder, e, build, full) for e in manifest["data"]["sidecars"]]
+    return [p for p in found if p]
+
+
+def verify_build(folder: Path) -> tuple[int, list[str]]:
+    """(sidecars checked, problems) of a finished build: every sidecar's size, header and SHA-256 against the
+    manifest."""
+    from clipkd.reinforce.manifest import load_manifest
+
+    try:
+        manifest = load_manifest(folder)
+    except FileNotFoundError:
+        return 0, [_not_a_build(Path(folder))]
+    except ValueError as exc:
+        return 0, [f"manifest.json is not readable JSON ({exc})"]
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return 0, [f"format version {manifest.get('format_version')} (this clipkd reads {FORMAT_VERSION}): rebuild"]
+    return len(manifest["data"]["sidecars"]), sidecar_problems(Path(folder), manifest, full=True)
 
 
 def _not_a_build(folder: Path) -> str:

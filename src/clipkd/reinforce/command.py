@@ -78,9 +78,29 @@ def stop_message(signal_name: str, kept: int, total: int, out: Path, command: st
             f"continue with the same command:\n  {command}")
 
 
+def verify(out: Path) -> int:
+    """`clipkd reinforce --verify --out DIR`: every sidecar against the manifest; 0 when all match, else 1."""
+    from clipkd.reinforce.check import verify_build
+
+    checked, problems = verify_build(out)
+    if problems:
+        print(f"{out}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
+        return 1
+    print(f"{out}: all {checked} sidecars are what the build wrote (size, header and SHA-256 as in manifest.json)")
+    return 0
+
+
 def run_reinforce(args: argparse.Namespace) -> int:
     from clipkd.config import load_config
 
+    if args.verify:
+        given = [f for f, v in (("--config", args.config), ("--views", args.views), ("overrides", args.overrides),
+                                ("--nproc", args.nproc > 1)) if v]
+        if given:
+            raise ConfigError(f"--verify checks the build in --out and takes nothing else ({', '.join(given)} given)")
+        return verify(Path(args.out))
+    if args.views is None:
+        raise ConfigError("--views: required to build (augmented views K per sample; 1 without data.crop_scale)")
     cfg = load_config(args.config, args.overrides)
     opts = options(args)
     check_request(cfg, opts)  # config errors are reported before torch is imported

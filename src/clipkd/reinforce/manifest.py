@@ -4,7 +4,8 @@ A receipt (``done/sidecar-XXXXX.json``) is written after its sidecar, by the pro
 mirrors, its record counts and the sidecar's SHA-256. Rank 0 joins them, with the settings and the teachers'
 descriptions, into the manifest:
 
-``format``, ``format_version``, ``clipkd_version``, ``open_clip_version``, ``views``, ``dtype``, ``seed``,
+``format``, ``format_version``, ``build_sha256`` (the settings' digest, also in every sidecar's metadata),
+``clipkd_version``, ``open_clip_version``, ``views``, ``dtype``, ``seed``,
 ``crop_scale``, ``batch_size``, ``max_image_pixels``; ``teachers``: per teacher ``model``, ``pretrained``,
 ``weights`` (``sha256:`` of the file, ``tag:``, ``source:`` or ``random``), ``model_config_sha256``,
 ``image_mean``/``image_std`` overrides, ``image_size``, ``preprocess`` (repr of ``preprocess_val``),
@@ -25,7 +26,7 @@ from typing import Any, Optional, Sequence, Union
 from clipkd.files import read_json, sha256_file, write_json
 from clipkd.reinforce.format import SidecarReader
 from clipkd.reinforce.plan import SidecarSpec
-from clipkd.reinforce.settings import MANIFEST_FILE, RECEIPTS_DIR
+from clipkd.reinforce.settings import MANIFEST_FILE, RECEIPTS_DIR, build_digest
 
 
 def receipt_path(out: Path, spec: SidecarSpec) -> Path:
@@ -62,7 +63,7 @@ def write_manifest(out: Path, settings: dict[str, Any], teachers: Sequence[dict[
     unusable: Counter[str] = Counter()
     for e in entries:
         unusable.update(e["unusable"])
-    manifest = {**settings, "clipkd_version": __version__, "open_clip_version": open_clip.__version__,
+    manifest = {**settings, "build_sha256": build_digest(settings), "clipkd_version": __version__, "open_clip_version": open_clip.__version__,
                 "teachers": list(teachers), "data": {**settings["data"], "sidecars": entries},
                 "records": sum(e["records"] for e in entries), "usable": sum(e["usable"] for e in entries),
                 "unusable": dict(sorted(unusable.items()))}

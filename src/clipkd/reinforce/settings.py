@@ -14,10 +14,10 @@ from clipkd.config import TrainConfig, teacher_list
 from clipkd.engine.config_diff import flatten
 from clipkd.errors import ConfigError
 from clipkd.files import read_json, write_json
-from clipkd.identity import MANIFEST_FILE
+from clipkd.identity import MANIFEST_FILE, digest_of
 from clipkd.reinforce.identity import config_identity
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each sidecar's metadata names its build (build_digest)
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 SETTINGS_FILE = "build.json"
 RECEIPTS_DIR = "done"
@@ -59,6 +59,12 @@ def build_settings(cfg: TrainConfig, opts: BuildOptions, data_identity: dict[str
             "max_image_pixels": cfg.data.max_image_pixels,
             "teachers": [config_identity(mc) for mc in teacher_list(cfg.teacher)],
             "data": data_identity}
+
+
+def build_digest(settings: dict[str, Any]) -> str:
+    """SHA-256 of a build's settings (teachers' identities, data, K, dtype, seed, ...): stored in every sidecar's
+    metadata and in the manifest, so a sidecar copied in from another build is found by its header alone."""
+    return digest_of(settings)
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

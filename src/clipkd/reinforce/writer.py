@@ -29,8 +29,9 @@ class SidecarWriter:
     """Builds sidecars into ``out`` with fixed settings (views, dtype, batch size, teachers, device)."""
 
     def __init__(self, out: Path, teachers: Sequence[ClipEncoder], spec: ViewSpec, dtype: str, batch_size: int,
-                 device: Any, progress: Optional[Any] = None, stop_requested: Callable[[], bool] = lambda: False):
-        self.out, self.teachers, self.spec, self.dtype = out, list(teachers), spec, dtype
+                 device: Any, progress: Optional[Any] = None, stop_requested: Callable[[], bool] = lambda: False,
+                 build: str = ""):
+        self.out, self.teachers, self.spec, self.dtype, self.build = out, list(teachers), spec, dtype, build
         self.batch_size, self.device, self.progress = batch_size, device, progress
         self.stop_requested = stop_requested
 
@@ -60,7 +61,8 @@ class SidecarWriter:
         rows, usable = int(tensors["usable"].shape[0]), int(tensors["usable"].sum())
         reasons = dict(sorted(arrays.reasons.items()))
         meta = {"format_version": FORMAT_VERSION, "index": sidecar.index, **sidecar.describe(), "records": rows,
-                "usable": usable, "unusable": reasons, "views": self.spec.views, "dtype": self.dtype}
+                "usable": usable, "unusable": reasons, "views": self.spec.views, "dtype": self.dtype,
+                "build": self.build}  # the build's settings digest: a sidecar of another build is told apart
         write_atomic(self.out / sidecar.file, sidecar_bytes(tensors, meta))
         write_json(receipt_path(self.out, sidecar), make_receipt(self.out, sidecar, rows, usable, reasons))
         return rows
