@@ -223,3 +223,22 @@ def test_ablate_refuses_val_and_test_of_the_same_data(study, capsys):
     (path.parent / "base.yaml").write_text(yaml.safe_dump(base))
     assert main(["ablate", "-c", str(path), "--dry-run"]) == 2
     assert "select.val ('val') and select.test ('test') are the same data" in capsys.readouterr().err
+
+
+def test_ablate_refuses_a_metric_the_benchmark_does_not_report(study, capsys):
+    """acc5 is not reported for 5 classes or fewer: the study says so before training (it was a KeyError)."""
+    import yaml
+
+    from clipkd.cli import main
+
+    path = study[0]
+    raw = yaml.safe_load(path.read_text())
+    raw["select"]["metric"] = "acc5"
+    for b in study[3]:  # 8 colour classes: keep 4
+        for extra in sorted(Path(b["path"]).iterdir())[4:]:
+            shutil.rmtree(extra)
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["ablate", "-c", str(path)]) == 2
+    assert "select.metric: benchmark 'val' does not report 'acc5' (it reports acc1, mean_per_class_recall)" in \
+        capsys.readouterr().err
+    assert not (path.parent / "out" / "runs").exists()  # nothing trained

@@ -54,6 +54,19 @@ def write_file_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
+def move_folder_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.replaced-<time>`` beside it (``-<n>`` added while that is taken): kept, never
+    deleted. Returns the new place."""
+    import time
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest, n = path.with_name(f"{path.name}.replaced-{stamp}"), 1
+    while dest.exists():
+        dest, n = path.with_name(f"{path.name}.replaced-{stamp}-{n}"), n + 1
+    os.replace(path, dest)
+    return dest
+
+
 def json_bytes(obj: Any) -> bytes:
     """Deterministic JSON (sorted keys, indented): equal objects give equal bytes."""
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode("utf-8")

@@ -65,7 +65,11 @@ def _teacher_scores(study, cfg) -> dict[str, Any]:
     scores, n, chance = {}, {}, {}
     for side, name in sides.items():
         bench = Benchmark(specs[name])
-        scores[side] = bench.evaluate(encoder)[sel.metric]
+        metrics = bench.evaluate(encoder)
+        if sel.metric not in metrics:  # e.g. acc5 of a task of 5 classes or fewer (it is not reported)
+            raise ConfigError(f"select.metric: benchmark {name!r} does not report {sel.metric!r} (it reports "
+                              f"{', '.join(metrics)})")
+        scores[side] = metrics[sel.metric]
         n[side] = bench.images
         chance[side] = _chance(sel.metric, len(bench.prompts()[0])) if specs[name].task == "zeroshot" else None
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ def _arm_row(runs: list[dict], n: dict[str, Any], base_test: float, gap: float) 
     (val, val_sd), (test, test_sd) = _mean_std(vals), _mean_std(tests)
     return {"seeds": [r["seed"] for r in runs], "val": val, "val_std": val_sd,
             "val_se": noise.mean_se(vals, n.get("val")), "test": test, "test_std": test_sd, "test_se": noise.mean_se(tests, n.get("test")),
-            "gain": test - base_test, "share": (test - base_test) / gap if gap else None}
+            "gain": test - base_test, "share": (test - base_test) / gap if abs(gap) > noise.TIE else None}
 
 
 def summarise(results: dict[str, list[dict]], teacher: dict[str, Any], baseline: str) -> dict[str, Any]:

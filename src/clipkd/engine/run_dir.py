@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Optional, Union
 
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.errors import ConfigError
+from clipkd.files import move_folder_aside
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +82,7 @@ def check_run_dir(run_dir: Union[str, Path], resume: Optional[str], overwrite: b
 def move_aside(run_dir: Union[str, Path]) -> Optional[Path]:
     """Rename a run folder that holds a run to ``<name>.replaced-<time>`` beside it; returns the new place."""
     run_dir = Path(run_dir)
-    if not holds_run(run_dir):
-        return None
-    dest = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while dest.exists():
-        dest = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-        n += 1
-    os.replace(run_dir, dest)
-    return dest
+    return move_folder_aside(run_dir) if holds_run(run_dir) else None
 
 
 def truncate_metrics(run_dir: Union[str, Path], step: int) -> int:

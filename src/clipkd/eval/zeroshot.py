@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from clipkd.errors import DataQualityError
 from clipkd.eval.datasets import UsableBatch, template_text
+from clipkd.eval.retrieval_metrics import tie_tolerance
 from clipkd.models.encoders import ClipEncoder, eval_mode
 
 
@@ -83,25 +84,36 @@ def embed_images(encoder: ClipEncoder, loader: DataLoader, device: Union[str, to
     return torch.cat(feats), torch.cat(targets).to(device)
 
 
-def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_classes: int,
+                           tol: Union[float, torch.Tensor] = 0.0) -> dict[str, float]:
     """top-1 accuracy, top-5 accuracy (from :data:`ACC5_MIN_CLASSES` classes on; left out below) and mean
-    per-class recall (classes absent from ``targets`` are left out)."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    hit1 = top[:, 0] == targets
+    per-class recall (classes absent from ``targets`` are left out).
+
+    An image is right at K when fewer than K wrong classes score at least its own class's logit minus ``tol`` (a
+    scalar, or one per image): ties count against it, as in retrieval, so a collapsed model scores 0, not the
+    share of whichever class a sort puts first, and the figure does not depend on the machine's rounding."""
+    own = logits.gather(1, targets[:, None].to(logits.device))
+    tol = torch.as_tensor(tol, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+    wrong = (logits >= own - tol).sum(dim=1) - 1  # the own class always counts once
+    hit1 = wrong < 1
     recalls = [hit1[targets == c].float().mean() for c in range(num_classes) if (targets == c).any()]
     out = {"acc1": hit1.float().mean().item()}
     if num_classes >= ACC5_MIN_CLASSES:
-        out["acc5"] = (top == targets[:, None]).any(dim=1).float().mean().item()
+        out["acc5"] = (wrong < 5).float().mean().item()
     return {**out, "mean_per_class_recall": torch.stack(recalls).mean().item()}
 
 
 def zeroshot_metrics(feats: torch.Tensor, targets: torch.Tensor, classifier: torch.Tensor) -> dict[str, float]:
-    """Zero-shot metrics of image embeddings ``feats`` [N, D] with ``classifier`` [D, C] (logits 100 x cos)."""
+    """Zero-shot metrics of image embeddings ``feats`` [N, D] with ``classifier`` [D, C] (logits 100 x cos),
+    computed in float64 with ties up to the embeddings' rounding (:func:`clipkd.eval.retrieval_metrics.
+    tie_tolerance`: ``100 (8 u + D 2^-53) |f| max|w|``)."""
     if feats.shape[0] == 0:
         raise DataQualityError("zero-shot evaluation: no usable image")
-    logits = 100.0 * feats @ classifier.to(feats)
-    return classification_metrics(logits, targets, classifier.shape[1])
+    weights = classifier.to(feats.device)
+    tol = tie_tolerance(torch.promote_types(feats.dtype, weights.dtype), feats.shape[1])
+    feats64, weights64 = feats.double(), weights.double()
+    scale = 100.0 * tol * feats64.norm(dim=1) * weights64.norm(dim=0).max()
+    return classification_metrics(100.0 * feats64 @ weights64, targets, classifier.shape[1], scale)
 
 
 def zeroshot_evaluate(encoder: ClipEncoder, loader: DataLoader, classifier: torch.Tensor,

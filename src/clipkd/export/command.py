@@ -267,26 +267,15 @@ def summary(manifest: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _move_aside(out: Path) -> Path:
-    """Rename ``out`` to ``<name>.replaced-<time>`` beside it (a free name); the new place. The naming of
-    :func:`clipkd.engine.run_dir.move_aside`, which moves only folders holding a run."""
-    import os
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    dest, n = out.with_name(f"{out.name}.replaced-{stamp}"), 1
-    while dest.exists():
-        dest, n = out.with_name(f"{out.name}.replaced-{stamp}-{n}"), n + 1
-    os.replace(out, dest)
-    return dest
-
-
 def run_export(args: argparse.Namespace) -> int:
     """`clipkd export`: check, build, write, check each format against PyTorch, print the summary. Exit status 1
     when a variant failed its acceptance bar (the rest is written)."""
     source, formats, variants, benchmark, bar = preflight(args)
     out = Path(args.out)
     if args.replace and _held(out):
-        print(f"moved the earlier contents of {out} to {_move_aside(out)}")
+        from clipkd.files import move_folder_aside
+
+        print(f"moved the earlier contents of {out} to {move_folder_aside(out)}")
     manifest = export_student(source, out, formats, variants, benchmark, bar)
     print("\n".join(summary(manifest)))
     return 1 if refused(manifest) else 0

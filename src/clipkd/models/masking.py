@@ -21,7 +21,7 @@ from torch import nn
 def _random_keep(batch: int, length: int, keep: int, generator: Optional[torch.Generator], device) -> torch.Tensor:
     """Sorted indices of ``keep`` random positions out of ``length``, independently per row: ``[batch, keep]``."""
     noise = torch.rand(batch, length, generator=generator, device=generator.device if generator else "cpu")
-    idx = noise.argsort(dim=1)[:, :keep]
+    idx = noise.argsort(dim=1, stable=True)[:, :keep]  # stable: equal draws ordered by position on every CPU
     return idx.sort(dim=1).values.to(device)
 
 
@@ -85,7 +85,7 @@ def pixel_patch_mask(
     if masked == 0:
         return images
     noise = torch.rand(n, total, generator=generator, device=generator.device if generator else "cpu")
-    drop = noise.argsort(dim=1)[:, :masked]
+    drop = noise.argsort(dim=1, stable=True)[:, :masked]  # stable: ties ordered by position on every CPU
     keep = torch.ones(n, total, dtype=images.dtype, device=drop.device).scatter_(1, drop, 0.0).to(images.device)
     grid = keep.view(n, 1, gh, gw).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
     return images * grid[:, :, :h, :w]

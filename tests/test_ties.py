@@ -1,4 +1,5 @@
-"""Retrieval ties that must not depend on the machine: identical caption texts share one embedding."""
+"""Ties that must not depend on the machine: identical caption texts share one embedding; zero-shot classes that
+score the same up to rounding count against the image, as retrieval candidates do."""
 
 import pytest
 import torch
@@ -61,3 +62,21 @@ def _png(image):
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_zeroshot_ties_count_against_the_image():
+    """Images whose embedding is equally close to every class (exactly, or up to 1-2 ulps of noise per element, as
+    another kernel or machine makes it) score 0 top-1 and top-5 (8 classes: 7 tie with the right one), not the
+    share of whichever class a sort or the noise puts first; a clearly right image still scores."""
+    from clipkd.eval.zeroshot import zeroshot_metrics
+    from test_retrieval_metrics import _ulp_noise
+
+    classifier = torch.eye(16)[:, :8]  # [D, C]: class c's weight is basis vector c
+    equal = F.normalize(torch.cat([torch.ones(24, 8), torch.zeros(24, 8)], 1), dim=1)  # cosine 8^-0.5 to each
+    targets = torch.arange(24) % 8
+    for feats in (equal, _ulp_noise(equal, 2, seed=1)):
+        got = zeroshot_metrics(feats, targets, classifier)
+        assert (got["acc1"], got["acc5"], got["mean_per_class_recall"]) == (0.0, 0.0, 0.0)
+    right = F.normalize(equal + 0.1 * classifier.T[targets], dim=1)  # leans towards its own class
+    got = zeroshot_metrics(right, targets, classifier)
+    assert (got["acc1"], got["acc5"]) == (1.0, 1.0)
