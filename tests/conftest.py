@@ -60,3 +60,33 @@ def random_batch(student, teacher, n: int = 8, seed: int = 0):
         teacher_images=torch.randn(n, 3, *teacher.image_size, generator=g),
         teacher_text=teacher.tokenize(captions),
     )
+
+
+# Results that must not depend on the CPU's kernels (BLAS, ATen, oneDNN, onnxruntime): run again by `make test` under
+# other instruction sets (ATEN_CPU_CAPABILITY=avx2 with MKL/oneDNN capped at AVX2, as on an AMD EPYC; and the
+# generic `default` kernels). A node ID or a file: every test in it.
+KERNEL_TESTS = (
+    "test_retrieval_metrics.py", "test_ties.py", "test_functional.py", "test_diagnostics.py",
+    "test_loss_precision.py", "test_masking.py", "test_causal_text.py",
+    "test_ensemble.py::test_one_teacher_ensemble_is_exactly_the_single_teacher",
+    "test_ensemble.py::test_one_teacher_distill_loss_is_exactly_the_single_teacher_loss",
+    "test_ensemble.py::test_ensemble_terms_under_bf16_autocast_equal_float32",
+    "test_heldout.py::test_diagnostics_of_batchnorm_student_do_not_depend_on_batch_size",
+    "test_reinforce.py::test_csv_build_stores_the_teachers_embeddings_of_the_replayed_views",
+    "test_reinforce.py::test_views_do_not_depend_on_the_sidecar_layout",
+    "test_distributed.py::test_accumulation_equals_one_big_batch",
+    "test_distributed.py::test_gradcache_replays_masks_and_matches_one_graph",
+    "test_eval_errors.py::test_cli_zeroshot_metrics_are_those_of_the_usable_images",
+    "test_eval_errors.py::test_cli_retrieval_metrics_are_those_of_the_usable_images",
+    "test_export.py::test_variants_report_drift_and_accuracy_change",
+    "test_export.py::test_drift_does_not_depend_on_how_the_inputs_are_batched",
+    "test_export.py::test_onnx_encoders_match_pytorch_and_files_suffice",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        name = f"{path}::{item.originalname}"
+        if path in KERNEL_TESTS or name in KERNEL_TESTS:
+            item.add_marker(pytest.mark.kernels)
