@@ -23,20 +23,27 @@ def _folder(root, seed):
     return str(root)
 
 
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
+def write_base(root, teacher: dict, steps: int) -> dict:
+    """A study's base config in ``root/base.yaml``: tiny student, 32 CSV pairs, colour-folder benchmarks val and
+    test; returns it."""
     from clipkd.data.synthetic import write_csv
 
-    root = tmp_path_factory.mktemp("study")
     benches = [{"name": name, "task": "zeroshot", "format": "folder", "path": _folder(root / name, seed),
                 "batch_size": 8} for name, seed in (("val", 1), ("test", 2))]
-    base = {"teacher": {"model": "clipkd-tiny-teacher"}, "student": {"model": "clipkd-tiny-vit"},
+    base = {"teacher": teacher, "student": {"model": "clipkd-tiny-vit"},
             "data": {"format": "csv", "train": write_csv(root / "pairs", 32, size=40), "batch_size": 16,
                      "workers": 0},
-            "optim": {"steps": 4, "warmup_steps": 1}, "checkpoint": {"every_steps": 4},
+            "optim": {"steps": steps, "warmup_steps": 1}, "checkpoint": {"every_steps": steps},
             "logging": {"every_steps": 1, "progress": False, "tensorboard": False},
             "eval": {"benchmarks": benches}, "run_dir": "unused", "device": "cpu"}
     (root / "base.yaml").write_text(yaml.safe_dump(base))
+    return base
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    write_base(root, {"model": "clipkd-tiny-teacher"}, steps=4)
     return root
 
 

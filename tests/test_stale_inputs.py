@@ -165,19 +165,12 @@ def study(tmp_path):
     from safetensors.torch import save_file
 
     from conftest import TEACHER, make_encoder
-    from test_ablate import _folder
+    from test_ablate import write_base
 
     weights = tmp_path / "teacher.safetensors"
     save_file({k: v.contiguous() for k, v in make_encoder(TEACHER, seed=2).model.state_dict().items()}, str(weights))
-    benches = [{"name": n, "task": "zeroshot", "format": "folder", "path": _folder(tmp_path / n, seed),
-                "batch_size": 8} for n, seed in (("val", 1), ("test", 2))]
-    base = {"teacher": {"model": TEACHER, "pretrained": str(weights)}, "student": {"model": STUDENT},
-            "data": {"format": "csv", "train": write_csv(tmp_path / "pairs", 32, size=40), "batch_size": 16,
-                     "workers": 0},
-            "optim": {"steps": 2, "warmup_steps": 1}, "checkpoint": {"every_steps": 2},
-            "logging": {"every_steps": 1, "progress": False, "tensorboard": False},
-            "eval": {"benchmarks": benches}, "run_dir": "unused", "device": "cpu"}
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    base = write_base(tmp_path, {"model": TEACHER, "pretrained": str(weights)}, steps=2)
+    benches = base["eval"]["benchmarks"]
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"base": "base.yaml", "out": "out", "recipes": ["baseline"], "seeds": [0],
                                     "curve_points": 1, "select": {"val": "val", "test": "test"}}))

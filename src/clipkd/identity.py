@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
 from clipkd.errors import ConfigError
+from clipkd.files import quick_digest
+from clipkd.files import sha256_file as _sha256
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +97,6 @@ def _remembered(key: tuple, compute) -> str:
     return digest
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _quick(path: Path, size: int) -> str:
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(QUICK_SPAN))
-        f.seek(max(0, size - QUICK_SPAN))
-        h.update(f.read(QUICK_SPAN))
-    return h.hexdigest()
-
-
 def content_sha256(path: Union[str, Path]) -> str:
     """The SHA-256 of a file's bytes (remembered per path, size, mtime, ctime and inode)."""
     path = Path(path)
@@ -125,7 +110,7 @@ def data_file_digest(path: Union[str, Path]) -> str:
     size = path.stat().st_size
     if size <= FULL_HASH_BYTES:
         return "sha256:" + content_sha256(path)
-    return "quick:" + _remembered(("quick", *_stat_key(path)), lambda: _quick(path, size))
+    return "quick:" + _remembered(("quick", *_stat_key(path)), lambda: quick_digest(path, QUICK_SPAN))
 
 
 def digest_of(obj: Any) -> str:

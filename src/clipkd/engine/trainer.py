@@ -182,28 +182,26 @@ class Trainer:
         if not self.distiller.loss.needs_teacher:  # the teacher section and cache of a teacherless run play no part
             saved, current = ({**c, "teacher": None, "distill": {**(c.get("distill") or {}), "teacher_cache": None}}
                               for c in (saved, current))
-        changes = breaking_changes(saved, current)
-        if not changes:
-            return
-        listing = "\n".join(f"  {c}" for c in changes)
-        if not self.allow_config_change:
-            raise ConfigError(f"checkpoint {path} was written with another config; resuming would not continue "
-                              f"the same run:\n{listing}\nrevert these keys, or pass --allow-config-change if "
-                              "you mean to change them")
-        log.warning("--allow-config-change: resuming %s with changed keys:\n%s", path, listing)
+        self._refuse_changes(breaking_changes(saved, current), f"checkpoint {path} was written with another config",
+                             "revert these keys", "change them")
 
     def _check_inputs(self) -> None:
         """Refuse to continue a run whose inputs (data, teachers, reinforced data, benchmarks) changed content since
         it started (unless ``allow_config_change``); a run that recorded none is continued."""
         changes = input_changes(self.run_dir, self.inputs) if saved_inputs(self.run_dir) is not None else []
+        self._refuse_changes(changes, f"{self.run_dir}: the run's inputs changed since it started",
+                             "restore them, start a new run (--overwrite)", "continue on the new inputs")
+
+    def _refuse_changes(self, changes: list[str], what: str, undo: str, meaning: str) -> None:
+        """A resume that would not continue the same run: refused listing ``changes``, or (``allow_config_change``)
+        logged."""
         if not changes:
             return
         listing = "\n".join(f"  {c}" for c in changes)
         if not self.allow_config_change:
-            raise ConfigError(f"{self.run_dir}: the run's inputs changed since it started; resuming would not continue "
-                              f"the same run:\n{listing}\nrestore them, start a new run (--overwrite), or pass "
-                              "--allow-config-change if you mean to continue on the new inputs")
-        log.warning("--allow-config-change: resuming %s with changed inputs:\n%s", self.run_dir, listing)
+            raise ConfigError(f"{what}; resuming would not continue the same run:\n{listing}\n{undo}, or pass "
+                              f"--allow-config-change if you mean to {meaning}")
+        log.warning("--allow-config-change: resuming %s although %s:\n%s", self.run_dir, what, listing)
 
     def _resume(self, resume: str) -> None:
         path = ckpt.resolve_resume(resume, self.run_dir)
