@@ -2,7 +2,8 @@ import os
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("CLIPKD_CACHE_DIR", tempfile.mkdtemp(prefix="clipkd-test-cache-"))  # digests, not ~/.cache
+_OWN_CACHE = None if "CLIPKD_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="clipkd-test-cache-")
+os.environ.setdefault("CLIPKD_CACHE_DIR", _OWN_CACHE or "")  # the digest table: not the user's ~/.cache
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `clipkd` command sets it (engine/threads.py)
 
 import pytest  # noqa: E402
@@ -82,6 +83,13 @@ KERNEL_TESTS = (
     "test_export.py::test_drift_does_not_depend_on_how_the_inputs_are_batched",
     "test_export.py::test_onnx_encoders_match_pytorch_and_files_suffice",
 )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _OWN_CACHE:
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -300,6 +300,10 @@ def test_acceptance_bar_reasons():
     assert bar.reasons({"cosine": {"image": 0.999, "text": 0.98}, "acc1_change": -0.02}) == [
         "mean text cosine 0.98000 < 0.995", "zero-shot acc1 -2.00 points against float32 (at most 1 may be lost)"]
     assert bar.reasons({"cosine": {"image": 0.999, "text": 0.999}, "acc1_change": 0.05}) == []
+    nan = float("nan")  # an overflowing variant: NaN embeddings fail, they do not slip through every comparison
+    assert bar.reasons({"cosine": {"image": nan, "text": 0.999}, "acc1_change": nan}) == [
+        "mean image cosine nan < 0.995", "zero-shot acc1 +nan points against float32 (at most 1 may be lost)"]
+    assert bar.reasons({"cosine": {"image": 0.999}}) == ["no text embeddings were compared"]
 
 
 def _error(argv, capsys):
@@ -455,6 +459,10 @@ def test_export_into_a_folder_holding_files_is_refused_unless_replace(vit_run, t
     (tmp_path / "empty").mkdir()  # an empty folder (or none) needs no --replace
     assert main(["export", str(vit_run), "--format", "open_clip", "--out", str(tmp_path / "empty")]) == 0
     assert not list(tmp_path.glob("empty.replaced-*"))
+    for inside in (vit_run, vit_run.parent):  # --replace there would move the run itself aside
+        err = _error(["export", str(vit_run), "--format", "open_clip", "--out", str(inside), "--replace"], capsys)
+        assert "holds the checkpoint being exported" in err
+    assert (vit_run / "checkpoints").is_dir()
 
 
 def test_export_help_states_the_acceptance_bar(capsys):

@@ -465,12 +465,12 @@ def test_replaced_or_missing_shard_is_named(wds_fp32, data, weights, tmp_path):
     try:
         shutil.copyfile(other, shard)
         assert _problems(manifest, data, weights[0], "webdataset") == [
-            f"data shard {shard}: replaced or changed since the cache was built"]
+            f"data shard {shard}: replaced or changed since the cache was built (shard 1: {shard})"]
     finally:
         shard.write_bytes(original)
     fewer = {**data, "webdataset": data["webdataset"].replace("00002", "00001")}
     (problem,) = _problems(manifest, fewer, weights[0], "webdataset")
-    assert problem.startswith("data.train: other shard list (3 shards in the cache, 2 now")
+    assert problem == "data.train: 2 shards now, the cache mirrors 3"
 
 
 # --- command line -------------------------------------------------------------------------------------------

@@ -120,3 +120,40 @@ def test_a_signal_stops_the_build_cleanly_and_the_printed_command_finishes_it(se
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"{len(kept)} sidecar(s) already built" in resumed.stdout or nproc > 1
     assert json.loads((out / "manifest.json").read_text()) == unbroken
+
+
+STUBBORN = """
+import signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a worker slow to stop: still writing its sidecar
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+open(__import__("sys").argv[1] + "/started-" + __import__("os").environ["RANK"], "w").close()
+time.sleep(120)
+"""
+
+
+def test_a_second_signal_ends_the_workers_at_once_and_none_is_left(tmp_path):
+    """Ctrl-C twice (more than a second apart) through clipkd's torchrun: the first asks the workers to stop and
+    waits; the second kills them at once (torchrun's own handler returned and left them running, in sessions of
+    their own) and exits 128 + SIGINT."""
+    import time
+
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    proc = subprocess.Popen([sys.executable, "-m", "clipkd.engine.preemption", "--standalone", "--nproc_per_node=2",
+                             str(script), str(tmp_path)], env=_env(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(list(tmp_path.glob("started-*"))) == 2 or proc.poll() is not None, 60)
+        workers = _descendants(proc.pid)
+        assert len(workers) >= 2
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(1.5)  # later than the repeat window: a second request
+        assert proc.poll() is None and all(alive(p) for p in workers)  # the first one waits for them
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 128 + signal.SIGINT
+    assert wait_for(lambda: not any(alive(p) for p in workers), 10), "a worker outlived torchrun"

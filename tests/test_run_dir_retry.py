@@ -78,3 +78,38 @@ def test_a_reinforced_run_stopped_at_its_first_batch_is_retried_with_the_same_co
     assert len(list((run / "tensorboard").iterdir())) == 1  # the first try's empty event file is gone
     assert main(argv) == 2  # now it holds a run
     assert "already holds a run (1 checkpoint(s), last checkpoint step_00000002)" in capsys.readouterr().err
+
+
+def test_a_folder_in_use_by_a_run_still_going_is_refused(tmp_path):
+    """Until its first logged step a run's folder is not a run, so a second process (a relaunch, a duplicated job)
+    could take it over and delete its log: the running one holds a lock beside the folder, and the second is
+    refused naming it; once the first ends (or dies) the folder is free. A lock held in another process, too."""
+    import subprocess
+    import sys
+
+    from clipkd.engine.run_dir import lock_path, lock_run_dir
+
+    run = tmp_path / "run"
+    held = lock_run_dir(run)
+    with pytest.raises(ConfigError, match=r"run_dir .*run is in use by a clipkd run still going \(pid \d+ on "):
+        lock_run_dir(run)
+    code = f"from clipkd.engine.run_dir import lock_run_dir\nlock_run_dir({str(run)!r})"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert other.returncode != 0 and "is in use by a clipkd run still going" in other.stderr
+    assert lock_path(run) == tmp_path / ".run.lock" and not list(run.glob(".*"))  # beside, not inside
+    held.close()
+    lock_run_dir(run).close()  # free again
+
+
+def test_a_trainer_holds_its_folder_while_it_lives(data_dir, tmp_path):
+    from clipkd.config import load_config
+    from clipkd.engine.trainer import Trainer
+    from test_train import base_overrides
+
+    cfg = load_config(None, base_overrides(tmp_path / "run", data_dir, "csv", **{"optim.steps": 1,
+                                                                                  "distill.recipe": "baseline"}))
+    first = Trainer(cfg)
+    with pytest.raises(ConfigError, match="is in use by a clipkd run still going"):
+        Trainer(cfg)
+    first.fit()  # ends: releases
+    Trainer(cfg, resume="latest").fit()

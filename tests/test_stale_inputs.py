@@ -39,7 +39,7 @@ def pairs(tmp_path_factory):
     return write_csv(tmp_path_factory.mktemp("pairs") / "csv", 20, size=40)
 
 
-def test_a_replaced_local_dir_teacher_is_not_taken_for_the_old_one(tmp_path, pairs):
+def test_a_replaced_local_dir_teacher_is_not_taken_for_the_old_one(tmp_path, pairs, caplog):
     """The issue's reproduction: reinforce with teacher.model=local-dir:FOLDER, export another teacher into the
     folder, train from the cache: refused (it was accepted, and the student learned the old teacher)."""
     folder = _open_clip_folder(tmp_path / "teacher", seed=2)
@@ -53,6 +53,10 @@ def test_a_replaced_local_dir_teacher_is_not_taken_for_the_old_one(tmp_path, pai
     with pytest.raises(ConfigError, match=r"distill.teacher_cache: .*teacher 0 \(local-dir:.*\): weights: "
                                           r"folder-sha256:\w+ in the cache, folder-sha256:\w+ now"):
         preflight(trained)
+    shutil.rmtree(folder)  # training from the cache needs no teacher: gone, it cannot be compared, only named
+    with caplog.at_level("WARNING", logger="clipkd.reinforce.check"):
+        preflight(trained)
+    assert "its files are not here to compare by content" in caplog.text
 
 
 def test_an_interrupted_build_does_not_resume_with_another_teacher(tmp_path, pairs):
@@ -103,15 +107,24 @@ def test_sidecars_are_checked_against_the_build(tmp_path, pairs, capsys):
     assert "--verify checks the build in --out and takes nothing else (--views given)" in capsys.readouterr().err
 
 
-def test_a_shard_listed_twice_is_refused_up_front(tmp_path):
+def test_a_shard_listed_twice_is_refused_where_reinforced_data_is_involved(tmp_path):
+    """Reinforced data has one sidecar per shard: a shard listed twice (also as two spellings of one file) is
+    refused up front by `clipkd reinforce` and by training from a cache (it stopped training mid-run with
+    CacheMismatch); online training may list a shard twice to read it twice per epoch."""
+    from clipkd.reinforce.command import preflight as reinforce_preflight
+
     write_shards(tmp_path / "wds", 16, per_shard=8, size=40)
     shard = tmp_path / "wds" / "shard-00000.tar"
+    message = r"data.train: a shard is listed twice \(.*shard-00000.tar.*\); list each shard once"
     for listed in ([str(shard), str(tmp_path / "wds" / "shard-00001.tar"), str(shard)],
                    [str(shard), str(tmp_path / "wds" / ".." / "wds" / "shard-00000.tar")]):
-        cfg = _cfg(listed, "clipkd-tiny-teacher", fmt="webdataset")
-        with pytest.raises(ConfigError, match=r"data.train: a shard is listed twice \(.*shard-00000.tar.*\); list "
-                                              "each shard once"):
-            preflight(cfg)
+        online = _cfg(listed, "clipkd-tiny-teacher", fmt="webdataset")
+        preflight(online)
+        with pytest.raises(ConfigError, match=message):
+            reinforce_preflight(online)
+        cached = _cfg(listed, "clipkd-tiny-teacher", fmt="webdataset", **{"distill.teacher_cache": str(tmp_path)})
+        with pytest.raises(ConfigError, match=message):
+            preflight(cached)
 
 
 def test_the_pixel_limit_is_part_of_the_build(tmp_path, pairs, monkeypatch):
@@ -216,6 +229,10 @@ def test_ablate_refuses_val_and_test_of_the_same_data(study, capsys):
     (path.parent / "base.yaml").write_text(yaml.safe_dump(base))
     assert main(["ablate", "-c", str(path), "--dry-run"]) == 2
     assert "select.val ('val') and select.test ('test') are the same data" in capsys.readouterr().err
+    shutil.rmtree(copy / "red")  # a part of the test images under another name: still refused
+    assert main(["ablate", "-c", str(path), "--dry-run"]) == 2
+    assert "select.val ('val') and select.test ('test') are sharing 14 of their images (14 and 16)" in \
+        capsys.readouterr().err
 
 
 def test_ablate_refuses_a_metric_the_benchmark_does_not_report(study, capsys):
@@ -235,3 +252,24 @@ def test_ablate_refuses_a_metric_the_benchmark_does_not_report(study, capsys):
     assert "select.metric: benchmark 'val' does not report 'acc5' (it reports acc1, mean_per_class_recall)" in \
         capsys.readouterr().err
     assert not (path.parent / "out" / "runs").exists()  # nothing trained
+
+
+def test_a_build_resumed_by_a_later_clipkd_names_every_sidecar_alike(tmp_path, pairs, monkeypatch):
+    """A later clipkd may describe the same settings with an extra key (equal under the resume rule); the sidecars
+    it adds carry the digest of the folder's own build.json, like the first ones, so none is taken for another
+    build's."""
+    import clipkd.reinforce.build as build
+
+    cfg = _cfg(pairs, "clipkd-tiny-teacher")
+
+    def crash(index):
+        raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError):
+        _build(tmp_path / "cache", cfg, after_sidecar=crash)
+    real = build.build_settings
+    monkeypatch.setattr(build, "build_settings", lambda *a: {**real(*a), "a_later_setting": None})
+    _build(tmp_path / "cache", cfg)
+    manifest = load_manifest(tmp_path / "cache")
+    assert len(manifest["data"]["sidecars"]) == 3
+    assert sidecar_problems(tmp_path / "cache", manifest) == []

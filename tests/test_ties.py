@@ -80,3 +80,15 @@ def test_zeroshot_ties_count_against_the_image():
     right = F.normalize(equal + 0.1 * classifier.T[targets], dim=1)  # leans towards its own class
     got = zeroshot_metrics(right, targets, classifier)
     assert (got["acc1"], got["acc5"]) == (1.0, 1.0)
+
+
+def test_nan_embeddings_are_never_right():
+    """A diverged model's NaN embeddings score 0, not 100% (every comparison with NaN is false)."""
+    from clipkd.eval.zeroshot import classification_metrics, zeroshot_metrics
+
+    classifier = torch.eye(16)[:, :8]
+    feats = torch.full((6, 16), float("nan"))
+    got = zeroshot_metrics(feats, torch.arange(6), classifier)
+    assert (got["acc1"], got["acc5"], got["mean_per_class_recall"]) == (0.0, 0.0, 0.0)
+    logits = torch.tensor([[2.0, 1.0, 0.0], [float("nan"), 1.0, 0.0], [0.0, 3.0, float("nan")]])
+    assert classification_metrics(logits, torch.tensor([0, 0, 1]), 3)["acc1"] == pytest.approx(1 / 3)  # row 0 only

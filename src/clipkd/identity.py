@@ -3,20 +3,20 @@
 Every cache, resume and reuse check compares these, never a name or a path alone:
 
 * a **file**: its SHA-256 (:func:`content_sha256`), remembered per (path, size, mtime, ctime, inode) in a small
-  SQLite table under :func:`cache_dir` so a 2 GB teacher is read once, not at every start (any write to the
-  file changes its ctime, so a changed file is hashed again); large *data* files (webdataset shards over
-  :data:`FULL_HASH_BYTES`) by size and their first and last 64 KiB (:func:`data_file_digest`);
-* a **folder** (an open_clip ``local-dir:`` model, an image-folder benchmark): every file's relative path and
-  digest (:func:`tree_digest`);
-* a **model**: its weights (a checkpoint's digest; a ``local-dir:`` folder's digest; an ``hf-hub:`` repository's
-  revision and file digests; a pretrained tag; or ``random``), its architecture/preprocessing config and the
-  mean/std overrides (:func:`model_identity`);
-* **training data**: the CSV's digest, or each shard's (:func:`data_identity`);
-* **reinforced data**: its manifest's digest (the manifest holds every sidecar's SHA-256, the teachers' identities
-  and K) (:func:`reinforced_identity`).
+  SQLite table under :func:`cache_dir` (``$CLIPKD_CACHE_DIR``), so a 2 GB teacher is read once, not at every start
+  (any write changes the ctime, so a changed file is hashed again; a file changed in the last 2 s is not
+  remembered); *data* files over :data:`FULL_HASH_BYTES` (webdataset shards) by size and their first and last
+  64 KiB (:func:`data_file_digest`), as the reinforced data's manifest identifies them;
+* a **model**: its weights (a checkpoint's SHA-256; a ``local-dir:`` folder's config, weights and tokenizer files;
+  an ``hf-hub:`` repository's config and weights by the hub's content ids, read from the local cache or asked of
+  the hub without downloading; a pretrained tag by name; or ``random``), its architecture/preprocessing config and
+  the mean/std overrides (:func:`model_identity`);
+* **training data**: the CSV's SHA-256 (the images behind it are checked record by record where reinforced data
+  is used), or each shard's digest (a ``pipe:`` or remote shard by its URL) (:func:`data_identity`);
+* **reinforced data**: its build's digest and every sidecar's SHA-256 (:func:`reinforced_identity`).
 
 Benchmarks (their images, labels, captions and prompts) are composed from these by
-:meth:`clipkd.eval.runner.Benchmark.identity`; a run's inputs by :func:`clipkd.engine.inputs.run_inputs`.
+:func:`clipkd.eval.identity.benchmark_identity`; a run's inputs by :func:`clipkd.engine.inputs.run_inputs`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from clipkd.errors import ConfigError
 from clipkd.files import quick_digest
@@ -35,8 +36,9 @@ from clipkd.files import sha256_file as _sha256
 
 log = logging.getLogger(__name__)
 
-FULL_HASH_BYTES = 1 << 30
-"""Data files up to this size are hashed whole; larger ones (webdataset shards) by size, head and tail."""
+FULL_HASH_BYTES = 1 << 20
+"""Data files up to this size (images) are hashed whole; larger ones (webdataset shards) by size, head and tail,
+as the reinforced data's manifest identifies shards: two reads of 64 KiB per shard at start-up, not the dataset."""
 QUICK_SPAN = 1 << 16
 HUB_PREFIXES = ("hf-hub:", "local-dir:")
 DIGEST_TABLE = "digests.sqlite"
@@ -56,51 +58,70 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipkd"
 
 
-def _stat_key(path: Path) -> tuple[str, int, int, int, int, int]:
+RACY_S = 2.0
+"""A file changed this recently is hashed but its digest not remembered: a rewrite of the same size within one
+timestamp tick would keep its key (git's "racy clean" rule)."""
+
+
+def _stat_key(path: Path) -> tuple[tuple, bool]:
+    """(the key a digest is remembered under: path, size, mtime, ctime, inode, device; whether it may be)."""
     st = path.stat()
-    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+    return key, time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > RACY_S
 
 
 _MEMO: dict[tuple, str] = {}
+_DB: dict[tuple[int, Path], Optional[sqlite3.Connection]] = {}  # per process and folder (a forked child: its own)
 
 
 def _table() -> Optional[sqlite3.Connection]:
+    """This process's connection to the digest table (None when it cannot be opened: digests are computed)."""
+    folder = cache_dir()
+    if (os.getpid(), folder) in _DB:
+        return _DB[os.getpid(), folder]
+    db = None
     try:
-        folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(folder / DIGEST_TABLE, timeout=30)
+        db = sqlite3.connect(folder / DIGEST_TABLE, timeout=2, isolation_level=None)  # autocommit
+        db.execute("PRAGMA synchronous=OFF")  # a cache: a lost row is recomputed
         db.execute("CREATE TABLE IF NOT EXISTS digests (key TEXT PRIMARY KEY, digest TEXT NOT NULL)")
-        return db
-    except (OSError, sqlite3.Error) as exc:  # a read-only home: digests are computed every time
+    except (OSError, sqlite3.Error) as exc:  # a read-only home, a locked or damaged file
         log.debug("no digest cache (%s)", exc)
+        db = None
+    _DB[os.getpid(), folder] = db
+    return db
+
+
+def _db_call(sql: str, args: tuple) -> Optional[tuple]:
+    """One statement on the digest table; None on any database error (the cache is only an optimisation)."""
+    db = _table()
+    try:
+        return db.execute(sql, args).fetchone() if db else None
+    except sqlite3.Error as exc:
+        log.debug("digest cache unusable (%s)", exc)
         return None
 
 
-def _remembered(key: tuple, compute) -> str:
+def _remembered(kind: str, path: Path, compute: Callable[[], str]) -> str:
+    """``compute()`` (a digest of ``path``), computed once per file state and remembered across processes."""
+    stat, may_keep = _stat_key(path)
+    key = (kind, *stat)
     if key in _MEMO:
         return _MEMO[key]
     text = json.dumps(key)
-    db = _table()
-    try:
-        row = db.execute("SELECT digest FROM digests WHERE key = ?", (text,)).fetchone() if db else None
-        digest = row[0] if row else compute()
-        if db and not row:
-            with db:
-                db.execute("INSERT OR REPLACE INTO digests VALUES (?, ?)", (text, digest))
-    except sqlite3.Error as exc:
-        log.debug("digest cache unusable (%s)", exc)
-        digest = compute()
-    finally:
-        if db:
-            db.close()
-    _MEMO[key] = digest
+    row = _db_call("SELECT digest FROM digests WHERE key = ?", (text,)) if may_keep else None
+    digest = row[0] if row else compute()
+    if may_keep:
+        if not row:
+            _db_call("INSERT OR REPLACE INTO digests VALUES (?, ?)", (text, digest))
+        _MEMO[key] = digest
     return digest
 
 
 def content_sha256(path: Union[str, Path]) -> str:
     """The SHA-256 of a file's bytes (remembered per path, size, mtime, ctime and inode)."""
     path = Path(path)
-    return _remembered(("sha256", *_stat_key(path)), lambda: _sha256(path))
+    return _remembered("sha256", path, lambda: _sha256(path))
 
 
 def data_file_digest(path: Union[str, Path]) -> str:
@@ -110,7 +131,7 @@ def data_file_digest(path: Union[str, Path]) -> str:
     size = path.stat().st_size
     if size <= FULL_HASH_BYTES:
         return "sha256:" + content_sha256(path)
-    return "quick:" + _remembered(("quick", *_stat_key(path)), lambda: quick_digest(path, QUICK_SPAN))
+    return "quick:" + _remembered("quick", path, lambda: quick_digest(path, QUICK_SPAN))
 
 
 def digest_of(obj: Any) -> str:
@@ -118,53 +139,75 @@ def digest_of(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def tree_digest(folder: Union[str, Path]) -> str:
-    """SHA-256 over every file under ``folder`` (relative path and content digest, in path order): the same
-    content anywhere gives the same digest; a renamed, added, removed or changed file changes it."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
-    return digest_of([[p.relative_to(folder).as_posix(), data_file_digest(p)] for p in files])
-
-
-def files_digest(paths: Iterable[Union[str, Path]]) -> str:
-    """SHA-256 over the content digests of ``paths`` in order (their names play no part)."""
-    return digest_of([data_file_digest(p) for p in paths])
-
-
 # -- models ------------------------------------------------------------------------------------------------------
-def _hub_files(repo: str) -> list[Path]:
-    """The files open_clip loads for ``hf-hub:repo`` (config and weights), from the local cache when offline."""
-    from open_clip.pretrained import download_pretrained_from_hf
+HUB_CONFIG = "open_clip_config.json"
+HUB_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # open_clip's order of preference
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "vocab.txt",
+                   "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 
+
+def _hub_etag(repo: str, filename: str) -> Optional[str]:
+    """The hub's content id of one file of ``repo`` (an LFS file: its SHA-256; a small one: its git blob id), read
+    from the local cache (the blob's name) or asked of the hub without downloading; None when there is no such
+    file."""
+    import huggingface_hub as hub
+
+    cached = hub.try_to_load_from_cache(repo, filename)
+    if isinstance(cached, str):
+        return Path(os.path.realpath(cached)).name  # the cache stores a file as blobs/<etag>
+    if cached is not None:  # known to be absent
+        return None
     try:
-        return [Path(download_pretrained_from_hf(repo, filename="open_clip_config.json")),
-                Path(download_pretrained_from_hf(repo))]
-    except Exception as exc:  # noqa: BLE001 - offline and not cached, no such repo, no weights: one message
-        raise IdentityUnavailable(f"hf-hub:{repo}: cannot read its files to identify it ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else ''}); with HF_HUB_OFFLINE=1 it must "
-                                  "be in the local Hugging Face cache") from None
+        return hub.get_hf_file_metadata(hub.hf_hub_url(repo, filename)).etag
+    except hub.errors.EntryNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - offline and not cached, no such repository: one message
+        raise IdentityUnavailable(f"hf-hub:{repo}: neither in the local Hugging Face cache nor reachable to identify "
+                                  f"it ({type(exc).__name__})") from None
+
+
+def _hub_identity(repo: str) -> str:
+    """``hf-hub:sha256:<hex>`` over the content ids of the config and the weights file open_clip loads (not the
+    revision: a commit that changes neither is the same model). Nothing is downloaded."""
+    config = _hub_etag(repo, HUB_CONFIG)
+    weights = next((e for e in (_hub_etag(repo, f) for f in HUB_WEIGHTS) if e), None)
+    if config is None or weights is None:
+        raise IdentityUnavailable(f"hf-hub:{repo}: no {HUB_CONFIG if config is None else 'weights file'} there")
+    return "hf-hub:sha256:" + digest_of([config, weights])
+
+
+def model_folder_digest(folder: Path) -> str:
+    """SHA-256 over what open_clip reads from a ``local-dir:`` folder, by content: its config, weights files and
+    tokenizer files (names and full SHA-256s); hidden files, sub-folders (``.git``, ``.cache``) and anything else
+    (a README, a model card) play no part."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and (p.name == HUB_CONFIG or p.suffix in MODEL_FILE_SUFFIXES or p.name in TOKENIZER_FILES))
+    if HUB_CONFIG not in names:
+        raise IdentityUnavailable(f"local-dir:{folder}: no {HUB_CONFIG} there")
+    return digest_of([[n, content_sha256(folder / n)] for n in names])
 
 
 def source_identity(model: str) -> str:
-    """Content identity of the weights an ``hf-hub:``/``local-dir:`` model brings: ``folder-sha256:<hex>`` of a
-    local folder (every file), ``hf-hub@<revision>:sha256:<hex>`` of a hub repository's config and weights."""
+    """Content identity of what an ``hf-hub:``/``local-dir:`` model brings (config and weights):
+    ``folder-sha256:<hex>`` of a local folder (:func:`model_folder_digest`), ``hf-hub:sha256:<hex>`` of a hub
+    repository. Raises :class:`IdentityUnavailable` when the files cannot be read here."""
     if model.startswith("local-dir:"):
         folder = Path(model.removeprefix("local-dir:"))
         if not folder.is_dir():
             raise IdentityUnavailable(f"{model}: folder not found")
-        return "folder-sha256:" + tree_digest(folder)
-    files = _hub_files(model.removeprefix("hf-hub:"))
-    revision = files[0].parent.name  # .../snapshots/<commit>/open_clip_config.json in the Hugging Face cache
-    return f"hf-hub@{revision}:sha256:" + files_digest(files)
+        return "folder-sha256:" + model_folder_digest(folder)
+    return _hub_identity(model.removeprefix("hf-hub:"))
 
 
 def weights_identity(model: str, pretrained: Optional[str]) -> str:
-    """``sha256:<hex>`` of a weights file, :func:`source_identity` of an ``hf-hub:``/``local-dir:`` model,
-    ``tag:<name>`` for a pretrained tag, ``random`` when nothing is loaded."""
-    if pretrained and Path(pretrained).is_file():
-        return "sha256:" + content_sha256(pretrained)
+    """:func:`source_identity` of an ``hf-hub:``/``local-dir:`` model (open_clip ignores ``pretrained`` for
+    those), ``sha256:<hex>`` of a weights file, ``tag:<name>`` for a pretrained tag, ``random`` when nothing is
+    loaded."""
     if model.startswith(HUB_PREFIXES):
         return source_identity(model)
+    if pretrained and Path(pretrained).is_file():
+        return "sha256:" + content_sha256(pretrained)
     return f"tag:{pretrained}" if pretrained else "random"
 
 
@@ -192,9 +235,13 @@ def _floats(values: Optional[Sequence[float]]) -> Optional[list[float]]:
 def model_identity(model: str, pretrained: Optional[str], image_mean: Optional[Sequence[float]] = None,
                    image_std: Optional[Sequence[float]] = None) -> dict[str, Any]:
     """A model's identity from its settings alone (files are hashed, nothing is built): ``model`` (the name; an
-    ``hf-hub:``/``local-dir:`` model by its kind only, its content is in ``weights``), ``weights``,
+    ``hf-hub:``/``local-dir:`` model or a model-config file by its kind only: their content is in ``weights`` and
+    ``model_config_sha256``), ``weights``,
     ``model_config_sha256``, ``image_mean``, ``image_std``."""
-    name = model.split(":", 1)[0] + ":" if model.startswith(HUB_PREFIXES) else model
+    if model.startswith(HUB_PREFIXES):
+        name = model.split(":", 1)[0] + ":"
+    else:
+        name = "model-config.json" if model.endswith(".json") else model  # a config file: its content counts
     return {"model": name, "weights": weights_identity(model, pretrained),
             "model_config_sha256": model_config_digest(model), "image_mean": _floats(image_mean),
             "image_std": _floats(image_std)}
@@ -222,13 +269,16 @@ def data_identity(fmt: str, train: Union[str, Sequence[str]]) -> dict[str, Any]:
 
 
 def reinforced_identity(folder: Union[str, Path]) -> dict[str, Any]:
-    """Reinforced data by content: the SHA-256 of its ``manifest.json`` (every sidecar's SHA-256, the teachers'
-    identities, K, dtype and the data's identity), and K."""
+    """Reinforced data by content: its build's digest (the teachers' identities, the data, K, dtype, seed, ...),
+    the SHA-256 of every sidecar (from its manifest: what was stored) and K. Versions and descriptions in the
+    manifest play no part: a harmless re-run under a newer clipkd is the same data."""
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         raise IdentityUnavailable(f"{folder}: no {MANIFEST_FILE} (not a finished `clipkd reinforce` build)")
-    views = json.loads(path.read_text(encoding="utf-8")).get("views")
-    return {"manifest_sha256": content_sha256(path), "views": views}
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    sidecars = [e.get("sha256") for e in manifest.get("data", {}).get("sidecars", [])]
+    return {"build_sha256": manifest.get("build_sha256"), "sidecars_sha256": digest_of(sidecars),
+            "views": manifest.get("views")}
 
 
 # -- comparing -------------------------------------------------------------------------------------------------------

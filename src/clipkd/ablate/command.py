@@ -109,17 +109,19 @@ def checked_runs(study) -> list[tuple[Any, Any]]:
 
 
 def _check_distinct(study, cfg) -> None:
-    """Refuse a val benchmark that is the test benchmark (by content, under any name): settings chosen on it
-    would be judged on the data they were chosen on."""
-    from clipkd.eval.identity import benchmark_identity
+    """Refuse a val benchmark that shares images with the test benchmark (by content, under any name or order):
+    settings chosen on it would be judged on the data they were chosen on."""
+    from clipkd.eval.identity import image_digests
 
     sel = study.select
     specs = {b.name: b for b in cfg.eval.benchmarks}
-    if sel.val == sel.test or benchmark_identity(specs[sel.val])["sha256"] == \
-            benchmark_identity(specs[sel.test])["sha256"]:
-        raise ConfigError(f"select.val ({sel.val!r}) and select.test ({sel.test!r}) are the same data (the same images, "
-                          "labels and prompts): choosing settings on val would then be judged on the data they were "
-                          "chosen on; point select.val at a held-out split of its own")
+    val, test = set(image_digests(specs[sel.val])), set(image_digests(specs[sel.test]))
+    shared = len(val & test)
+    if shared:
+        what = "the same data" if val == test else f"sharing {shared} of their images ({len(val)} and {len(test)})"
+        raise ConfigError(f"select.val ({sel.val!r}) and select.test ({sel.test!r}) are {what}: settings chosen on "
+                          "val would be judged on images they were chosen on; point select.val at a held-out split "
+                          "with no test image")
 
 
 def _preflight(planned: list[tuple[Any, Any]]) -> None:

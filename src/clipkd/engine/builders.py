@@ -103,7 +103,7 @@ def _check_csv(field: str, path: str, separator: str, columns: dict[str, str]) -
     return [f"{field}: {path} has no column {wanted}; its columns (separator {separator!r}): {header}"]
 
 
-def _check_shards(field: str, urls: Union[str, list[str]]) -> list[str]:
+def _check_shards(field: str, urls: Union[str, list[str]], unique: bool = False) -> list[str]:
     try:
         shards = expand_shards(urls)
     except ValueError as exc:
@@ -112,12 +112,12 @@ def _check_shards(field: str, urls: Union[str, list[str]]) -> list[str]:
     missing = [s for s in local if not Path(s).is_file()]
     if missing:
         return [f"{field}: {len(missing)} of {len(shards)} shards not found (first: {missing[0]})"]
-    return _duplicate_shards(field, shards)
+    return _duplicate_shards(field, shards) if unique else []
 
 
 def _duplicate_shards(field: str, shards: list[str]) -> list[str]:
-    """A shard listed twice (also as two spellings of one local file): every record would be read twice per
-    epoch, and reinforced data, one sidecar per shard, would not match it."""
+    """A shard listed twice (also as two spellings of one local file): reinforced data, one sidecar per shard,
+    cannot mirror it (online training may list a shard twice to read it twice per epoch)."""
     seen: dict[str, str] = {}
     for s in shards:
         where = s if "://" in s or s.startswith("pipe:") else os.path.realpath(s)
@@ -132,14 +132,15 @@ def _check_dir(field: str, path: Optional[str]) -> list[str]:
     return [] if path is None or Path(path).is_dir() else [f"{field}: folder not found: {path}"]
 
 
-def check_data(field: str, dc: DataConfig, train_name: Optional[str] = None) -> list[str]:
+def check_data(field: str, dc: DataConfig, train_name: Optional[str] = None, unique_shards: bool = False
+               ) -> list[str]:
     """Problems with a data section's files (shards, CSV and its columns, image root).
 
     ``train_name`` names the data in messages instead of ``<field>.train`` (e.g. ``--pairs``).
     """
     train = train_name or f"{field}.train"
     if dc.format == "webdataset":
-        return _check_shards(train, dc.train)
+        return _check_shards(train, dc.train, unique_shards)
     if not isinstance(dc.train, str):
         return [f"{train}: a CSV source takes one file path, got a list"]
     columns = {f"{field}.csv_img_key": dc.csv_img_key, f"{field}.csv_caption_key": dc.csv_caption_key}
@@ -190,7 +191,7 @@ def preflight(cfg: TrainConfig) -> Optional[dict]:
     teachers = teacher_fields(cfg.teacher) if teacher_in_use(cfg) else []  # one the run does not build: unchecked
     for side, mc in [*teachers, ("student", cfg.student)]:
         problems += check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")
-    problems += check_data("data", cfg.data)
+    problems += check_data("data", cfg.data, unique_shards=bool(teachers and cfg.distill.teacher_cache))
     if cfg.eval.val_data is not None:
         problems += check_data("eval.val_data", cfg.eval.val_data)
     for i, spec in enumerate(cfg.eval.benchmarks):

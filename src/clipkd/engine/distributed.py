@@ -10,7 +10,7 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -69,6 +69,23 @@ class DistEnv:
         out: list[Any] = [None] * self.world_size
         dist.all_gather_object(out, obj)
         return out
+
+    def from_main(self, compute: Callable[[], Any]) -> Any:
+        """``compute()`` run on rank 0 alone, its result (picklable) on every rank; an error it raises is raised
+        on every rank (instead of leaving the others waiting)."""
+        if not self.active:
+            return compute()
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", compute())
+            except Exception as exc:  # noqa: BLE001 - passed on, raised on every rank below
+                box[0] = ("error", exc)
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise value
+        return value
 
     def barrier(self) -> None:
         if self.active:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Optional, Sequence
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -70,10 +71,26 @@ def _exit_quietly(signum: int, frame) -> None:
     raise SystemExit(0)
 
 
+def _kill_children() -> None:
+    """SIGKILL this process's direct children (Linux: /proc); their own children (loader workers) follow them by
+    their parent-death signal."""
+    for task in Path(f"/proc/{os.getpid()}/task").glob("*"):
+        try:
+            pids = [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def torchrun_main(argv: Sequence[str]) -> int:
     """``torchrun argv``, except that on SIGTERM/SIGINT it passes the signal on to its workers, waits for them
     (torchrun's ``--shutdown_timeout``, 30 s by default, then SIGKILL) and exits 0 without a traceback. The same
-    signal delivered twice within :data:`REPEAT_WINDOW_S` (to the group and by the launcher) counts once."""
+    signal delivered twice within :data:`REPEAT_WINDOW_S` (to the group and by the launcher) counts once; a second
+    one, later, kills the workers at once and exits with 128 + the signal's number."""
     for sig in SIGNALS:  # until torchrun installs its own handler (as it starts the workers): nothing to wait for
         signal.signal(sig, _exit_quietly)
     from torch.distributed.elastic.multiprocessing import api
@@ -84,6 +101,9 @@ def torchrun_main(argv: Sequence[str]) -> int:
     def once(signum: int, frame) -> None:
         if first[0] and time.monotonic() - first[0] < REPEAT_WINDOW_S:
             return
+        if first[0]:  # a second request: end the workers now (torchrun's own handler would leave them running)
+            _kill_children()
+            os._exit(128 + signum)
         first[0] = time.monotonic()
         real(signum, frame)
 

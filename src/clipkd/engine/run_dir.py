@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
-from typing import Optional, Union
+from typing import IO, Optional, Union
 
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.errors import ConfigError
@@ -77,6 +78,38 @@ def check_run_dir(run_dir: Union[str, Path], resume: Optional[str], overwrite: b
     raise ConfigError(f"run_dir {run_dir} already holds a run ({len(found)} checkpoint(s){last}); pass "
                       "--resume latest to continue it, --overwrite to move it aside and start anew, or choose "
                       "another run_dir")
+
+
+def lock_path(run_dir: Union[str, Path]) -> Path:
+    """The lock file of a run folder: beside it (``.<name>.lock``), so moving the folder aside keeps it."""
+    run_dir = Path(run_dir).absolute()
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+def lock_run_dir(run_dir: Union[str, Path]) -> Optional[IO[str]]:
+    """Hold ``run_dir`` for this process until the returned file is closed (or the process ends): a second
+    clipkd process training into it (a relaunch, a duplicated job) is refused naming the first, instead of taking
+    over a folder whose run has not logged a step yet. None where file locks are not available."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    path = lock_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(f"run_dir {run_dir} is in use by a clipkd run still going ({holder}); wait for it to end, "
+                          "stop it, or choose another run_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    return handle
 
 
 def move_aside(run_dir: Union[str, Path]) -> Optional[Path]:

@@ -23,7 +23,7 @@ import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import IO, Optional, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from clipkd.engine.config_diff import breaking_changes
 from clipkd.engine.preemption import StopRequest
 from clipkd.engine.rank_state import RankState, mask_seed, pick_rank_state
 from clipkd.engine.threads import apply_threads
-from clipkd.engine.run_dir import check_run_dir, clear_untrained, move_aside, truncate_metrics
+from clipkd.engine.run_dir import check_run_dir, clear_untrained, lock_run_dir, move_aside, truncate_metrics
 from clipkd.errors import ConfigError, DataQualityError, TrainingDiverged
 from clipkd.eval.runner import BenchmarkHook
 
@@ -93,10 +93,30 @@ class Trainer:
         self.cfg = cfg
         self.env = env or current_env()
         manifest = preflight(cfg)  # reinforced data's, when the run trains from it
-        self.inputs = run_inputs(cfg)  # what the result depends on beyond the config, by content
+        # what the result depends on beyond the config, by content: read and hashed once per job, by rank 0
+        self.inputs = self.env.from_main(lambda: run_inputs(cfg))
         apply_threads(cfg.threads, local_processes())
         self.run_dir = Path(cfg.run_dir)
         self.allow_config_change = allow_config_change
+        self._lock: Optional[IO[str]] = None
+        self.env.from_main(self._lock_run_dir)  # rank 0 holds the folder; refused on every rank when it is in use
+        try:
+            self._build(cfg, hooks, resume, overwrite, manifest)
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock_run_dir(self) -> None:
+        self._lock = lock_run_dir(self.run_dir)
+
+    def release(self) -> None:
+        """Let another process train into ``run_dir`` (done by :meth:`fit` when it ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _build(self, cfg: TrainConfig, hooks: Sequence[EvalHook], resume: Optional[str], overwrite: bool,
+               manifest: Optional[dict]) -> None:
         self._prepare_run_dir(resume, overwrite)
         self.device = resolve_device(cfg.device, self.env.local_rank)
         random.seed(cfg.seed + self.env.rank)
@@ -346,8 +366,11 @@ class Trainer:
     def fit(self) -> TrainResult:
         """Train to the end, or until SIGTERM/SIGINT (heard from the first file this run writes on: a signal
         then stops it after the step in progress, with a checkpoint, even during start-up or the final evaluation)."""
-        with self.stop_request:
-            return self._fit()
+        try:
+            with self.stop_request:
+                return self._fit()
+        finally:
+            self.release()
 
     def _fit(self) -> TrainResult:
         main = self.env.is_main

@@ -22,6 +22,13 @@ def _image_digest(image: Union[Path, bytes]) -> str:
     return data_file_digest(image) if image.is_file() else f"missing:{image.name}"
 
 
+def image_digests(spec: BenchmarkSpec) -> list[str]:
+    """The content digest of every image of a benchmark, in its order."""
+    from clipkd.eval.runner import Benchmark
+
+    return [_image_digest(i) for i in Benchmark(spec).data().images]
+
+
 def benchmark_identity(spec: BenchmarkSpec) -> dict[str, Any]:
     """``{"task", "images", "sha256"}`` of a benchmark: the SHA-256 over its images' content digests (in order),
     its labels and class names and templates (zero-shot) or its captions and which image each describes

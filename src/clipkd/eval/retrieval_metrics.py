@@ -17,8 +17,10 @@ Conventions:
   ``max_c |c|`` the largest candidate norm. The first term covers inputs that differ by up to ``TIE_ULPS / 4``
   units in the last place per element on each side (so two embeddings that are equal up to their own dtype's
   rounding tie); the second is a worst-case bound on float64's own summation error over ``D`` products. Ties
-  then do not depend on the BLAS kernel (AVX2 or AVX-512, CPU or GPU): exact copies of a row score apart by
-  1e-16 in float64 and 1e-8 in float32 on some kernels, far inside ``tol`` (float32 unit vectors: 4.8e-7);
+  then do not depend on the BLAS kernel that scores them (AVX2 or AVX-512): exact copies of a row score apart by
+  1e-16 in float64 and 1e-8 in float32 on some kernels, far inside ``tol`` (float32 unit vectors: 4.8e-7). The
+  tolerance does not cover an encoder's own compute noise (one input embedded at two batch positions, in TF32 or
+  bf16, can differ by more): :func:`clipkd.eval.retrieval.embed_captions` embeds each distinct caption once;
 * only a ``[chunk, max(I, T)]`` block of scores exists at any time, so 5k images x 25k captions
   fit easily; the block is float64 on the inputs' device.
 

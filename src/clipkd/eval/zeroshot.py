@@ -91,10 +91,11 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
 
     An image is right at K when fewer than K wrong classes score at least its own class's logit minus ``tol`` (a
     scalar, or one per image): ties count against it, as in retrieval, so a collapsed model scores 0, not the
-    share of whichever class a sort puts first, and the figure does not depend on the machine's rounding."""
+    share of whichever class a sort puts first, and the figure does not depend on the machine's rounding. A NaN
+    logit (a diverged model, an overflowing fp16 variant) counts against its image: never right."""
     own = logits.gather(1, targets[:, None].to(logits.device))
     tol = torch.as_tensor(tol, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
-    wrong = (logits >= own - tol).sum(dim=1) - 1  # the own class always counts once
+    wrong = (~(logits < own - tol)).sum(dim=1) - 1  # the own class counts once; a NaN counts against the image
     hit1 = wrong < 1
     recalls = [hit1[targets == c].float().mean() for c in range(num_classes) if (targets == c).any()]
     out = {"acc1": hit1.float().mean().item()}

@@ -136,7 +136,17 @@ def preflight(args: argparse.Namespace):
     missing = _missing_packages(formats, variants)
     if missing:
         raise ConfigError(f"exporting needs {', '.join(missing)}: pip install 'clipkd[export]'")
-    return resolve_source(args.source), formats, variants, _benchmark(args), bar
+    source = resolve_source(args.source)
+    _check_not_source(Path(args.out), source.checkpoint)
+    return source, formats, variants, _benchmark(args), bar
+
+
+def _check_not_source(out: Path, checkpoint: Path) -> None:
+    """Refuse an ``--out`` that is, or holds, the checkpoint exported from (``--replace`` would move the run
+    aside, writing would mix the export into it)."""
+    out, src = out.resolve(), checkpoint.resolve()
+    if out == src or out in src.parents:
+        raise ConfigError(f"--out: {out} holds the checkpoint being exported ({src}); export into a folder of its own")
 
 
 def _folder(out: Path, fmt: str, formats: list[str]) -> Path:

@@ -43,9 +43,10 @@ class Bar:
         """Why a variant's manifest entry (``cosine``, optional ``acc1_change`` as a fraction) fails; empty: it
         passes."""
         found = [f"mean {side} cosine {c:.5f} < {self.min_cosine:g}" for side, c in entry["cosine"].items()
-                 if c < self.min_cosine]
+                 if not c >= self.min_cosine]  # NaN (an overflowing variant) fails too
+        found += [f"no {side} embeddings were compared" for side in ("image", "text") if side not in entry["cosine"]]
         change = entry.get("acc1_change")
-        if change is not None and round(-100 * change, 9) > self.max_acc1_drop:
+        if change is not None and not round(-100 * change, 9) <= self.max_acc1_drop:
             found.append(f"zero-shot acc1 {100 * change:+.2f} points against float32 (at most "
                          f"{self.max_acc1_drop:g} may be lost)")
         return found

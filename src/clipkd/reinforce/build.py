@@ -26,13 +26,13 @@ from clipkd.engine.builders import build_encoder, resolve_device
 from clipkd.engine.distributed import DistEnv
 from clipkd.engine.preemption import StopRequest
 from clipkd.models.encoders import ClipEncoder
-from clipkd.files import remove_leftovers
+from clipkd.files import read_json, remove_leftovers
 from clipkd.reinforce.identity import describe_teacher
 from clipkd.reinforce.manifest import finished, write_manifest
 from clipkd.reinforce.plan import SidecarSpec, make_plan
 from clipkd.reinforce.rows import ViewSpec
-from clipkd.reinforce.settings import (MANIFEST_FILE, RECEIPTS_DIR, BuildOptions, build_digest, build_settings,
-                                       check_folder, check_request, claim_folder)
+from clipkd.reinforce.settings import (MANIFEST_FILE, RECEIPTS_DIR, SETTINGS_FILE, BuildOptions, build_digest,
+                                       build_settings, check_folder, check_request, claim_folder)
 from clipkd.reinforce.writer import SidecarWriter, Stopped
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,10 @@ def run_build(cfg: TrainConfig, opts: BuildOptions, env: DistEnv = DistEnv(),
     sidecar this process writes; ``stop``: the signal handlers whose request stops the build (kept so far)."""
     check_request(cfg, opts)
     plan = make_plan(cfg.data, opts.rows_per_shard)
-    settings = build_settings(cfg, opts, plan.identity)
-    todo, skipped = _claim(opts, env, plan, settings)
+    todo, skipped = _claim(opts, env, plan, build_settings(cfg, opts, plan.identity))
+    # the folder's own settings from here on (equal to these, as check_folder found): a build resumed by a later
+    # clipkd names its sidecars and manifest with the digest its first sidecars got
+    settings = read_json(opts.out / SETTINGS_FILE)
     result = BuildResult(skipped=skipped, sidecars=len(plan.sidecars))
     device = resolve_device(cfg.device, env.local_rank)
     teachers = load_teachers(cfg, device) if todo or env.is_main else []

@@ -5,6 +5,7 @@ teachers, data and K without building anything; :func:`fingerprint_problem` chec
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -18,6 +19,8 @@ from clipkd.reinforce.identity import config_identity
 from clipkd.reinforce.rows import record_fingerprint
 from clipkd.reinforce.settings import FORMAT_VERSION
 
+log = logging.getLogger(__name__)
+
 _TEACHER_FIELDS = {"model": "model", "weights": "weights", "model_config_sha256": "model config (architecture or "
                    "preprocessing settings)", "image_mean": "preprocessing: image_mean", "image_std":
                    "preprocessing: image_std"}
@@ -27,8 +30,10 @@ def _teacher_problems(i: int, saved: dict[str, Any], mc: ModelConfig) -> list[st
     where = f"teacher {i} ({mc.model})"
     try:
         now = config_identity(mc)
-    except IdentityUnavailable as exc:
-        return [f"{where}: {exc}"]
+    except IdentityUnavailable as exc:  # training from the cache needs no teacher: nothing to compare here
+        log.warning("%s: %s; its files are not here to compare by content with the teacher that built the cache "
+                    "(weights %s): training uses the stored embeddings as they are", where, exc, saved.get("weights"))
+        return []
     out = [f"{where}: {label}: {saved.get(key)} in the cache, {now[key]} now"
            for key, label in _TEACHER_FIELDS.items() if saved.get(key) != now[key]]
     if any(k.startswith(("image_", "model_config")) for k in now if saved.get(k) != now[k]):
@@ -36,23 +41,28 @@ def _teacher_problems(i: int, saved: dict[str, Any], mc: ModelConfig) -> list[st
     return out
 
 
+def _shard_problem(i: int, entry: dict[str, Any], url: str) -> Optional[str]:
+    """Whether shard ``i`` of the run (``url``) is the one sidecar ``entry`` mirrors: by size and quick digest when
+    the cache saw a local file (the same shard moved elsewhere fits), by URL otherwise."""
+    now = shard_location(url)
+    if "data_bytes" not in entry:  # not a local file when built: its URL names it (fingerprints check records)
+        return None if now == shard_location(entry["source"]) else \
+            f"data.train: shard {i} is {now}, the cache was built from {entry['source']}"
+    path = Path(url)
+    if not path.is_file():
+        return f"data shard {now}: missing (shard {i}; the cache was built from {entry['source']})"
+    if path.stat().st_size != entry["data_bytes"] or quick_digest(path) != entry["data_digest"]:
+        return f"data shard {now}: replaced or changed since the cache was built (shard {i}: {entry['source']})"
+    return None
+
+
 def _shard_problems(data: dict[str, Any], dc: DataConfig) -> list[str]:
-    shards = [shard_location(u) for u in expand_shards(dc.train)]
-    saved = [shard_location(u) for u in data["shards"]]  # a cache built from relative paths (older builds)
-    if shards != saved:
-        first = next((f"{a} vs {b}" for a, b in zip(saved, shards) if a != b), "one list is longer")
-        return [f"data.train: other shard list ({len(saved)} shards in the cache, {len(shards)} now; "
-                f"first difference: {first})"]
-    out = []
-    for entry in data["sidecars"]:
-        path = Path(entry["source"])
-        if "data_bytes" not in entry:
-            continue  # not a local file: not checkable here (fingerprints are)
-        if not path.is_file():
-            out.append(f"data shard {path}: missing")
-        elif path.stat().st_size != entry["data_bytes"] or quick_digest(path) != entry["data_digest"]:
-            out.append(f"data shard {path}: replaced or changed since the cache was built")
-    return out
+    """The run's shards against the cache's, in order and by content (a local shard: size and quick digest)."""
+    shards, entries = expand_shards(dc.train), data["sidecars"]
+    if len(shards) != len(entries):
+        return [f"data.train: {len(shards)} shards now, the cache mirrors {len(entries)}"]
+    found = [_shard_problem(i, e, u) for i, (e, u) in enumerate(zip(entries, shards))]
+    return [p for p in found if p]
 
 
 def _csv_problems(data: dict[str, Any], dc: DataConfig) -> list[str]:

@@ -32,7 +32,7 @@ def preflight(cfg: TrainConfig) -> None:
 
     problems = [p for n, mc in teacher_fields(cfg.teacher)
                 for p in check_model(f"{n}.model", mc.model, mc.pretrained, f"{n}.pretrained")]
-    problems += check_data("data", cfg.data)
+    problems += check_data("data", cfg.data, unique_shards=True)  # one sidecar per shard
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  {p}" for p in problems))
 
@@ -49,9 +49,11 @@ def _launch(cfg: TrainConfig, opts: BuildOptions, args: argparse.Namespace) -> i
     check_folder(opts.out, build_settings(cfg, opts, plan.identity))
     threads = choose_threads(cfg.threads, args.nproc)[0]
     code, stopped_by = launch_stoppable(args.nproc, worker_argv(args, opts), threads)
-    if stopped_by is not None and not (opts.out / MANIFEST_FILE).is_file():
+    if not (opts.out / MANIFEST_FILE).is_file():  # unfinished, however it ended: say what is kept and what to run
         kept = sum(finished(opts.out, s) for s in plan.sidecars)
-        print(stop_message(stopped_by, kept, len(plan.sidecars), opts.out, continue_command(args, opts)))
+        how = f"stopped by {stopped_by}" if stopped_by else ("stopped by a signal to its workers" if code == 0 or
+                                                               code > 128 else f"failed (exit code {code})")
+        print(stop_message(how, kept, len(plan.sidecars), opts.out, continue_command(args, opts)))
     return code
 
 
@@ -72,9 +74,9 @@ def continue_command(args: argparse.Namespace, opts: BuildOptions) -> str:
     return shlex.join(["clipkd", *argv])
 
 
-def stop_message(signal_name: str, kept: int, total: int, out: Path, command: str) -> str:
-    """What a build stopped by a signal says: what it kept, and how to continue."""
-    return (f"stopped by {signal_name}: {kept} of {total} sidecars built, kept in {out} (the build is resumable)\n"
+def stop_message(how: str, kept: int, total: int, out: Path, command: str) -> str:
+    """What an unfinished build says (``how``: ``stopped by SIGINT``, ...): what it kept, and how to continue."""
+    return (f"{how}: {kept} of {total} sidecars built, kept in {out} (the build is resumable)\n"
             f"continue with the same command:\n  {command}")
 
 
@@ -129,7 +131,7 @@ def _build(cfg: TrainConfig, opts: BuildOptions, env: "DistEnv", args: argparse.
     finally:
         shutdown()
     if env.is_main and result.stopped_by is not None and not os.environ.get(LAUNCHER_REPORTS_STOP):
-        print(stop_message(result.stopped_by, result.finished, result.sidecars, opts.out,
+        print(stop_message(f"stopped by {result.stopped_by}", result.finished, result.sidecars, opts.out,
                            continue_command(args, opts)))
     if env.is_main and result.manifest is not None:
         m = result.manifest

@@ -6,8 +6,10 @@ descriptions, into the manifest:
 
 ``format``, ``format_version``, ``build_sha256`` (the settings' digest, also in every sidecar's metadata),
 ``clipkd_version``, ``open_clip_version``, ``views``, ``dtype``, ``seed``,
-``crop_scale``, ``batch_size``, ``max_image_pixels``; ``teachers``: per teacher ``model``, ``pretrained``,
-``weights`` (``sha256:`` of the file, ``tag:``, ``source:`` or ``random``), ``model_config_sha256``,
+``crop_scale``, ``batch_size``, ``max_image_pixels``; ``teachers``: per teacher ``model`` (the name; ``local-dir:``,
+``hf-hub:`` or ``model-config.json`` for those, whose content is in the next two), ``name``, ``pretrained``,
+``weights`` (:func:`clipkd.identity.weights_identity`: ``sha256:`` of the file, ``folder-sha256:``,
+``hf-hub:sha256:``, ``tag:`` or ``random``), ``model_config_sha256``,
 ``image_mean``/``image_std`` overrides, ``image_size``, ``preprocess`` (repr of ``preprocess_val``),
 ``tokenizer`` (class, context length, vocabulary SHA-256), ``embed_dim``, ``logit_scale`` (the multiplier
 ``exp(logit_scale)`` as training applies it, at most 100); ``data``: the data
