@@ -152,7 +152,7 @@ def test_cli_nproc_two_writes_one_run_and_resumes_exactly(data_dir, tmp_path):
         done = subprocess.run(cmd + args(run, steps) + extra, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
         assert done.stdout.count("done: step") == 1  # only rank 0 reports
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "part"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["full", "part"]  # + locks
     assert sorted(p.name for p in full.iterdir()) == ["checkpoints", "config.yaml", "inputs.json", "metrics.jsonl",
                                                       "tensorboard"]
     assert [p.name for p in list_checkpoints(full)] == ["step_00000002", "step_00000003"]

@@ -164,8 +164,8 @@ def test_hf_hub_model_is_identified_by_its_files_content(tmp_path, monkeypatch):
     assert model_identity("hf-hub:org/tiny", None) == first
     _fake_hub(tmp_path / "hub", "org/tiny", "b" * 40, seed=5)  # new weights on main
     assert changed(first, model_identity("hf-hub:org/tiny", None)) == ["weights"]
-    with pytest.raises(IdentityUnavailable, match=r"hf-hub:org/missing: neither in the local Hugging Face cache nor "
-                                                  "reachable"):
+    with pytest.raises(IdentityUnavailable, match=r"cannot load hf-hub:org/missing: the model hub is unreachable "
+                                                  r"\(HF_HUB_OFFLINE is set\) and the model is not in the local cache"):
         model_identity("hf-hub:org/missing", None)
 
 

@@ -163,8 +163,10 @@ def _hub_etag(repo: str, filename: str) -> Optional[str]:
     except hub.errors.EntryNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - offline and not cached, no such repository: one message
-        raise IdentityUnavailable(f"hf-hub:{repo}: neither in the local Hugging Face cache nor reachable to identify "
-                                  f"it ({type(exc).__name__})") from None
+        why = "HF_HUB_OFFLINE is set" if hub.constants.HF_HUB_OFFLINE else type(exc).__name__
+        raise IdentityUnavailable(f"cannot load hf-hub:{repo}: the model hub is unreachable ({why}) and the model is "
+                                  "not in the local cache; download it once with network access, or use a local copy "
+                                  "(local-dir:/path/to/folder)") from None
 
 
 def _hub_identity(repo: str) -> str:
