@@ -62,3 +62,19 @@ def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(work / "study")
     assert main(["ablate", "-c", "s.yaml", "--dry-run"]) == 0
     assert "fd-seed0: to train" in capsys.readouterr().out
+
+
+def test_the_ablation_base_is_written_into_a_new_folder(tmp_path):
+    """With the data and teacher cached in another folder (`run_demo(work=...)`, as benchmarks/demo_seeds.py runs
+    it) nothing has made the seed's output folder yet when its ablation base is written: it crashed there."""
+    import yaml
+
+    from clipkd.demo.run import write_ablation_base
+
+    out = tmp_path / "seeds" / "seed1"
+    config = {"seed": 1, "logging": {"every_steps": 5, "progress": True}}
+    data = {"val_zeroshot": [str(tmp_path / "val.tar")], "test_zeroshot": [str(tmp_path / "test.tar")]}
+    path = write_ablation_base(out, config, tmp_path, data)
+    base = yaml.safe_load(path.read_text())
+    assert path == out / "ablation-base.yaml" and base["logging"]["progress"] is False
+    assert [b["name"] for b in base["eval"]["benchmarks"]] == ["fashion-mnist-val", "fashion-mnist"]

@@ -105,6 +105,7 @@ def write_ablation_base(out: Path, config: dict, data_dir: Path, data: dict) -> 
     from clipkd.config_paths import resolve_paths
 
     path = out / ABLATION_BASE
+    path.parent.mkdir(parents=True, exist_ok=True)  # with the data cached elsewhere (`work`), nothing made it yet
     absolute = resolve_paths(base, Path.cwd())  # read from its own folder, the file must not hold relative paths
     path.write_text(yaml.safe_dump(absolute, sort_keys=False), encoding="utf-8")
     return path
