@@ -59,17 +59,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from clipkd.config import load_config
 
     cfg = load_config(args.config, args.overrides)  # config errors are reported before torch is imported
-    from clipkd.engine.distributed import init_distributed, launch_local, launched_by_torchrun, shutdown
+    from clipkd.engine.distributed import init_distributed, launched_by_torchrun, shutdown
 
     if args.nproc > 1 and not launched_by_torchrun():
         from clipkd.engine.builders import preflight
+        from clipkd.engine.preemption import launch_stoppable
         from clipkd.engine.run_dir import check_run_dir
         from clipkd.engine.threads import choose_threads
 
         preflight(cfg)  # report config problems once, here, not once per worker
         check_run_dir(cfg.run_dir, args.resume, args.overwrite)
         threads, _ = choose_threads(cfg.threads, args.nproc)
-        return launch_local(args.nproc, _train_argv(args), threads)
+        return launch_stoppable(args.nproc, _train_argv(args), threads)[0]
     from clipkd.engine.trainer import Trainer
 
     env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)

@@ -249,6 +249,12 @@ def model_identity(model: str, pretrained: Optional[str], image_mean: Optional[S
             "image_std": _floats(image_std)}
 
 
+def config_identity(section: Any) -> dict[str, Any]:
+    """:func:`model_identity` of a model section of a config (``model``, ``pretrained``, ``image_mean``,
+    ``image_std``: a teacher or the student)."""
+    return model_identity(section.model, section.pretrained, section.image_mean, section.image_std)
+
+
 # -- data ----------------------------------------------------------------------------------------------------------
 def _remote(url: str) -> bool:
     return "://" in url or url.startswith("pipe:")

@@ -46,7 +46,7 @@ def _teacher_scores(study, cfg) -> dict[str, Any]:
     from clipkd.eval.identity import benchmark_identity
     from clipkd.eval.runner import Benchmark
     from clipkd.files import read_json, write_json
-    from clipkd.identity import model_identity
+    from clipkd.identity import config_identity
     from clipkd.models.factory import create_encoder
 
     teachers = teacher_list(cfg.teacher)
@@ -55,8 +55,9 @@ def _teacher_scores(study, cfg) -> dict[str, Any]:
     t, sel = teachers[0], study.select
     specs = {b.name: b for b in cfg.eval.benchmarks}
     sides = {"val": sel.val, "test": sel.test}
-    key = {"metric": sel.metric, "teacher": model_identity(t.model, t.pretrained, t.image_mean, t.image_std),
-           **{side: benchmark_identity(specs[name]) for side, name in sides.items()}}
+    benches = {side: Benchmark(specs[name]) for side, name in sides.items()}  # read once: identified, evaluated
+    key = {"metric": sel.metric, "teacher": config_identity(t),
+           **{side: benchmark_identity(bench) for side, bench in benches.items()}}
     path = Path(study.out) / TEACHER_FILE
     if path.is_file() and read_json(path).get("key") == key:
         saved = read_json(path)
@@ -64,7 +65,7 @@ def _teacher_scores(study, cfg) -> dict[str, Any]:
     encoder = create_encoder(t.model, t.pretrained, t.image_mean, t.image_std, role="teacher").eval()
     scores, n, chance = {}, {}, {}
     for side, name in sides.items():
-        bench = Benchmark(specs[name])
+        bench = benches[side]
         metrics = bench.evaluate(encoder)
         if sel.metric not in metrics:  # e.g. acc5 of a task of 5 classes or fewer (it is not reported)
             raise ConfigError(f"select.metric: benchmark {name!r} does not report {sel.metric!r} (it reports "
@@ -112,10 +113,11 @@ def _check_distinct(study, cfg) -> None:
     """Refuse a val benchmark that shares images with the test benchmark (by content, under any name or order):
     settings chosen on it would be judged on the data they were chosen on."""
     from clipkd.eval.identity import image_digests
+    from clipkd.eval.runner import Benchmark
 
     sel = study.select
     specs = {b.name: b for b in cfg.eval.benchmarks}
-    val, test = set(image_digests(specs[sel.val])), set(image_digests(specs[sel.test]))
+    val, test = (set(image_digests(Benchmark(specs[name]))) for name in (sel.val, sel.test))
     shared = len(val & test)
     if shared:
         what = "the same data" if val == test else f"sharing {shared} of their images ({len(val)} and {len(test)})"

@@ -10,7 +10,7 @@ import datetime
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -141,20 +141,7 @@ def wrap_ddp(module: torch.nn.Module, env: DistEnv, device: torch.device):
     return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def torchrun_command(nproc: int, program: Sequence[str]) -> list[str]:
+def torchrun_command(nproc: int, program: Sequence[str], runner: str = "torch.distributed.run") -> list[str]:
     """The command that runs ``program`` (a script and its arguments, or ``-m module ...``) as ``nproc``
-    processes on this machine through torchrun."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *program]
-
-
-def launch_local(nproc: int, clipkd_args: Sequence[str], threads: Optional[int] = None) -> int:
-    """Run ``clipkd <clipkd_args>`` as ``nproc`` processes on this machine through torchrun; its exit code.
-
-    ``threads``: CPU threads of each process, passed as ``OMP_NUM_THREADS`` unless that is set already
-    (otherwise torchrun would set 1); OpenMP threads sleep while they wait (:mod:`clipkd.engine.threads`).
-    SIGTERM/SIGINT reach the workers through torchrun, which waits for their checkpoint and leaves without a
-    traceback (:func:`clipkd.engine.preemption.launch_stoppable`).
-    """
-    from clipkd.engine.preemption import launch_stoppable
-
-    return launch_stoppable(nproc, clipkd_args, threads)[0]
+    processes on this machine through torchrun (``runner``: torchrun's module, or a wrapper taking its flags)."""
+    return [sys.executable, "-m", runner, "--standalone", f"--nproc_per_node={nproc}", *program]

@@ -12,15 +12,11 @@ import json
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from clipkd.config import DataConfig, ModelConfig, TrainConfig, teacher_list, teacher_terms
+from clipkd.config import DataConfig, TrainConfig, teacher_list, teacher_terms
 from clipkd.files import write_json
-from clipkd.identity import IdentityUnavailable, changed, data_identity, model_identity, reinforced_identity
+from clipkd.identity import changed, config_identity, data_identity, reinforced_identity
 
 INPUTS_FILE = "inputs.json"
-
-
-def _model(mc: ModelConfig) -> dict[str, Any]:
-    return model_identity(mc.model, mc.pretrained, mc.image_mean, mc.image_std)
 
 
 def _data(dc: DataConfig) -> dict[str, Any]:
@@ -34,16 +30,17 @@ def run_inputs(cfg: TrainConfig) -> dict[str, Any]:
     does not use (recipe ``baseline``) is left out; with reinforced data, the data's identity stands for the
     teachers'."""
     from clipkd.eval.identity import benchmark_identity
+    from clipkd.eval.runner import Benchmark
 
-    out: dict[str, Any] = {"student": _model(cfg.student), "data": _data(cfg.data)}
+    out: dict[str, Any] = {"student": config_identity(cfg.student), "data": _data(cfg.data)}
     if teacher_list(cfg.teacher) and teacher_terms(cfg.distill):
         if cfg.distill.teacher_cache:
             out["teacher_cache"] = reinforced_identity(cfg.distill.teacher_cache)
         else:
-            out["teachers"] = {str(i): _model(t) for i, t in enumerate(teacher_list(cfg.teacher))}
+            out["teachers"] = {str(i): config_identity(t) for i, t in enumerate(teacher_list(cfg.teacher))}
     if cfg.eval.val_data is not None:
         out["val_data"] = _data(cfg.eval.val_data)
-    out["benchmarks"] = {spec.name: benchmark_identity(spec) for spec in cfg.eval.benchmarks}
+    out["benchmarks"] = {spec.name: benchmark_identity(Benchmark(spec)) for spec in cfg.eval.benchmarks}
     return out
 
 
@@ -65,5 +62,3 @@ def input_changes(run_dir: Union[str, Path], now: dict[str, Any]) -> list[str]:
         return [f"{INPUTS_FILE}: not recorded (a run from before clipkd recorded its inputs)"]
     return [f"inputs.{key}: its content changed since the run started" for key in changed(saved, now)]
 
-
-__all__ = ["INPUTS_FILE", "IdentityUnavailable", "input_changes", "record_inputs", "run_inputs", "saved_inputs"]

@@ -11,8 +11,8 @@ import hashlib
 from pathlib import Path
 from typing import Any, Union
 
-from clipkd.config import BenchmarkSpec
 from clipkd.eval.datasets import template_text
+from clipkd.eval.runner import Benchmark
 from clipkd.identity import data_file_digest, digest_of
 
 
@@ -22,23 +22,19 @@ def _image_digest(image: Union[Path, bytes]) -> str:
     return data_file_digest(image) if image.is_file() else f"missing:{image.name}"
 
 
-def image_digests(spec: BenchmarkSpec) -> list[str]:
+def image_digests(bench: Benchmark) -> list[str]:
     """The content digest of every image of a benchmark, in its order."""
-    from clipkd.eval.runner import Benchmark
-
-    return [_image_digest(i) for i in Benchmark(spec).data().images]
+    return [_image_digest(i) for i in bench.data().images]
 
 
-def benchmark_identity(spec: BenchmarkSpec) -> dict[str, Any]:
+def benchmark_identity(bench: Benchmark) -> dict[str, Any]:
     """``{"task", "images", "sha256"}`` of a benchmark: the SHA-256 over its images' content digests (in order),
     its labels and class names and templates (zero-shot) or its captions and which image each describes
-    (retrieval, with the protocol). Reads the data index and every image file (content digests are remembered,
-    :func:`clipkd.identity.content_sha256`)."""
-    from clipkd.eval.runner import Benchmark
-
-    bench = Benchmark(spec)
-    data = bench.data()
-    content: dict[str, Any] = {"task": spec.task, "images": [_image_digest(i) for i in data.images]}
+    (retrieval, with the protocol). Reads the data index (once per :class:`Benchmark`: evaluating it afterwards
+    reads nothing again) and every image file (content digests are remembered, :func:`clipkd.identity.
+    content_sha256`)."""
+    spec, data = bench.spec, bench.data()
+    content: dict[str, Any] = {"task": spec.task, "images": image_digests(bench)}
     if spec.task == "zeroshot":
         classnames, templates = bench.prompts()
         content.update(labels=list(data.targets), classnames=list(classnames),

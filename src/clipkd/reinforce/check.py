@@ -12,10 +12,9 @@ from typing import Any, Optional, Sequence
 from clipkd.config import DataConfig, ModelConfig
 from clipkd.data.sources import RawSample, expand_shards
 from clipkd.files import quick_digest, sha256_file
-from clipkd.identity import IdentityUnavailable
+from clipkd.identity import IdentityUnavailable, config_identity
 from clipkd.reinforce.format import SidecarReader
 from clipkd.reinforce.plan import shard_location
-from clipkd.reinforce.identity import config_identity
 from clipkd.reinforce.rows import record_fingerprint
 from clipkd.reinforce.settings import FORMAT_VERSION
 

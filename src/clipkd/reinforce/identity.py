@@ -1,7 +1,7 @@
 """What identifies a teacher's outputs: its weights, architecture config, preprocessing and tokenizer.
 
-:func:`config_identity` needs no model (:func:`clipkd.identity.model_identity`: file and folder digests, config
-values): it is what a training run compares with a cache before using it. :func:`describe_teacher` adds what
+:func:`clipkd.identity.config_identity` needs no model (file and folder digests, config values): it is what a
+training run compares with a cache before using it. :func:`describe_teacher` adds what
 only the built encoder knows.
 """
 
@@ -12,16 +12,11 @@ import json
 from typing import Any
 
 from clipkd.config import ModelConfig
-from clipkd.identity import model_identity
+from clipkd.identity import config_identity
 
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def config_identity(mc: ModelConfig) -> dict[str, Any]:
-    """The teacher's identity from its config section alone (files are hashed, nothing is built)."""
-    return model_identity(mc.model, mc.pretrained, mc.image_mean, mc.image_std)
 
 
 def tokenizer_description(tokenizer: Any) -> dict[str, Any]:
@@ -37,6 +32,6 @@ def tokenizer_description(tokenizer: Any) -> dict[str, Any]:
 
 def describe_teacher(mc: ModelConfig, encoder: Any) -> dict[str, Any]:
     """:func:`config_identity` plus the built encoder's preprocessing, tokenizer, sizes and logit scale."""
-    return {**config_identity(mc), "name": mc.model, "pretrained": mc.pretrained, "image_size": list(encoder.image_size),
-            "preprocess": repr(encoder.preprocess_val), "tokenizer": tokenizer_description(encoder.tokenizer),
+    return {**config_identity(mc), "name": mc.model, "pretrained": mc.pretrained,
+            "image_size": list(encoder.image_size), "preprocess": repr(encoder.preprocess_val), "tokenizer": tokenizer_description(encoder.tokenizer),
             "embed_dim": int(encoder.embed_dim), "logit_scale": float(encoder.scale())}

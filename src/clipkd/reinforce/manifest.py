@@ -65,7 +65,8 @@ def write_manifest(out: Path, settings: dict[str, Any], teachers: Sequence[dict[
     unusable: Counter[str] = Counter()
     for e in entries:
         unusable.update(e["unusable"])
-    manifest = {**settings, "build_sha256": build_digest(settings), "clipkd_version": __version__, "open_clip_version": open_clip.__version__,
+    manifest = {**settings, "build_sha256": build_digest(settings), "clipkd_version": __version__,
+                "open_clip_version": open_clip.__version__,
                 "teachers": list(teachers), "data": {**settings["data"], "sidecars": entries},
                 "records": sum(e["records"] for e in entries), "usable": sum(e["usable"] for e in entries),
                 "unusable": dict(sorted(unusable.items()))}

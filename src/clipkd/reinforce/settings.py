@@ -14,8 +14,7 @@ from clipkd.config import TrainConfig, teacher_list
 from clipkd.engine.config_diff import flatten
 from clipkd.errors import ConfigError
 from clipkd.files import read_json, write_json
-from clipkd.identity import MANIFEST_FILE, digest_of  # noqa: F401  (MANIFEST_FILE: read from here by the build)
-from clipkd.reinforce.identity import config_identity
+from clipkd.identity import MANIFEST_FILE, config_identity, digest_of  # noqa: F401  (MANIFEST_FILE: for the build)
 
 FORMAT_VERSION = 2  # 2: each sidecar's metadata names its build (build_digest)
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
