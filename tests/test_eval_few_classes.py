@@ -15,7 +15,7 @@ from test_eval import COLOURS, ColourEncoder
 def test_acc5_needs_more_than_five_classes():
     from clipkd.eval import report
 
-    assert ACC5_MIN_CLASSES == report.ACC5_MIN_CLASSES == 6  # report.py keeps its own copy (no torch import)
+    assert ACC5_MIN_CLASSES == report.ACC5_MIN_CLASSES == 6  # one constant, in the torch-free report module
     logits = torch.tensor([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0]])
     six = classification_metrics(logits, torch.tensor([5, 5, 0]), 6)
     # row 0: label 5 ranked 6th (a miss); row 1: ranked 1st; row 2: ranked 1st -> 2/3 in the top 5

@@ -37,7 +37,8 @@ def _arm_row(runs: list[dict], n: dict[str, Any], base_test: float, gap: float) 
     vals, tests = [r["val"] for r in runs], [r["test"] for r in runs]
     (val, val_sd), (test, test_sd) = _mean_std(vals), _mean_std(tests)
     return {"seeds": [r["seed"] for r in runs], "val": val, "val_std": val_sd,
-            "val_se": noise.mean_se(vals, n.get("val")), "test": test, "test_std": test_sd, "test_se": noise.mean_se(tests, n.get("test")),
+            "val_se": noise.mean_se(vals, n.get("val")), "test": test, "test_std": test_sd,
+            "test_se": noise.mean_se(tests, n.get("test")),
             "gain": test - base_test, "share": (test - base_test) / gap if abs(gap) > noise.TIE else None}
 
 

@@ -21,7 +21,9 @@ from typing import Optional, Sequence, Union
 __all__ = ["load_results", "markdown_table", "chart_figure", "bar_chart", "write_report"]
 
 REQUIRED_KEYS = ("dataset", "model", "pretrained", "task", "metrics")
-ACC5_MIN_CLASSES = 6  # as clipkd.eval.zeroshot.ACC5_MIN_CLASSES (this module does not import torch)
+ACC5_MIN_CLASSES = 6
+"""Classes from which ``acc5`` means something (fewer: every class is in the top 5); defined here, where no
+torch is imported, and used by :mod:`clipkd.eval.zeroshot` too."""
 MISSING = "–"
 PathLike = Union[str, Path]
 Column = tuple[str, str]  # (dataset, metric)
@@ -94,7 +96,7 @@ def _collect(
 
 def _shown_metrics(result: dict) -> dict[str, float]:
     """A result's metrics as tables and charts show them: without ``acc5`` when the result lists at most 5 class
-    names (trivially 100%; see :data:`clipkd.eval.zeroshot.ACC5_MIN_CLASSES`)."""
+    names (trivially 100%; :data:`ACC5_MIN_CLASSES`)."""
     classnames = result.get("classnames")
     if isinstance(classnames, list) and len(classnames) < ACC5_MIN_CLASSES:
         return {k: v for k, v in result["metrics"].items() if k != "acc5"}

@@ -22,14 +22,12 @@ from torch.utils.data import DataLoader
 
 from clipkd.errors import DataQualityError
 from clipkd.eval.datasets import UsableBatch, template_text
+from clipkd.eval.report import ACC5_MIN_CLASSES
 from clipkd.eval.retrieval_metrics import tie_tolerance
 from clipkd.models.encoders import ClipEncoder, eval_mode
 
 
 _prompt_text = template_text
-
-ACC5_MIN_CLASSES = 6
-"""The fewest classes for which top-5 accuracy is reported (with 5 or fewer it is 100% by construction)."""
 
 
 def classifier_cache_path(cache_dir: Union[str, Path], model_key: str, classnames: Sequence[str],
