@@ -48,8 +48,8 @@ def pipeline_rate(shards, views, batch: int, workers: int, batches: int, stored=
 def reinforced(tmp: str, shards: list, views: int):
     """`clipkd reinforce` over the shards (the tiny teacher, random weights, bf16); the stored views training reads."""
     from clipkd.config import load_config
-    from clipkd.engine.builders import stored_views
-    from clipkd.reinforce.build import run_build
+    from clipkd.build.data import stored_views
+    from clipkd.build.reinforce import run_build
     from clipkd.reinforce.settings import BuildOptions
 
     items = [f"run_dir={tmp}/run", "teacher.model=clipkd-tiny-teacher", "student.model=clipkd-tiny-vit",

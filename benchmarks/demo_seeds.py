@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from clipkd.demo.run import run_demo
+from clipkd.commands.demo import run_demo
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from _common import OtherLoad
 
-from clipkd.engine.distributed import torchrun_command
+from clipkd.runtime.distributed import torchrun_command
 
 HERE = Path(__file__).parent
 

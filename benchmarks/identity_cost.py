@@ -22,7 +22,7 @@ ONE = """
 import json, sys, time
 import clipkd.eval.runner  # torch, open_clip, webdataset: imported by training anyway, not timed here
 from clipkd.config import load_config
-from clipkd.engine.inputs import run_inputs
+from clipkd.build.inputs import run_inputs
 cfg = load_config(sys.argv[1])
 t = time.perf_counter()
 inputs = run_inputs(cfg)

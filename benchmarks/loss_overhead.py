@@ -36,11 +36,12 @@ import torch  # noqa: E402
 
 from _common import OtherLoad, _loadavg  # noqa: E402
 
-from clipkd.distill import DistillBatch, build_distiller  # noqa: E402
+from clipkd.data.batch import DistillBatch
+from clipkd.distill import build_distiller  # noqa: E402
 from clipkd.losses.recipes import get_recipe  # noqa: E402
-from clipkd.models.encoders import Embeddings  # noqa: E402
+from clipkd.embeddings import Embeddings  # noqa: E402
 from clipkd.models.open_clip_adapter import create_open_clip_encoder  # noqa: E402
-from clipkd.models.student import StudentOutput  # noqa: E402
+from clipkd.embeddings import StudentOutput  # noqa: E402
 
 TARGET = 0.03
 WORDS = ("a photo of the small large red blue green yellow dark bright round square circle triangle star cat dog "

@@ -19,8 +19,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _common import OtherLoad, interleaved_medians  # noqa: E402
 
-from clipkd.distill import DistillBatch, build_distiller  # noqa: E402
-from clipkd.engine.distributed import DistEnv  # noqa: E402
+from clipkd.data.batch import DistillBatch
+from clipkd.distill import build_distiller  # noqa: E402
+from clipkd.runtime.distributed import DistEnv  # noqa: E402
 from clipkd.engine.gradcache import GlobalBatchStep  # noqa: E402
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer  # noqa: E402
 from clipkd.losses.recipes import RECIPES, get_recipe, resolve_weights  # noqa: E402

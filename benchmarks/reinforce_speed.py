@@ -3,7 +3,7 @@
 Every part interleaves its variants (the order rotates every repeat) after a warm-up and reports medians; the
 CPU time other processes used is printed per part and for the whole run (``_common.OtherLoad``).
 
-1. ``build``: ``clipkd reinforce`` throughput (:func:`clipkd.reinforce.build.run_build`, each build into a fresh
+1. ``build``: ``clipkd reinforce`` throughput (:func:`clipkd.build.reinforce.run_build`, each build into a fresh
    temporary folder, ``--dtype`` bf16 and fp32) / a bare teacher loop over the same records: read the tar
    shards with :mod:`tarfile`, decode each JPEG, draw K random-resized crops (torchvision's
    ``RandomResizedCrop.get_params``, the same scale and ratio), the teacher's ``preprocess_val``, then the
@@ -198,7 +198,7 @@ class BuildRun:
 
 
 def one_build(cfg, args: argparse.Namespace, dtype: str, root: Path) -> BuildRun:
-    from clipkd.reinforce.build import run_build
+    from clipkd.build.reinforce import run_build
     from clipkd.reinforce.settings import BuildOptions
 
     out = Path(tempfile.mkdtemp(prefix=f"build-{dtype}-", dir=root)) / "cache"  # fresh, not existing yet
@@ -360,10 +360,10 @@ def clipkd_config(args: argparse.Namespace, csv_path: Path, run_dir: Path, steps
 
 
 def run_clipkd(args: argparse.Namespace, csv_path: Path, root: Path, steps: int, profile: bool) -> LoopTimes:
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
 
     run_dir = Path(tempfile.mkdtemp(prefix="clipkd-run-", dir=root)) / "run"
-    trainer = Trainer(clipkd_config(args, csv_path, run_dir, steps))
+    trainer = make_trainer(clipkd_config(args, csv_path, run_dir, steps))
     times = LoopTimes()
     step = trainer.train_step
     if profile:  # instance attributes shadow the methods the loop calls; the library is unchanged
@@ -549,14 +549,14 @@ def loader_cpu(args: argparse.Namespace, csv_path: Path, root: Path) -> None:
     import open_clip
 
     from clipkd.data.stream import make_loader
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
     from open_clip_train.data import get_data
 
     def cpu() -> float:
         return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage,
                                                           (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
-    trainer = Trainer(clipkd_config(args, csv_path, root / "loader-run", 10 ** 6))
+    trainer = make_trainer(clipkd_config(args, csv_path, root / "loader-run", 10 ** 6))
     a = open_clip_args(args, csv_path)
     _, pp_train, pp_val, _ = open_clip_model(a)
     tokenizer = open_clip.get_tokenizer(a.model)
@@ -592,10 +592,10 @@ def fixed_batch_steps(args: argparse.Namespace, csv_path: Path, root: Path) -> N
     import open_clip
 
     from clipkd.data.stream import make_loader
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
     from open_clip_train.scheduler import cosine_lr
 
-    trainer = Trainer(clipkd_config(args, csv_path, root / "fixed-run", 10 ** 6))
+    trainer = make_trainer(clipkd_config(args, csv_path, root / "fixed-run", 10 ** 6))
     batch, _ = next(iter(make_loader(trainer.stream, 0)))
     trainer.student.train()
     a = open_clip_args(args, csv_path)
@@ -687,7 +687,7 @@ class OnlineContext:
 
 def _trainer_like_step(distiller, device: torch.device) -> Callable[[Any], None]:
     """A Trainer step on one micro-batch: zero grad, GlobalBatchStep, clip 1.0, AdamW, logit-scale clamp."""
-    from clipkd.engine.distributed import DistEnv
+    from clipkd.runtime.distributed import DistEnv
     from clipkd.engine.gradcache import GlobalBatchStep
     from clipkd.engine.optim import clamp_logit_scales, create_optimizer
 
@@ -743,7 +743,7 @@ def reinforced_step(ctx: OnlineContext) -> Callable[[], None]:
 
     from clipkd.distill import build_distiller
     from clipkd.losses.recipes import get_recipe
-    from clipkd.models.encoders import Embeddings
+    from clipkd.embeddings import Embeddings
     from clipkd.models.teacher import FrozenTeacher
 
     t = FrozenTeacher(ctx.teacher)(ctx.batch.teacher_images, ctx.batch.teacher_text)
@@ -767,7 +767,7 @@ TARGETS = {"clipkd step, reinforced data": 1.05}  # variant / baseline step
 
 
 def part_online(args: argparse.Namespace) -> dict[str, float]:
-    from clipkd.distill import DistillBatch
+    from clipkd.data.batch import DistillBatch
     from clipkd.models import create_open_clip_encoder
 
     torch.manual_seed(1)

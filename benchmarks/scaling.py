@@ -28,8 +28,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from clipkd.distill import DistillBatch, build_distiller  # noqa: E402
-from clipkd.engine.distributed import DistEnv, init_distributed, shutdown, wrap_ddp  # noqa: E402
+from clipkd.data.batch import DistillBatch
+from clipkd.distill import build_distiller  # noqa: E402
+from clipkd.runtime.distributed import DistEnv, init_distributed, shutdown, wrap_ddp  # noqa: E402
 from clipkd.engine.gradcache import GlobalBatchStep  # noqa: E402
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer  # noqa: E402
 from clipkd.engine.trainer import autocast as precision_autocast  # noqa: E402

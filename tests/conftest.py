@@ -51,7 +51,7 @@ def teacher_encoder():
 
 def random_batch(student, teacher, n: int = 8, seed: int = 0):
     """A DistillBatch where each side has its own resolution and tokenizer."""
-    from clipkd.distill import DistillBatch
+    from clipkd.data.batch import DistillBatch
 
     g = torch.Generator().manual_seed(seed)
     captions = [f"a photo of object number {i} in colour {i % 3}" for i in range(n)]

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from clipkd.config import load_config
-from clipkd.distill import DistillBatch
-from clipkd.engine.distributed import DistEnv, init_distributed, shutdown
+from clipkd.data.batch import DistillBatch
+from clipkd.runtime.distributed import DistEnv, init_distributed, shutdown
 from clipkd.engine.trainer import Trainer
+from clipkd.commands.train import make_trainer
 from test_train import base_overrides
 
 GLOBAL = 16
@@ -74,7 +75,7 @@ def main(out: str, data_dir: str) -> None:
     results = {}
     for accum in (1, 2):
         cfg = config(Path(out) / f"run-{accum}", data_dir, accum=accum)
-        results[accum] = one_step(Trainer(cfg, env=env), env)
+        results[accum] = one_step(make_trainer(cfg, env=env), env)
     if env.is_main:
         torch.save(results, Path(out) / "dist.pt")
     shutdown()

@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from clipkd.config import load_config
-from clipkd.engine.distributed import init_distributed, shutdown
-from clipkd.engine.trainer import Trainer
+from clipkd.runtime.distributed import init_distributed, shutdown
+from clipkd.commands.train import make_trainer
 from test_train import base_overrides
 
 
@@ -20,7 +20,7 @@ def main(out: str, data_dir: str) -> None:
     env = init_distributed("cpu")
     cfg = load_config(None, base_overrides(Path(out) / "run", Path(data_dir), **{"optim.steps": 3,
                                                                                  "data.batch_size": 8}))
-    trainer = Trainer(cfg, env=env)
+    trainer = make_trainer(cfg, env=env)
     real, calls = trainer.grad_step, {"n": 0}
 
     def poisoned(batches, generator):

@@ -367,7 +367,7 @@ def test_an_epoch_without_any_batch_is_an_error(tmp_path, encoders):
 def test_training_reports_each_reason_with_examples(data_dir, tmp_path, caplog):
     """The end-of-run summary names the first offending rows of each reason, so a user can find them."""
     from clipkd.config import load_config
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
 
     rows = (data_dir / "csv" / "data.csv").read_text().splitlines()
     bad = [f"gone/missing_{i}.jpg,a lost picture" for i in range(8)]
@@ -376,7 +376,7 @@ def test_training_reports_each_reason_with_examples(data_dir, tmp_path, caplog):
     extra = {"data.train": str(csv), "data.root": str(data_dir / "csv"), "optim.steps": 2, "data.batch_size": 8,
              "data.max_skip_fraction": 0.9}
     with caplog.at_level(logging.WARNING, logger="clipkd.engine.trainer"):
-        result = Trainer(load_config(None, base_overrides(tmp_path / "r", data_dir, "csv", **extra))).fit()
+        result = make_trainer(load_config(None, base_overrides(tmp_path / "r", data_dir, "csv", **extra))).fit()
     assert result.skipped["missing_file"] >= 1
     summary = [r.getMessage() for r in caplog.records if "unusable records" in r.getMessage()]
     assert summary and "missing_file: " in summary[0] and "missing_" in summary[0].split("e.g.")[1]

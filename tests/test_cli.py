@@ -6,7 +6,7 @@ import sys
 
 from clipkd.cli import main
 from clipkd.losses import RECIPES, TERMS
-from clipkd.smoke import run_smoke
+from clipkd.commands.smoke import run_smoke
 
 
 def test_losses_lists_every_term_and_recipe(capsys):

@@ -128,15 +128,15 @@ def no_models(monkeypatch, tmp_path):
     """Any model construction fails the test; the Hugging Face cache is empty."""
     import huggingface_hub.constants
 
-    import clipkd.engine.builders
+    import clipkd.build.checks
     import clipkd.models.factory
     import clipkd.models.open_clip_adapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before the config was rejected")
 
-    monkeypatch.setattr(clipkd.engine.builders, "build_encoder", refuse)
-    monkeypatch.setattr(clipkd.engine.builders, "create_encoder", refuse)
+    monkeypatch.setattr(clipkd.build.checks, "build_encoder", refuse)
+    monkeypatch.setattr(clipkd.build.checks, "create_encoder", refuse)
     monkeypatch.setattr(clipkd.models.factory, "create_open_clip_encoder", refuse)
     monkeypatch.setattr(clipkd.models.open_clip_adapter.open_clip, "create_model_and_transforms", refuse)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
@@ -171,7 +171,7 @@ def test_malformed_config_is_rejected_before_any_model(overrides, field, message
 def test_good_config_passes_preflight(files, tmp_path, no_models):
     """The baseline of the table is valid: only the malformed part is reported (checkpoint that fits included)."""
     from clipkd.config import load_config
-    from clipkd.engine.builders import preflight
+    from clipkd.build.preflight import preflight
 
     cfg = load_config(None, _base(tmp_path / "run", files) + [f"teacher.pretrained={files}/teacher.pt",
                                                               _bench().replace(D, str(files))])

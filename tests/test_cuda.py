@@ -12,9 +12,9 @@ import torch.distributed as dist
 
 from clipkd.cli import main as cli_main
 from clipkd.engine.checkpoint import list_checkpoints
-from clipkd.engine.distributed import DistEnv
+from clipkd.runtime.distributed import DistEnv
 from clipkd.engine.logger import read_metrics
-from clipkd.engine.trainer import Trainer
+from clipkd.commands.train import make_trainer
 from dist_worker import config, one_step
 from test_train import base_overrides
 
@@ -39,8 +39,8 @@ def _close(a: dict, b: dict, tol: float = 1e-4) -> None:
 
 
 def test_accumulation_equals_one_big_batch_on_cuda(data_dir, tmp_path):
-    ref = one_step(Trainer(config(tmp_path / "a", data_dir, device="cuda")), DistEnv())
-    acc = one_step(Trainer(config(tmp_path / "b", data_dir, accum=4, device="cuda")), DistEnv())
+    ref = one_step(make_trainer(config(tmp_path / "a", data_dir, device="cuda")), DistEnv())
+    acc = one_step(make_trainer(config(tmp_path / "b", data_dir, accum=4, device="cuda")), DistEnv())
     assert ref["grads"]["encoder.model.logit_scale"].is_cuda
     _close(acc, ref)
 
@@ -63,12 +63,12 @@ def test_ddp_and_nccl_gather_path(data_dir, tmp_path):
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                             timeout=datetime.timedelta(minutes=2))
     try:
-        trainer = Trainer(config(tmp_path / "ddp", data_dir, accum=2, device="cuda"), env=_GroupOfOne())
+        trainer = make_trainer(config(tmp_path / "ddp", data_dir, accum=2, device="cuda"), env=_GroupOfOne())
         assert isinstance(trainer.student_fn, torch.nn.parallel.DistributedDataParallel)
         got = one_step(trainer, trainer.env)
     finally:
         dist.destroy_process_group()
-    ref = one_step(Trainer(config(tmp_path / "ref", data_dir, device="cuda")), DistEnv())
+    ref = one_step(make_trainer(config(tmp_path / "ref", data_dir, device="cuda")), DistEnv())
     _close(got, ref)
 
 

@@ -69,7 +69,7 @@ def test_the_ablation_base_is_written_into_a_new_folder(tmp_path):
     it) nothing has made the seed's output folder yet when its ablation base is written: it crashed there."""
     import yaml
 
-    from clipkd.demo.run import write_ablation_base
+    from clipkd.commands.demo import write_ablation_base
 
     out = tmp_path / "seeds" / "seed1"
     config = {"seed": 1, "logging": {"every_steps": 5, "progress": True}}

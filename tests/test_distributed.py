@@ -11,10 +11,11 @@ import torch
 
 from clipkd.cli import main as cli_main
 from clipkd.engine.checkpoint import list_checkpoints
-from clipkd.engine.distributed import DistEnv, torchrun_command
+from clipkd.runtime.distributed import DistEnv, torchrun_command
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
+from clipkd.commands.train import make_trainer
 from clipkd.errors import DataQualityError
 from dist_worker import config, global_batch, one_step, rows
 from test_train import base_overrides
@@ -47,7 +48,7 @@ def _assert_same(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def reference(data_dir, tmp_path_factory):
     """One process, one batch of all GLOBAL samples, one step; plus the initial parameters."""
-    trainer = Trainer(config(tmp_path_factory.mktemp("ref"), data_dir))
+    trainer = make_trainer(config(tmp_path_factory.mktemp("ref"), data_dir))
     init = {k: v.detach().clone() for k, v in trainer.student.state_dict().items()}
     return one_step(trainer, DistEnv()), init
 
@@ -61,7 +62,7 @@ def test_reference_step_changes_every_trained_tensor(reference):
 
 @pytest.mark.parametrize("accum", [2, 4])
 def test_accumulation_equals_one_big_batch(accum, reference, data_dir, tmp_path):
-    trainer = Trainer(config(tmp_path, data_dir, accum=accum))
+    trainer = make_trainer(config(tmp_path, data_dir, accum=accum))
     _assert_same(one_step(trainer, DistEnv()), reference[0])
 
 
@@ -80,7 +81,7 @@ def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("teacher", ["clipkd-tiny-teacher", "clipkd-tiny-vit"])
 def test_gradcache_replays_masks_and_matches_one_graph(teacher, data_dir, tmp_path):
     """MFD masks are drawn per micro-batch; the replay must use the same ones (and equal sizes alias heads)."""
-    trainer = Trainer(config(tmp_path, data_dir, accum=4, teacher=teacher, mask_ratio=0.5))
+    trainer = make_trainer(config(tmp_path, data_dir, accum=4, teacher=teacher, mask_ratio=0.5))
     batch = global_batch(trainer)
     micro = [rows(batch, 4 * k, 4 * (k + 1)) for k in range(4)]
     gen_state = trainer.mask_gen.get_state()
@@ -105,7 +106,7 @@ def test_gradcache_replays_masks_and_matches_one_graph(teacher, data_dir, tmp_pa
 
 
 def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(data_dir, tmp_path):
-    trainer = Trainer(config(tmp_path, data_dir, accum=2, student="clipkd-tiny-mobilenet"))
+    trainer = make_trainer(config(tmp_path, data_dir, accum=2, student="clipkd-tiny-mobilenet"))
     student = trainer.student
     before = {n: b.clone() for n, b in student.named_buffers()}
     assert any("running_mean" in n for n in before)
@@ -123,7 +124,7 @@ def test_accumulation_updates_batchnorm_statistics_once_per_micro_batch(data_dir
 
 
 def test_step_rejects_empty_group(data_dir, tmp_path):
-    trainer = Trainer(config(tmp_path, data_dir))
+    trainer = make_trainer(config(tmp_path, data_dir))
     with pytest.raises(ValueError, match="at least one micro-batch"):
         GlobalBatchStep(trainer.distiller, trainer.student, DistEnv(), trainer.device)([])
 
@@ -201,7 +202,7 @@ class _TwoRanks(DistEnv):
 @pytest.mark.parametrize("other_bad, raises", [(0, False), (60, True)])
 def test_skip_limit_is_judged_on_all_ranks_records(other_bad, raises, data_dir, tmp_path):
     """Each rank decides from the same global counts, so all stop together (no rank left waiting)."""
-    trainer = Trainer(config(tmp_path, data_dir))
+    trainer = make_trainer(config(tmp_path, data_dir))
     trainer.env = _TwoRanks([0, 0, other_bad, 100])  # partner: finite, no stop, its unusable and read records
     trainer.rank_state.consumed = 100
     trainer.rank_state.skipped.update({"bad_image": 5})

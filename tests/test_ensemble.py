@@ -12,9 +12,12 @@ from clipkd.losses import DistillLoss, TERMS
 from clipkd.losses import catalog
 from clipkd.losses import ensemble as LE
 from clipkd.losses import functional as LF
-from clipkd.losses.ensemble import Ensemble, join_teachers
-from clipkd.models.encoders import INIT_LOGIT_SCALE, ClipEncoder, Embeddings
-from clipkd.models.student import DistillStudent, StudentOutput
+from clipkd.losses.ensemble import Ensemble
+from clipkd.embeddings import join_teachers
+from clipkd.models.encoders import INIT_LOGIT_SCALE, ClipEncoder
+from clipkd.embeddings import Embeddings
+from clipkd.models.student import DistillStudent
+from clipkd.embeddings import StudentOutput
 
 N = 7
 DIMS = (6, 10)

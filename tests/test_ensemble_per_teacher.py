@@ -10,13 +10,14 @@ import json
 import pytest
 import torch
 
-from clipkd.distill import DistillBatch, build_distiller
-from clipkd.engine.distributed import DistEnv
+from clipkd.data.batch import DistillBatch
+from clipkd.distill import build_distiller
+from clipkd.runtime.distributed import DistEnv
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.losses import DistillLoss
 from clipkd.losses import functional as LF
 from clipkd.losses.ensemble import per_teacher_terms
-from clipkd.models.encoders import Embeddings
+from clipkd.embeddings import Embeddings
 from conftest import STUDENT, TEACHER, make_encoder
 from test_ensemble import (ALL_WEIGHTS, DIMS, T_SCALES, W, blocks, hand_clip, hand_crd, hand_fd, hand_gd,
                            hand_icl, student_output, two_teacher_inputs)
@@ -114,7 +115,7 @@ def test_a_training_run_logs_each_teachers_terms_to_metrics_and_tensorboard(data
 
     from clipkd.config import load_config
     from clipkd.engine.logger import read_metrics
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
     from test_train import base_overrides
 
     members = [{"model": TEACHER, "weight": 1}, {"model": STUDENT, "weight": 3}]
@@ -123,7 +124,7 @@ def test_a_training_run_logs_each_teachers_terms_to_metrics_and_tensorboard(data
     cfg = load_config(None, base_overrides(run, data_dir, "csv", **{
         "teacher": members, "optim.steps": 2, "logging.tensorboard": True, "data.batch_size": 8,
         "eval.val_data": val, "eval.val_batches": 1, "eval.every_steps": 2}))
-    result = Trainer(cfg).fit()
+    result = make_trainer(cfg).fit()
     rows = read_metrics(run, "train")
     keys = {f"train/{n}/t{k}" for n in ("crd", "icl", "fd") for k in (0, 1)}  # recipe clipkd: task crd icl fd
     assert [r["step"] for r in rows] == [1, 2]

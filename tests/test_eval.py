@@ -146,7 +146,7 @@ def test_training_runs_benchmarks_and_diagnostics_then_eval_run_dir(colour_folde
     from clipkd.config import load_config
     from clipkd.data.synthetic import write_csv
     from clipkd.engine.logger import read_metrics
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
     from test_train import base_overrides
 
     csv = write_csv(tmp_path / "pairs", 48, size=40)
@@ -155,7 +155,7 @@ def test_training_runs_benchmarks_and_diagnostics_then_eval_run_dir(colour_folde
     extra = {"data.format": "csv", "data.train": csv, "optim.steps": 2, "eval.every_steps": 1,
              "eval.benchmarks": json.dumps([bench]), "eval.val_data": json.dumps(val), "eval.val_batches": 2}
     run = tmp_path / "run"
-    Trainer(load_config(None, base_overrides(run, tmp_path, "csv", **extra))).fit()
+    make_trainer(load_config(None, base_overrides(run, tmp_path, "csv", **extra))).fit()
     zs = read_metrics(run, "eval/colours")
     assert [r["step"] for r in zs] == [1, 2] and "eval/colours/acc1" in zs[0]
     val_rows = read_metrics(run, "eval/val")

@@ -145,15 +145,16 @@ def no_models(monkeypatch, tmp_path):
     """Any model construction fails the test; the Hugging Face cache is empty."""
     import huggingface_hub.constants
 
-    import clipkd.engine.builders
+    import clipkd.build.checks
+    import clipkd.build.models
     import clipkd.models.factory
     import clipkd.models.open_clip_adapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before the arguments were rejected")
 
-    for module, name in ((clipkd.engine.builders, "build_encoder"), (clipkd.engine.builders, "create_encoder"),
-                         (clipkd.engine.builders, "build_distiller_from_config"),
+    for module, name in ((clipkd.build.models, "build_encoder"), (clipkd.build.models, "create_encoder"),
+                         (clipkd.build.models, "build_distiller_from_config"),
                          (clipkd.models.factory, "create_encoder"),
                          (clipkd.models.factory, "create_open_clip_encoder"),
                          (clipkd.models.open_clip_adapter, "create_open_clip_encoder"),
@@ -201,7 +202,7 @@ def test_help_states_effective_defaults(capsys):
 def test_help_defaults_are_the_benchmark_spec_defaults():
     """--help says the defaults that apply: those of a benchmark spec, which the specs get when a flag is absent."""
     from clipkd.config import BenchmarkSpec
-    from clipkd.eval.args import DEFAULTS
+    from clipkd.commands.eval.args import DEFAULTS
 
     fields = BenchmarkSpec.model_fields
     assert {k: fields[k].default for k in ("label_key", "image_key", "caption_key", "split")} == \
@@ -212,7 +213,7 @@ def test_eval_flags_module_imports_nothing_heavy():
     import subprocess
     import sys
 
-    code = ("import sys, clipkd.eval.args; heavy = [m for m in ('torch', 'PIL', 'open_clip', 'numpy') "
+    code = ("import sys, clipkd.commands.eval.args; heavy = [m for m in ('torch', 'PIL', 'open_clip', 'numpy') "
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -221,7 +222,7 @@ def test_eval_flags_module_imports_nothing_heavy():
 def test_data_flags_reach_the_benchmarks_they_apply_to(files):
     """--image-key/--label-key/--caption-key/--root/--split/--first-caption-only go to the specs they apply to;
     a flag not given leaves the spec's default."""
-    from clipkd.eval.command import collect_specs
+    from clipkd.commands.eval.run import collect_specs
 
     d = str(files)
     (files / "custom.csv").write_text("img,cls\nval/red/0.png,0\n")
@@ -243,7 +244,7 @@ def test_data_flags_reach_the_benchmarks_they_apply_to(files):
 def test_benchmarks_of_the_same_name_get_distinct_names(files, tmp_path):
     """Two --zeroshot folders both called `colours` must not share a result file or a table column; folders called
     `val` (a generic name: tests/test_eval_names.py) are named with their parent's name."""
-    from clipkd.eval.command import collect_specs
+    from clipkd.commands.eval.run import collect_specs
 
     for parent in ("a", "b"):
         for name in ("val", "colours"):

@@ -236,9 +236,10 @@ def test_pretrained_tag_that_cannot_be_downloaded_is_one_clean_line(colour_folde
                                                                      empty_hub_cache, monkeypatch, capsys):
     """Whatever open_clip raises when the download fails at model creation (here: the check before it passed,
     as when the hub goes away in between) ends as one line saying how to pass a local checkpoint."""
-    import clipkd.engine.builders
+    import clipkd.build.checks
+    import clipkd.build.models
 
-    monkeypatch.setattr(clipkd.engine.builders, "pretrained_tag_problem", lambda *a, **k: None)
+    monkeypatch.setattr(clipkd.build.checks, "pretrained_tag_problem", lambda *a, **k: None)
     assert main(["eval", "--model", "ViT-B-32", "--pretrained", "openai", "--zeroshot", f"folder:{colour_folder}",
                  "--out", str(tmp_path / "out")]) == 2
     line = _one_error_line(capsys.readouterr().err)
@@ -261,14 +262,15 @@ def test_hf_hub_model_that_cannot_be_downloaded_is_one_clean_line(colour_folder,
 @pytest.fixture
 def no_models(monkeypatch):
     """Any model construction fails the test."""
-    import clipkd.engine.builders
+    import clipkd.build.checks
+    import clipkd.build.models
     import clipkd.models.factory
     import clipkd.models.open_clip_adapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before the arguments were rejected")
 
-    for module, name in ((clipkd.engine.builders, "build_encoder"), (clipkd.engine.builders, "create_encoder"),
+    for module, name in ((clipkd.build.models, "build_encoder"), (clipkd.build.models, "create_encoder"),
                          (clipkd.models.factory, "create_encoder"),
                          (clipkd.models.factory, "create_open_clip_encoder"),
                          (clipkd.models.open_clip_adapter, "create_open_clip_encoder"),
@@ -283,7 +285,7 @@ def test_unknown_model_and_missing_paths_are_reported_together(tmp_path, no_mode
             f"folder:{tmp_path}/nowhere", "--classnames", f"{tmp_path}/names.txt", "--out", str(tmp_path / "out")]
     assert main(argv) == 2
     line = _one_error_line(capsys.readouterr().err)
-    from clipkd.engine.builders import check_model
+    from clipkd.build.checks import check_model
 
     for problem in (f"--zeroshot folder:{tmp_path}/nowhere: folder not found: {tmp_path}/nowhere",
                     f"--classnames: file not found: {tmp_path}/names.txt",

@@ -59,7 +59,7 @@ def test_reports_leave_out_acc5_of_results_with_at_most_five_classes():
 def test_the_training_log_has_no_acc5_for_three_classes(tmp_path, data_dir):
     from clipkd.config import load_config
     from clipkd.engine.logger import read_metrics
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
     from test_train import base_overrides
 
     for name, rgb in COLOURS.items():
@@ -68,6 +68,6 @@ def test_the_training_log_has_no_acc5_for_three_classes(tmp_path, data_dir):
     bench = {"name": "colours", "task": "zeroshot", "format": "folder", "path": str(tmp_path / "colours")}
     cfg = load_config(None, base_overrides(tmp_path / "run", data_dir, **{
         "optim.steps": 1, "eval.benchmarks": [bench]}))
-    Trainer(cfg).fit()
+    make_trainer(cfg).fit()
     rows = [r for r in read_metrics(tmp_path / "run", "eval") if "eval/colours/acc1" in r]
     assert rows and not any("eval/colours/acc5" in r for r in rows)

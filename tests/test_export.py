@@ -27,14 +27,14 @@ CAPTIONS = ["a photo of a dog", "Ünïcödé: café, 北京, Ελληνικά, e
 def _train(tmp, student, **extra):
     from clipkd.config import load_config
     from clipkd.data.synthetic import write_csv
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
     from test_train import base_overrides
 
     csv = write_csv(tmp / "pairs", 32, size=40)
     run = tmp / f"run-{student}"
     items = {"data.format": "csv", "data.train": csv, "optim.steps": 2, "checkpoint.every_steps": 2,
              "student.model": student, **extra}
-    Trainer(load_config(None, base_overrides(run, tmp, "csv", **items))).fit()
+    make_trainer(load_config(None, base_overrides(run, tmp, "csv", **items))).fit()
     return run
 
 
@@ -396,8 +396,8 @@ def test_readme_runtime_snippet_runs_without_torch(vit_run, vit_export, colours,
 
 def test_an_export_failing_its_check_or_killed_leaves_nothing(vit_run, tmp_path, monkeypatch):
     import clipkd.export.onnx_export as onnx_export
-    from clipkd.export.command import export_student
-    from clipkd.export.source import resolve_source
+    from clipkd.commands.export import export_student
+    from clipkd.commands.source import resolve_source
 
     out = tmp_path / "deploy"
     out.mkdir()

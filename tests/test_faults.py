@@ -13,9 +13,10 @@ from safetensors.torch import load_file
 
 from clipkd.config import load_config
 from clipkd.engine import checkpoint as ckpt
-from clipkd.engine.distributed import torchrun_command
+from clipkd.runtime.distributed import torchrun_command
 from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
+from clipkd.commands.train import make_trainer
 from clipkd.errors import TrainingDiverged
 from test_train import base_overrides
 
@@ -142,7 +143,7 @@ def _snapshot(trainer: Trainer):
 def test_nonfinite_step_is_skipped_without_any_change(precision, what, data_dir, tmp_path):
     over = base_overrides(tmp_path / "r", data_dir, **{"optim.steps": 4, "distill.recipe": "fd",
                                                         "precision": precision})
-    trainer = Trainer(load_config(None, over))
+    trainer = make_trainer(load_config(None, over))
     _poisoning(trainer, {3}, what)
     seen = []
     real_step = trainer.train_step
@@ -173,7 +174,7 @@ def test_nonfinite_step_is_skipped_without_any_change(precision, what, data_dir,
 def test_consecutive_nonfinite_steps_stop_with_last_good_checkpoint(data_dir, tmp_path):
     over = base_overrides(tmp_path / "r", data_dir, **{"optim.steps": 20, "optim.max_nonfinite_steps": 3,
                                                         "checkpoint.every_steps": 2})
-    trainer = Trainer(load_config(None, over))
+    trainer = make_trainer(load_config(None, over))
     _poisoning(trainer, set(range(4, 100)))
     with pytest.raises(TrainingDiverged, match=r"3 consecutive .*optim.max_nonfinite_steps=3.*step_00000002"):
         trainer.fit()

@@ -12,7 +12,7 @@ from clipkd.cli import main
 from clipkd.config import load_config
 from clipkd.data.sources import CsvSource, ShardSource, read_csv_rows
 from clipkd.data.synthetic import write_csv
-from clipkd.engine.trainer import Trainer
+from clipkd.commands.train import make_trainer
 from test_train import base_overrides
 
 STUDENT_BN = "clipkd-tiny-mobilenet"  # timm MobileNetV3 image tower: BatchNorm
@@ -24,7 +24,7 @@ def bn_run(tmp_path_factory, data_dir):
     """A 1-step clipkd run with a BatchNorm student (its checkpoint is what `clipkd eval --run` loads)."""
     run = tmp_path_factory.mktemp("bn") / "run"
     extra = {"student.model": STUDENT_BN, "optim.steps": 1, "checkpoint.every_steps": 1, "optim.warmup_steps": 0}
-    Trainer(load_config(None, base_overrides(run, data_dir, "csv", **extra))).fit()
+    make_trainer(load_config(None, base_overrides(run, data_dir, "csv", **extra))).fit()
     return run
 
 
@@ -161,7 +161,7 @@ def test_hook_weights_batches_by_size_and_restores_mode(data_dir):
     """64 pairs at batch 10: task = sum_b n_b * clip_loss(batch b) / 64, from embeddings computed here."""
     from clipkd.data.heldout import HeldOutPairs
     from clipkd.data.views import PairedViews
-    from clipkd.engine.hooks import ValLossHook
+    from clipkd.eval.val_loss import ValLossHook
 
     distiller = _bn_distiller()
     enc = distiller.student.encoder

@@ -10,7 +10,7 @@ import torch
 
 from clipkd.data.synthetic import shape_samples
 from clipkd.data.views import PairedViews, sample_crop
-from clipkd.smoke import make_batch
+from clipkd.commands.smoke import make_batch
 from conftest import STUDENT, TEACHER, make_encoder
 
 README = Path(__file__).resolve().parent.parent / "README.md"

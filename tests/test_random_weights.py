@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from clipkd.config import validate_config
-from clipkd.engine.builders import build_distiller_from_config
+from clipkd.build.models import build_distiller_from_config
 from clipkd.errors import USER_ERRORS
 from conftest import STUDENT, TEACHER, make_encoder
 

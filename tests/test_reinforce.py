@@ -29,7 +29,7 @@ from clipkd.data.sources import CsvSource, ShardSource
 from clipkd.data.synthetic import write_csv, write_shards
 from clipkd.data.views import PairedViews, crop_region as replay, sample_crop
 from clipkd.errors import ConfigError
-from clipkd.reinforce.build import run_build
+from clipkd.build.reinforce import run_build
 from clipkd.reinforce.check import fingerprint_problem, manifest_problems
 from clipkd.reinforce.manifest import load_manifest, open_reader
 from clipkd.reinforce.settings import BuildOptions
@@ -365,7 +365,7 @@ def test_interrupted_build_resumes_to_identical_files(csv_bf16, data, weights, t
 def test_a_shard_replaced_under_its_name_is_built_again_and_then_trains(data, weights, tmp_path):
     """A re-run after a shard was rewritten in place (the demo rewrites its shards when its splits change) must not
     call the stale sidecar finished: training from it would be refused."""
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
 
     shards = tmp_path / "wds"
     shutil.copytree(Path(data["webdataset"]).parent, shards)
@@ -378,7 +378,7 @@ def test_a_shard_replaced_under_its_name_is_built_again_and_then_trains(data, we
         tar.addfile(info, io.BytesIO(b"extra"))
     again = build(out, local, weights[0], fmt="webdataset", views=1)
     assert again.built == [1] and again.skipped == 2
-    Trainer(load_config(None, overrides(local, weights[0], "webdataset", **{
+    make_trainer(load_config(None, overrides(local, weights[0], "webdataset", **{
         "run_dir": str(tmp_path / "run"), "distill.teacher_cache": str(out), "data.max_skip_fraction": 1.0})))
 
 

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from clipkd.config import load_config
 from clipkd.data.synthetic import write_csv
-from clipkd.reinforce.build import run_build
+from clipkd.build.reinforce import run_build
 from clipkd.reinforce.settings import BuildOptions
 from conftest import STUDENT, TEACHER, make_encoder
 from test_orphans import alive, children, wait_for
@@ -139,7 +139,7 @@ def test_a_second_signal_ends_the_workers_at_once_and_none_is_left(tmp_path):
 
     script = tmp_path / "stubborn.py"
     script.write_text(STUBBORN)
-    proc = subprocess.Popen([sys.executable, "-m", "clipkd.engine.preemption", "--standalone", "--nproc_per_node=2",
+    proc = subprocess.Popen([sys.executable, "-m", "clipkd.runtime.preemption", "--standalone", "--nproc_per_node=2",
                              str(script), str(tmp_path)], env=_env(), start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

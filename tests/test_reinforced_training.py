@@ -21,9 +21,11 @@ from clipkd.data.decode import collate_views
 from clipkd.data.sources import CsvSource
 from clipkd.data.stream import DataPosition
 from clipkd.data.views import PairedViews, sample_crop
-from clipkd.engine import builders
-from clipkd.engine.builders import build_distiller_from_config, build_stream, stored_views
-from clipkd.engine.trainer import Trainer
+from clipkd.build import models as builders
+from clipkd.build.preflight import preflight
+from clipkd.build.models import build_distiller_from_config
+from clipkd.build.data import build_stream, stored_views
+from clipkd.commands.train import make_trainer
 from clipkd.errors import CacheMismatch, ConfigError
 from conftest import STUDENT, TEACHER, make_encoder
 from test_reinforce import (SCALE, SEED, build, data, expected_fingerprint, expected_view_seed,  # noqa: F401
@@ -149,18 +151,18 @@ def test_training_from_the_cache_builds_no_teacher_and_resumes_exactly(cache, da
     monkeypatch.setattr(builders, "build_encoder", no_teacher)
     extra = {"distill.recipe": "clipkd", "optim.steps": 7, "checkpoint.every_steps": 3, "data.workers": 2}
     c = cache["webdataset", "fp32"]
-    full = Trainer(run_config(data, weights[0], c, tmp_path / "a", "webdataset", **extra)).fit()
+    full = make_trainer(run_config(data, weights[0], c, tmp_path / "a", "webdataset", **extra)).fit()
     part = tmp_path / "b" / "run"
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "a" / "run" / "checkpoints" / "step_00000003", part / "checkpoints" / "step_00000003")
-    resumed = Trainer(run_config(data, weights[0], c, tmp_path / "b", "webdataset", **extra), resume="latest").fit()
+    resumed = make_trainer(run_config(data, weights[0], c, tmp_path / "b", "webdataset", **extra), resume="latest").fit()
     assert resumed.step == 7 and full.history[3:] == resumed.history  # bit-exact on CPU, across an epoch end
     assert set(full.skipped) == {"bad_image", "missing_caption"} and full.history[0]["crd"] > 0
 
 
 def test_accumulation_from_the_cache_equals_one_batch(cache, data, weights, tmp_path):
-    one = Trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "one", **{"optim.steps": 1})).fit()
-    two = Trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "two",
+    one = make_trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "one", **{"optim.steps": 1})).fit()
+    two = make_trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "two",
                              **{"optim.steps": 1, "data.batch_size": 4, "optim.accum_steps": 2})).fit()
     for name, value in one.history[0].items():
         assert two.history[0][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
@@ -170,7 +172,7 @@ def test_accumulation_from_the_cache_equals_one_batch(cache, data, weights, tmp_
 
 def _refused(cfg, *expected):
     with pytest.raises(ConfigError) as err:
-        Trainer(cfg)
+        make_trainer(cfg)
     for text in expected:
         assert text in str(err.value), str(err.value)
 
@@ -199,7 +201,7 @@ def test_edited_csv_row_and_replaced_shard_are_refused(cache, data, weights, tmp
     shutil.copytree(Path(data["webdataset"]).parent, shards)  # the same shards elsewhere: the same data
     cfg = run_config({**data, "webdataset": str(shards / "shard-{00000..00002}.tar")}, weights[0],
                      cache["webdataset", "fp32"], tmp_path, "webdataset")
-    assert builders.preflight(cfg) is not None
+    assert preflight(cfg) is not None
     (shards / "shard-00001.tar").write_bytes((shards / "shard-00000.tar").read_bytes())
     _refused(cfg, f"data shard {shards / 'shard-00001.tar'}: replaced or changed since the cache was built")
 
@@ -217,7 +219,7 @@ def test_image_changed_behind_an_unchanged_csv_stops_training_naming_it(cache, d
                      **{"optim.steps": 6, "data.workers": 2})
     with pytest.raises(CacheMismatch, match=r"0000(10|12|13|14|15)\.jpg: content differs from what the "
                        "cache was built from"):
-        Trainer(cfg).fit()
+        make_trainer(cfg).fit()
 
 
 # --- teacher ensembles ---------------------------------------------------------------------------------------
@@ -243,16 +245,16 @@ def test_online_ensemble_views_each_teachers_own_preprocessing_and_a_one_teacher
     assert [tuple(x.shape) for x in batch.teacher_images] == [(8, 3, 48, 48), (8, 3, 32, 32)]
     t = distiller.teacher_embeddings(batch)
     assert t.img.shape == (8, 640) and t.scale.shape == (2,)
-    plain = Trainer(load_config(None, overrides(data, weights[0], "csv", **{
+    plain = make_trainer(load_config(None, overrides(data, weights[0], "csv", **{
         "run_dir": str(tmp_path / "p"), "data.batch_size": 8, "data.workers": 0, "optim.steps": 2}))).fit()
-    listed = Trainer(load_config(None, overrides(data, weights[0], "csv", **{
+    listed = make_trainer(load_config(None, overrides(data, weights[0], "csv", **{
         "run_dir": str(tmp_path / "l"), "data.batch_size": 8, "data.workers": 0, "optim.steps": 2,
         "teacher": [{"model": TEACHER, "pretrained": str(weights[0])}]}))).fit()
     assert plain.history == listed.history  # bit-exact
 
 
 def test_ensemble_from_reinforced_data_equals_the_online_ensemble(data, weights, tmp_path):
-    from clipkd.reinforce.build import run_build
+    from clipkd.build.reinforce import run_build
     from clipkd.reinforce.settings import BuildOptions
     from test_reinforce import one_thread
 
@@ -280,7 +282,7 @@ def test_ensemble_from_reinforced_data_equals_the_online_ensemble(data, weights,
 
 
 def _build_teachers(cfg):
-    from clipkd.reinforce.build import load_teachers
+    from clipkd.build.reinforce import load_teachers
 
     return load_teachers(cfg, torch.device("cpu"))
 
@@ -303,7 +305,7 @@ def test_two_processes_from_the_cache_equal_one_process_with_the_same_global_bat
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "no teacher is built" in done.stderr
-    one = Trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "one", **extra,
+    one = make_trainer(run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "one", **extra,
                              **{"data.workers": 2, "optim.accum_steps": 2})).fit()
     row = read_metrics(two.run_dir, "train")[0]
     for name in ("loss", "task", "crd", "icl", "fd"):
@@ -314,7 +316,7 @@ def test_a_cache_built_from_relative_shard_paths_serves_the_same_shards_named_ab
                                                                                        monkeypatch):
     """`clipkd demo --out runs/demo` builds from relative paths; a config naming the same shards absolutely (the
     ablation base, or a run started from another folder) is the same data."""
-    from clipkd.reinforce.build import run_build
+    from clipkd.build.reinforce import run_build
     from clipkd.reinforce.settings import BuildOptions
 
     root = Path(data["webdataset"]).parent.parent
@@ -323,4 +325,4 @@ def test_a_cache_built_from_relative_shard_paths_serves_the_same_shards_named_ab
     relative = str(Path(data["webdataset"]).relative_to(root))
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": relative})})
     run_build(cfg, BuildOptions(out=tmp_path / "cache", views=1, dtype="fp32", batch_size=8))
-    Trainer(run_config(data, weights[0], tmp_path / "cache", tmp_path, "webdataset", **{"distill.cache_views": 1}))
+    make_trainer(run_config(data, weights[0], tmp_path / "cache", tmp_path, "webdataset", **{"distill.cache_views": 1}))

@@ -103,13 +103,13 @@ def test_a_folder_in_use_by_a_run_still_going_is_refused(tmp_path):
 
 def test_a_trainer_holds_its_folder_while_it_lives(data_dir, tmp_path):
     from clipkd.config import load_config
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
     from test_train import base_overrides
 
     cfg = load_config(None, base_overrides(tmp_path / "run", data_dir, "csv", **{"optim.steps": 1,
                                                                                   "distill.recipe": "baseline"}))
-    first = Trainer(cfg)
+    first = make_trainer(cfg)
     with pytest.raises(ConfigError, match="is in use by a clipkd run still going"):
-        Trainer(cfg)
+        make_trainer(cfg)
     first.fit()  # ends: releases
-    Trainer(cfg, resume="latest").fit()
+    make_trainer(cfg, resume="latest").fit()

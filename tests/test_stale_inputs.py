@@ -13,9 +13,9 @@ import pytest
 
 from clipkd.config import load_config
 from clipkd.data.synthetic import write_csv, write_shards
-from clipkd.engine.builders import preflight
+from clipkd.build.preflight import preflight
 from clipkd.errors import ConfigError
-from clipkd.reinforce.build import run_build
+from clipkd.build.reinforce import run_build
 from clipkd.reinforce.check import cache_problems, manifest_problems, sidecar_problems
 from clipkd.reinforce.manifest import load_manifest
 from clipkd.reinforce.settings import BuildOptions
@@ -111,7 +111,7 @@ def test_a_shard_listed_twice_is_refused_where_reinforced_data_is_involved(tmp_p
     """Reinforced data has one sidecar per shard: a shard listed twice (also as two spellings of one file) is
     refused up front by `clipkd reinforce` and by training from a cache (it stopped training mid-run with
     CacheMismatch); online training may list a shard twice to read it twice per epoch."""
-    from clipkd.reinforce.command import preflight as reinforce_preflight
+    from clipkd.commands.reinforce import preflight as reinforce_preflight
 
     write_shards(tmp_path / "wds", 16, per_shard=8, size=40)
     shard = tmp_path / "wds" / "shard-00000.tar"
@@ -155,20 +155,20 @@ def test_a_teacher_cache_that_is_a_training_run_says_so(tmp_path, pairs):
 def test_a_run_does_not_resume_on_rebuilt_data(tmp_path):
     """A run's data rewritten in place under the same name (same config text): resuming is refused, naming the
     data; ``allow_config_change`` continues on purpose; the same content elsewhere is the same data."""
-    from clipkd.engine.trainer import Trainer
+    from clipkd.commands.train import make_trainer
     from test_train import base_overrides
 
     csv = Path(write_csv(tmp_path / "pairs", 32, size=40))
     items = {"data.format": "csv", "data.train": str(csv), "distill.recipe": "baseline", "optim.steps": 2,
              "checkpoint.every_steps": 1}
     cfg = load_config(None, base_overrides(tmp_path / "run", tmp_path, "csv", **items))
-    Trainer(cfg).fit()
+    make_trainer(cfg).fit()
     assert json.loads((tmp_path / "run" / "inputs.json").read_text())["data"]["format"] == "csv"
     rows = csv.read_text().splitlines()
     csv.write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")  # the same pairs, another order
     with pytest.raises(ConfigError, match=r"(?s)the run's inputs changed since it started.*inputs\.data\.sha256"):
-        Trainer(cfg, resume="latest")
-    assert Trainer(cfg, resume="latest", allow_config_change=True).fit().step == 2
+        make_trainer(cfg, resume="latest")
+    assert make_trainer(cfg, resume="latest", allow_config_change=True).fit().step == 2
 
 
 @pytest.fixture
@@ -258,7 +258,7 @@ def test_a_build_resumed_by_a_later_clipkd_names_every_sidecar_alike(tmp_path, p
     """A later clipkd may describe the same settings with an extra key (equal under the resume rule); the sidecars
     it adds carry the digest of the folder's own build.json, like the first ones, so none is taken for another
     build's."""
-    import clipkd.reinforce.build as build
+    import clipkd.build.reinforce as build
 
     cfg = _cfg(pairs, "clipkd-tiny-teacher")
 

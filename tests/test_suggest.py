@@ -78,7 +78,7 @@ def test_unknown_loss_term_suggests_the_nearest():
 
 
 def test_unknown_model_suggests_the_nearest():
-    from clipkd.engine.builders import check_model
+    from clipkd.build.checks import check_model
 
     assert check_model("student.model", "clipkd-tiny-vt", None, "student.pretrained") == [
         "student.model: unknown model 'clipkd-tiny-vt' (did you mean `clipkd-tiny-vit`, `clipkd-tiny-vit-64` or "

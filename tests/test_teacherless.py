@@ -7,12 +7,12 @@ import shutil
 import pytest
 import torch
 
-import clipkd.engine.builders as builders
+import clipkd.build.models as builders
 from clipkd.cli import main
 from clipkd.config import load_config
 from clipkd.distill import build_distiller
 from clipkd.engine.checkpoint import list_checkpoints
-from clipkd.engine.trainer import Trainer
+from clipkd.commands.train import make_trainer
 from conftest import STUDENT, TEACHER, make_encoder, random_batch
 from test_train import base_overrides
 
@@ -38,7 +38,7 @@ def no_teacher_built(monkeypatch):
 def test_baseline_trains_without_teacher_section(data_dir, tmp_path, no_teacher_built):
     cfg = load_config(None, teacherless(tmp_path / "b", data_dir, **{"distill.recipe": "baseline"}))
     assert cfg.teacher is None
-    trainer = Trainer(cfg)
+    trainer = make_trainer(cfg)
     assert trainer.distiller.teacher is None
     result = trainer.fit()
     assert result.step == 4 and all(set(h) == {"loss", "task"} for h in result.history)
@@ -53,7 +53,7 @@ def test_baseline_ignores_a_teacher_section(data_dir, tmp_path, no_teacher_built
     caplog.set_level(logging.INFO)
     overrides = base_overrides(tmp_path / "i", data_dir, **{"distill.recipe": "baseline", "optim.steps": 2,
                                                            "teacher.pretrained": str(tmp_path / "missing.pt")})
-    result = Trainer(load_config(None, overrides)).fit()  # the missing teacher checkpoint is not even checked
+    result = make_trainer(load_config(None, overrides)).fit()  # the missing teacher checkpoint is not even checked
     assert result.step == 2
     notes = [r.getMessage() for r in caplog.records if "no teacher is built" in r.getMessage()]
     assert len(notes) == 1 and "'baseline'" in notes[0] and TEACHER in notes[0]
@@ -71,11 +71,11 @@ def test_baseline_student_starts_as_with_a_teacher(data_dir, tmp_path):
 
 def test_teacherless_resume_is_exact(data_dir, tmp_path, no_teacher_built):
     extra = {"distill.recipe": "baseline", "optim.steps": 5, "checkpoint.every_steps": 2}
-    full = Trainer(load_config(None, teacherless(tmp_path / "full", data_dir, **extra))).fit()
+    full = make_trainer(load_config(None, teacherless(tmp_path / "full", data_dir, **extra))).fit()
     part = tmp_path / "part"
     (part / "checkpoints").mkdir(parents=True)
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000002", part / "checkpoints" / "step_00000002")
-    resumed = Trainer(load_config(None, teacherless(part, data_dir, **extra)), resume="latest").fit()
+    resumed = make_trainer(load_config(None, teacherless(part, data_dir, **extra)), resume="latest").fit()
     assert resumed.step == 5 and resumed.history == full.history[2:]
     files = {f.name for f in list_checkpoints(part)[-1].iterdir()}
     assert files == {"student.safetensors", "train_state.pt", "config.yaml", "checksums.json"}
@@ -84,9 +84,9 @@ def test_teacherless_resume_is_exact(data_dir, tmp_path, no_teacher_built):
 def test_baseline_resume_after_dropping_its_unused_teacher_section(data_dir, tmp_path, no_teacher_built):
     """A baseline run's teacher section plays no part: removing it on resume is not a breaking config change."""
     extra = {"distill.recipe": "baseline", "optim.steps": 3, "checkpoint.every_steps": 2}
-    first = Trainer(load_config(None, base_overrides(tmp_path / "r", data_dir, **extra))).fit()
+    first = make_trainer(load_config(None, base_overrides(tmp_path / "r", data_dir, **extra))).fit()
     step2 = str(tmp_path / "r" / "checkpoints" / "step_00000002")
-    resumed = Trainer(load_config(None, teacherless(tmp_path / "r", data_dir, **extra)), resume=step2).fit()
+    resumed = make_trainer(load_config(None, teacherless(tmp_path / "r", data_dir, **extra)), resume=step2).fit()
     assert resumed.step == 3 and resumed.history == first.history[2:]
 
 
@@ -119,7 +119,7 @@ def test_which_configs_need_a_teacher(extra, ok, words, data_dir, tmp_path, caps
 def test_teacherless_terms_match_the_registry():
     from clipkd.config import TEACHERLESS_TERMS
     from clipkd.losses.terms import TERMS
-    from clipkd.models.student import NEEDS_TEACHER
+    from clipkd.embeddings import NEEDS_TEACHER
 
     assert {name for name, cls in TERMS.items() if NEEDS_TEACHER not in cls.needs} == set(TEACHERLESS_TERMS)
 
@@ -142,7 +142,7 @@ def test_baseline_with_held_out_pairs_reports_losses_without_diagnostics(data_di
     val = {"format": "csv", "train": str(data_dir / "csv" / "data.csv"), "batch_size": 16, "workers": 0}
     over = teacherless(tmp_path / "v", data_dir, **{"distill.recipe": "baseline", "optim.steps": 2,
                                                     "eval.val_data": val})
-    Trainer(load_config(None, over)).fit()
+    make_trainer(load_config(None, over)).fit()
     rows = [r for r in (json.loads(line) for line in (tmp_path / "v" / "metrics.jsonl").read_text().splitlines())
             if "eval/val/pairs" in r]
     assert rows and rows[-1]["eval/val/pairs"] == 64.0

@@ -166,7 +166,7 @@ def test_explicit_gd_weight_is_used_as_given(caplog):
 def test_config_recipe_gd_weight_uses_global_batch(world_size, expected):
     """data.batch_size 8 x optim.accum_steps 2 x world_size processes; the teacher (tiny-teacher) has D=384."""
     from clipkd.config import load_config
-    from clipkd.engine.builders import build_distiller_from_config
+    from clipkd.build.models import build_distiller_from_config
 
     cfg = load_config(None, ["run_dir=r", "teacher.model=clipkd-tiny-teacher", "student.model=clipkd-tiny-vit",
                              "data.format=csv", "data.train=x.csv", "optim.steps=1", "distill.recipe=gd",

@@ -11,8 +11,8 @@ import torch
 
 from clipkd.config import load_config
 from clipkd.engine.logger import read_metrics
-from clipkd.engine.threads import _cgroup_quota, choose_threads, set_thread_environment, usable_cores
-from clipkd.engine.trainer import Trainer
+from clipkd.runtime.threads import _cgroup_quota, choose_threads, set_thread_environment, usable_cores
+from clipkd.commands.train import make_trainer
 from test_train import base_overrides
 
 
@@ -53,7 +53,7 @@ def test_trainer_sets_the_threads(threads, expected, data_dir, tmp_path, monkeyp
     saved = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        Trainer(load_config(None, base_overrides(tmp_path / "r", data_dir, **extra)))
+        make_trainer(load_config(None, base_overrides(tmp_path / "r", data_dir, **extra)))
         want = expected or usable_cores()
         assert torch.get_num_threads() == want
     finally:
@@ -75,7 +75,7 @@ def test_fp16_overflow_steps_are_counted_without_scheduler_warning(data_dir, tmp
     """Steps whose scaled gradients overflow: no update, the scale halves, the schedule advances, no warning."""
     over = base_overrides(tmp_path / "r", data_dir, **{"precision": "fp16", "optim.steps": 3,
                                                         "checkpoint.every_steps": 3})
-    trainer = Trainer(load_config(None, over))
+    trainer = make_trainer(load_config(None, over))
     trainer.scaler.load_state_dict({"scale": 1e38, "growth_factor": 2.0, "backoff_factor": 0.5,
                                     "growth_interval": 2000, "_growth_tracker": 0})
     before = {k: v.clone() for k, v in trainer.student.state_dict().items()}

@@ -11,7 +11,7 @@ from clipkd.cli import main
 from clipkd.config import load_config
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.engine.logger import read_metrics
-from clipkd.engine.trainer import Trainer
+from clipkd.commands.train import make_trainer
 
 
 def base_overrides(run_dir, data_dir, fmt="webdataset", **extra):
@@ -47,7 +47,7 @@ def test_cli_train_writes_checkpoint_logs_and_config(fmt, data_dir, tmp_path, ca
 
 
 def _fit(overrides, resume=None):
-    return Trainer(load_config(None, overrides), resume=resume).fit()
+    return make_trainer(load_config(None, overrides), resume=resume).fit()
 
 
 @pytest.mark.parametrize("fmt, recipe, workers", [("webdataset", "mfd", 2), ("csv", "clipkd", 0)])
@@ -89,7 +89,7 @@ def test_saved_student_loads_as_open_clip_encoder(data_dir, tmp_path):
     from clipkd.models import create_open_clip_encoder
 
     run = tmp_path / "s"
-    trainer = Trainer(load_config(None, base_overrides(run, data_dir, **{"optim.steps": 2})))
+    trainer = make_trainer(load_config(None, base_overrides(run, data_dir, **{"optim.steps": 2})))
     trainer.fit()
     enc = create_open_clip_encoder("clipkd-tiny-vit", pretrained=str(list_checkpoints(run)[-1] / "student.safetensors"))
     images = torch.randn(2, 3, 32, 32)
@@ -122,7 +122,7 @@ def test_bf16_autocast_runs(data_dir, tmp_path):
 
 
 def test_student_learns_and_teacher_frozen(data_dir, tmp_path):
-    trainer = Trainer(load_config(None, base_overrides(tmp_path / "l", data_dir, **{"optim.steps": 12,
+    trainer = make_trainer(load_config(None, base_overrides(tmp_path / "l", data_dir, **{"optim.steps": 12,
                                                                                     "distill.recipe": "fd"})))
     before = {k: v.clone() for k, v in trainer.distiller.teacher.state_dict().items()}
     result = trainer.fit()
@@ -145,7 +145,7 @@ def test_fp16_with_grad_scaler_runs(data_dir, tmp_path):
 def test_accumulation_under_mixed_precision(precision, data_dir, tmp_path):
     """K=2 micro-batches per step through autocast (and the fp16 grad scaler); the data advance K per step."""
     extra = {"precision": precision, "optim.steps": 2, "optim.accum_steps": 2, "data.batch_size": 8}
-    trainer = Trainer(load_config(None, base_overrides(tmp_path / precision, data_dir, **extra)))
+    trainer = make_trainer(load_config(None, base_overrides(tmp_path / precision, data_dir, **extra)))
     result = trainer.fit()
     assert result.step == 2 and trainer.rank_state.position.batches == 4
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)

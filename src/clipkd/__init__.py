@@ -33,11 +33,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
-    from clipkd.distill import DistillBatch, Distiller, build_distiller
-    from clipkd.losses import RECIPES, DistillLoss, get_recipe
-    from clipkd.models import ClipEncoder, DistillStudent, FrozenTeacher, create_open_clip_encoder
+    from clipkd.data.batch import DistillBatch
     from clipkd.data.decode import collate_views
     from clipkd.data.views import PairedViews
+    from clipkd.distill import Distiller, build_distiller
+    from clipkd.losses import RECIPES, DistillLoss, get_recipe
+    from clipkd.models import ClipEncoder, DistillStudent, FrozenTeacher, create_open_clip_encoder
 
 
 def __getattr__(name: str) -> Any:

@@ -40,90 +40,44 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
-    from clipkd.smoke import run_smoke
+    from clipkd.commands.smoke import run_smoke
 
     run_smoke(args.recipe, args.student, args.teacher, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     return 0
 
 
-def _train_argv(args: argparse.Namespace) -> list[str]:
-    """The `clipkd train` arguments of this call, without --nproc (what each worker process runs)."""
-    argv = ["train"] + (["--config", args.config] if args.config else [])
-    argv += ["--resume", args.resume] if args.resume else []
-    argv += ["--overwrite"] if args.overwrite else []
-    argv += ["--allow-config-change"] if args.allow_config_change else []
-    return argv + list(args.overrides)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from clipkd.config import load_config
+    from clipkd.commands.train import run_train
 
-    cfg = load_config(args.config, args.overrides)  # config errors are reported before torch is imported
-    from clipkd.engine.distributed import init_distributed, launched_by_torchrun, shutdown
-
-    if args.nproc > 1 and not launched_by_torchrun():
-        from clipkd.engine.builders import preflight
-        from clipkd.engine.preemption import launch_stoppable
-        from clipkd.engine.run_dir import check_run_dir
-        from clipkd.engine.threads import choose_threads
-
-        preflight(cfg)  # report config problems once, here, not once per worker
-        check_run_dir(cfg.run_dir, args.resume, args.overwrite)
-        threads, _ = choose_threads(cfg.threads, args.nproc)
-        return launch_stoppable(args.nproc, _train_argv(args), threads)[0]
-    from clipkd.engine.trainer import Trainer
-
-    env = init_distributed(cfg.device, cfg.distributed.backend, cfg.distributed.timeout_minutes)
-    try:
-        result = Trainer(cfg, resume=args.resume, env=env, overwrite=args.overwrite,
-                         allow_config_change=args.allow_config_change).fit()
-    finally:
-        shutdown()
-    if not env.is_main:
-        return 0
-    if result.stopped_by:
-        print(f"stopped by {result.stopped_by} at step {result.step}; checkpoint written; continue with "
-              "--resume latest")
-        return 0
-    last = result.history[-1] if result.history else {}
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
-    print(f"done: step {result.step} in {result.run_dir}" + (f"; last {summary}" if summary else ""))
-    if result.skipped:
-        print(f"skipped records: {result.skipped}")
-    if result.nonfinite_steps:
-        print(f"optimizer steps skipped for a non-finite loss or gradient: {result.nonfinite_steps}")
-    if result.fp16_overflow_steps:
-        print(f"fp16 steps skipped by the grad scaler (scaled gradients overflowed; it lowered its scale): "
-              f"{result.fp16_overflow_steps}")
-    return 0
+    return run_train(args)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from clipkd.eval.command import run_eval
+    from clipkd.commands.eval.run import run_eval
 
     return run_eval(args)
 
 
 def _cmd_reinforce(args: argparse.Namespace) -> int:
-    from clipkd.reinforce.command import run_reinforce
+    from clipkd.commands.reinforce import run_reinforce
 
     return run_reinforce(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from clipkd.export.command import run_export
+    from clipkd.commands.export import run_export
 
     return run_export(args)
 
 
 def _cmd_card(args: argparse.Namespace) -> int:
-    from clipkd.export.card_command import run_card
+    from clipkd.commands.card import run_card
 
     return run_card(args)
 
 
 def _cmd_ablate(args: argparse.Namespace) -> int:
-    from clipkd.ablate.command import run_ablate
+    from clipkd.commands.ablate import run_ablate
 
     return run_ablate(args)
 
@@ -143,7 +97,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from clipkd.offline import set_offline
 
     set_offline()  # before anything imports a hub client
-    from clipkd.demo.run import run_demo
+    from clipkd.commands.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick, source=Path(args.source) if args.source else None, seed=args.seed)
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -211,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
     p.set_defaults(fn=_cmd_train)
     p = command("eval", "zero-shot / retrieval benchmarks and distillation diagnostics")
-    from clipkd.eval.args import add_arguments  # flags only: imports nothing heavy
+    from clipkd.commands.eval.args import add_arguments  # flags only: imports nothing heavy
 
     add_arguments(p)
     p.set_defaults(fn=_cmd_eval)
@@ -233,19 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_reinforce)
     p = command("export", "a run's student as an open_clip hub folder and/or ONNX encoders (+ preprocessing and "
                 "tokenizer files), each checked against PyTorch")
-    from clipkd.export.command import add_arguments as export_arguments  # flags only: imports nothing heavy
+    from clipkd.commands.export import add_arguments as export_arguments  # flags only: imports nothing heavy
 
     export_arguments(p)
     p.set_defaults(fn=_cmd_export)
     p = command("card", "a model card of a run: parameters, FLOPs, latency (PyTorch and onnxruntime), file sizes, "
                 "evaluation results, student beside teacher")
-    from clipkd.export.card_command import add_arguments as card_arguments
+    from clipkd.commands.card import add_arguments as card_arguments
 
     card_arguments(p)
     p.set_defaults(fn=_cmd_card)
     p = command("ablate", "a study: every listed recipe, variant and sweep value x seed on one base run, with the "
                 "same budget; finished runs are kept; ablation.md/.json, share-of-gap chart beside the paper's, curves")
-    from clipkd.ablate.command import add_arguments as ablate_arguments
+    from clipkd.commands.ablate import add_arguments as ablate_arguments
 
     ablate_arguments(p)
     p.set_defaults(fn=_cmd_ablate)
@@ -280,8 +234,8 @@ def _log_to_console() -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``clipkd`` console script."""
-    from clipkd.engine.threads import set_thread_environment
     from clipkd.errors import USER_ERRORS
+    from clipkd.runtime.threads import set_thread_environment
 
     set_thread_environment()  # before torch loads: OpenMP threads sleep instead of spinning while they wait
     args = build_parser().parse_args(argv)

@@ -13,15 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from clipkd.config_paths import resolve_override, resolve_paths
 from clipkd.errors import ConfigError
 from clipkd.losses.catalog import validate_weights  # catalog and recipes import no torch: errors come fast
-from clipkd.losses.recipes import (GD_REF_BATCH, GD_REF_DIM, RECIPES, get_recipe, resolve_weights,
-                                   unknown_recipe_message)
+from clipkd.losses.recipes import GD_REF_BATCH, GD_REF_DIM, RECIPES, get_recipe, resolve_weights, unknown_recipe_message
 from clipkd.suggest import did_you_mean
 
 

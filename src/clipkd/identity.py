@@ -16,7 +16,7 @@ Every cache, resume and reuse check compares these, never a name or a path alone
 * **reinforced data**: its build's digest and every sidecar's SHA-256 (:func:`reinforced_identity`).
 
 Benchmarks (their images, labels, captions and prompts) are composed from these by
-:func:`clipkd.eval.identity.benchmark_identity`; a run's inputs by :func:`clipkd.engine.inputs.run_inputs`.
+:func:`clipkd.eval.identity.benchmark_identity`; a run's inputs by :func:`clipkd.build.inputs.run_inputs`.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def visible_gpus(environ: Mapping[str, str]) -> list[str]:
 def job_environment(slot: int, jobs: int, cores: int, gpus: Sequence[str], environ: Mapping[str, str]) -> dict:
     """The environment of the run in ``slot`` (0 .. jobs-1): its share of the cores as ``OMP_NUM_THREADS``
     (unless the environment sets it) and, with GPUs, the slot's GPU as its only visible one."""
-    from clipkd.engine.threads import set_thread_environment
+    from clipkd.runtime.threads import set_thread_environment
 
     env = dict(environ)
     set_thread_environment(env)
@@ -107,7 +107,7 @@ def train_parallel(jobs: list[Job], slots: int, on_done: Callable[[str], None],
     """Train ``jobs`` with at most ``slots`` at once; ``on_done(name)`` after each finished run, ``on_change``
     with the running runs' names. Returns the signal that stopped the study (None: all finished); raises
     :class:`RunFailed` when a run failed (after the others stopped)."""
-    from clipkd.engine.threads import usable_cores
+    from clipkd.runtime.threads import usable_cores
 
     environ = os.environ if environ is None else environ
     cores, gpus = cores or usable_cores(), visible_gpus(environ)
@@ -159,7 +159,7 @@ def main(argv: Sequence[str]) -> int:
     """One run of a study: ``<config.yaml> [--fresh]``; exit 0 when finished, :data:`EXIT_STOPPED` when a signal
     stopped it."""
     _die_with_study()
-    from clipkd.engine.threads import set_thread_environment
+    from clipkd.runtime.threads import set_thread_environment
 
     set_thread_environment()
     import logging

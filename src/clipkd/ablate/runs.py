@@ -19,7 +19,7 @@ import yaml
 
 from clipkd.ablate.study import Arm, StudyConfig, arms, sweep_arm_name, weight_term
 from clipkd.config import TrainConfig, apply_overrides, dump_config, validate_config
-from clipkd.engine.config_diff import breaking_changes, flatten
+from clipkd.config_diff import breaking_changes, flatten
 from clipkd.errors import ConfigError
 
 RESULT_FILE = "result.json"
@@ -97,9 +97,9 @@ def sweep_points(study: StudyConfig, planned: list[tuple[RunSpec, TrainConfig]])
 
 
 def current_inputs(cfg: TrainConfig, memo: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """:func:`clipkd.engine.inputs.run_inputs` of ``cfg``; with ``memo`` (one per look at a study: the runs of a
+    """:func:`clipkd.build.inputs.run_inputs` of ``cfg``; with ``memo`` (one per look at a study: the runs of a
     study share their data, benchmarks and teachers), once per distinct setup."""
-    from clipkd.engine.inputs import run_inputs
+    from clipkd.build.inputs import run_inputs
 
     if memo is None:
         return run_inputs(cfg)
@@ -114,8 +114,8 @@ def changes(folder: Path, cfg: TrainConfig, memo: Optional[dict[str, Any]] = Non
     """What differs between the run in ``folder`` and the run of ``cfg``: the config it was trained with
     (``key: old -> new``, leaving out what cannot change its result: where and how often it writes, logs or
     evaluates, but not the benchmarks it is judged on), and the content of its inputs (data, teachers, reinforced
-    data, benchmarks: :mod:`clipkd.engine.inputs`), so a run is not reused after its data was rebuilt in place."""
-    from clipkd.engine.inputs import input_changes
+    data, benchmarks: :mod:`clipkd.build.inputs`), so a run is not reused after its data was rebuilt in place."""
+    from clipkd.build.inputs import input_changes
 
     path = folder / "config.yaml"
     if not path.is_file():
@@ -160,14 +160,15 @@ def train(cfg: TrainConfig, fresh: bool = False) -> Optional[str]:
     """Train, or finish an interrupted run of the same config; a run of another config (or any run, ``fresh``) is
     moved aside. Returns what stopped it early (a signal: SIGTERM, SIGINT; it wrote a checkpoint), or None when
     it ran to the end."""
+    from clipkd.build.hooks import eval_hooks
     from clipkd.engine.trainer import Trainer
 
     if fresh:
-        return Trainer(cfg, overwrite=True).fit().stopped_by
+        return Trainer(cfg, overwrite=True, eval_hooks=eval_hooks).fit().stopped_by
     try:
-        trainer = Trainer(cfg, resume="latest")
+        trainer = Trainer(cfg, resume="latest", eval_hooks=eval_hooks)
     except ConfigError:
-        trainer = Trainer(cfg, overwrite=True)
+        trainer = Trainer(cfg, overwrite=True, eval_hooks=eval_hooks)
     return trainer.fit().stopped_by
 
 

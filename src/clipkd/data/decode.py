@@ -11,10 +11,10 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from clipkd.data.batch import DistillBatch
 from clipkd.data.sources import RawSample, UnusableImage, open_image
 from clipkd.data.views import PairedViews, SampleViews, collate_text
-from clipkd.distill import DistillBatch
-from clipkd.models.encoders import Embeddings
+from clipkd.embeddings import Embeddings
 
 __all__ = ["unusable_reason", "decode_record", "collate_views"]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterator, Optional, Protocol
 
+from clipkd.data.batch import DistillBatch
 from clipkd.data.decode import collate_views, decode_record
 from clipkd.data.sources import RawSample
 from clipkd.data.views import PairedViews, SampleViews
-from clipkd.distill import DistillBatch
 
 __all__ = ["HeldOutPairs", "RecordSource"]
 

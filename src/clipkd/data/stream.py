@@ -29,10 +29,10 @@ from typing import Iterator, Optional, Protocol, Union
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clipkd.data.batch import DistillBatch
 from clipkd.data.decode import collate_views, decode_record
 from clipkd.data.sources import RawSample, Source
 from clipkd.data.views import PairedViews, SampleViews
-from clipkd.distill import DistillBatch
 from clipkd.errors import USER_ERRORS, DataQualityError, worker_message
 
 log = logging.getLogger(__name__)

@@ -61,8 +61,9 @@ def _jpeg(image: Image.Image) -> bytes:
 
 def write_shards(out_dir, count: int, per_shard: int = 64, size: int = 64, seed: int = 0) -> list[str]:
     """Write ``count`` shape samples as webdataset shards (``jpg`` + ``txt``); return the shard paths."""
-    import webdataset as wds
     from pathlib import Path
+
+    import webdataset as wds
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from clipkd.models.encoders import ClipEncoder, TextBatch
+from clipkd.embeddings import TextBatch
+from clipkd.models.encoders import ClipEncoder
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
 

@@ -27,10 +27,10 @@ from typing import Callable, ContextManager, Optional, Sequence
 
 import torch
 
-from clipkd.distill import DistillBatch, Distiller
-from clipkd.engine.distributed import DistEnv
-from clipkd.models.encoders import Embeddings, is_batched_field
-from clipkd.models.student import StudentOutput
+from clipkd.data.batch import DistillBatch
+from clipkd.distill import Distiller
+from clipkd.embeddings import Embeddings, StudentOutput, is_batched_field
+from clipkd.runtime.distributed import DistEnv
 
 
 def _aliases(out: Embeddings) -> dict[str, str]:

@@ -19,8 +19,8 @@ import contextlib
 import functools
 import logging
 import random
-import warnings
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Optional, Sequence
@@ -29,25 +29,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from clipkd.build.data import build_stream, stored_views
+from clipkd.build.device import resolve_device
+from clipkd.build.inputs import input_changes, record_inputs, run_inputs, saved_inputs
+from clipkd.build.models import build_distiller_from_config, global_batch_size
+from clipkd.build.preflight import preflight
 from clipkd.config import TrainConfig, dump_config
+from clipkd.config_diff import breaking_changes
+from clipkd.data.batch import DistillBatch
 from clipkd.data.stream import DataPosition, make_loader
-from clipkd.distill import DistillBatch
 from clipkd.engine import checkpoint as ckpt
-from clipkd.engine.builders import (build_distiller_from_config, build_stream, global_batch_size, preflight,
-                                    resolve_device, stored_views)
-from clipkd.engine.distributed import DistEnv, current_env, local_processes, wrap_ddp
 from clipkd.engine.gradcache import GlobalBatchStep
-from clipkd.engine.hooks import EvalHook, ValLossHook
-from clipkd.engine.inputs import input_changes, record_inputs, run_inputs, saved_inputs
+from clipkd.engine.hooks import EvalHook, HookFactory
 from clipkd.engine.logger import MetricLogger, NullLogger
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer, create_scheduler
-from clipkd.engine.config_diff import breaking_changes
-from clipkd.engine.preemption import StopRequest
 from clipkd.engine.rank_state import RankState, mask_seed, pick_rank_state
-from clipkd.engine.threads import apply_threads
 from clipkd.engine.run_dir import check_run_dir, clear_untrained, lock_run_dir, move_aside, truncate_metrics
 from clipkd.errors import ConfigError, DataQualityError, TrainingDiverged
-from clipkd.eval.runner import BenchmarkHook
+from clipkd.runtime.distributed import DistEnv, current_env, local_processes, wrap_ddp
+from clipkd.runtime.preemption import StopRequest
+from clipkd.runtime.threads import apply_threads
 
 log = logging.getLogger(__name__)
 
@@ -86,22 +87,26 @@ class Trainer:
     ``env``: the process group this process belongs to (default: the one initialised, or a single process).
     ``resume``: ``latest`` or a checkpoint folder. ``overwrite``: move a run already in ``run_dir`` aside.
     ``allow_config_change``: resume even when the config differs in keys that break exactness (logged).
+    ``hooks``: evaluation hooks to call (rank 0); ``eval_hooks``: builds the hooks ``cfg.eval`` asks for once the
+    student exists (:func:`clipkd.build.hooks.eval_hooks`; None: ``cfg.eval``'s benchmarks and held-out data are
+    not evaluated). The engine imports no evaluation code of its own.
     """
 
     def __init__(self, cfg: TrainConfig, hooks: Sequence[EvalHook] = (), resume: Optional[str] = None,
-                 env: Optional[DistEnv] = None, overwrite: bool = False, allow_config_change: bool = False):
+                 env: Optional[DistEnv] = None, overwrite: bool = False, allow_config_change: bool = False,
+                 eval_hooks: Optional[HookFactory] = None):
         self.cfg = cfg
         self.env = env or current_env()
-        manifest = preflight(cfg)  # reinforced data's, when the run trains from it
-        # what the result depends on beyond the config, by content: read and hashed once per job, by rank 0
-        self.inputs = self.env.from_main(lambda: run_inputs(cfg))
+        # files are read, checked and hashed once per job, by rank 0; every rank gets its verdict (or its error)
+        manifest = self.env.from_main(lambda: preflight(cfg))  # reinforced data's, when the run trains from it
+        self.inputs = self.env.from_main(lambda: run_inputs(cfg))  # what the result depends on, by content
         apply_threads(cfg.threads, local_processes())
         self.run_dir = Path(cfg.run_dir)
         self.allow_config_change = allow_config_change
         self._lock: Optional[IO[str]] = None
         self.env.from_main(self._lock_run_dir)  # rank 0 holds the folder; refused on every rank when it is in use
         try:
-            self._build(cfg, hooks, resume, overwrite, manifest)
+            self._build(cfg, hooks, resume, overwrite, manifest, eval_hooks)
         except BaseException:
             self.release()
             raise
@@ -116,7 +121,7 @@ class Trainer:
             self._lock = None
 
     def _build(self, cfg: TrainConfig, hooks: Sequence[EvalHook], resume: Optional[str], overwrite: bool,
-               manifest: Optional[dict]) -> None:
+               manifest: Optional[dict], eval_hooks: Optional[HookFactory]) -> None:
         self._prepare_run_dir(resume, overwrite)
         self.device = resolve_device(cfg.device, self.env.local_rank)
         random.seed(cfg.seed + self.env.rank)
@@ -141,8 +146,10 @@ class Trainer:
                                          functools.partial(autocast, self.device, cfg.precision), self.scaler.scale)
         self.rank_state = RankState(torch.Generator().manual_seed(mask_seed(cfg.seed, self.env.rank)))
         ec = cfg.eval
-        self._eval_enabled = bool(hooks) or bool(ec.benchmarks) or ec.val_data is not None  # same on all ranks
-        self.hooks = (list(hooks) + self._config_hooks()) if self.env.is_main else []
+        configured = eval_hooks is not None and (bool(ec.benchmarks) or ec.val_data is not None)
+        self._eval_enabled = bool(hooks) or configured  # the same on all ranks
+        made = list(eval_hooks(cfg, self.distiller, self.device)) if configured and self.env.is_main else []
+        self.hooks = list(hooks) + made if self.env.is_main else []
         self.step = 0
         self.nonfinite_total = self.nonfinite_streak = self.fp16_overflows = 0
         self.stop_request = StopRequest()
@@ -160,13 +167,6 @@ class Trainer:
     @property
     def mask_gen(self) -> torch.Generator:
         return self.rank_state.mask_gen
-
-    def _config_hooks(self) -> list[EvalHook]:
-        ec = self.cfg.eval
-        hooks: list[EvalHook] = [BenchmarkHook(spec, self.device) for spec in ec.benchmarks]
-        if ec.val_data is not None:
-            hooks.append(ValLossHook.from_config(ec.val_data, self.distiller, self.device, ec.val_batches))
-        return hooks
 
     # -- the run folder and checkpoints --------------------------------------------------------------------
     def _prepare_run_dir(self, resume: Optional[str], overwrite: bool) -> None:

@@ -26,7 +26,6 @@ from clipkd.eval.report import ACC5_MIN_CLASSES
 from clipkd.eval.retrieval_metrics import tie_tolerance
 from clipkd.models.encoders import ClipEncoder, eval_mode
 
-
 _prompt_text = template_text
 
 

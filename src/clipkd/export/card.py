@@ -70,26 +70,13 @@ def profile(role: str, encoder: ClipEncoder, folder: Path, batches: Sequence[int
             "params": count_params(encoder), "flops": encoder_flops(encoder), "bytes": sizes, "latency_ms": latency}
 
 
-def run_evaluation(run_dir: Optional[Path], step: int) -> dict[str, float]:
-    """The run's last logged ``eval/*`` metrics at or before ``step`` (benchmarks and held-out loss)."""
-    from clipkd.engine.logger import read_metrics
-
-    if run_dir is None or not (run_dir / "metrics.jsonl").is_file():
-        return {}
-    found: dict[str, float] = {}
-    for row in read_metrics(run_dir, "eval"):
-        if step < 0 or row["step"] <= step:
-            found.update({k: v for k, v in row.items() if k.startswith("eval/")})
-    return found
-
-
 def export_variants(onnx_dir: Optional[Path]) -> dict[str, Any]:
     """``{"variants": ..., "variant_bar": ...}``: the int8/fp16 variants `clipkd export` judged for the ONNX folder
     ``onnx_dir`` (figures and verdicts) and their acceptance bar, from the ``export.json`` in it (``--format onnx``)
     or above it (``all``: ``onnx_dir`` is its ``onnx`` folder) that lists ``onnx_dir``'s float32 files at their
     sizes; empty when there is none."""
-    from clipkd.export.command import MANIFEST
     from clipkd.export.onnx_export import IMAGE_FILE
+    from clipkd.export.variants import MANIFEST
 
     if onnx_dir is None or not (onnx_dir / IMAGE_FILE).is_file():
         return {}
@@ -105,9 +92,11 @@ def export_variants(onnx_dir: Optional[Path]) -> dict[str, Any]:
 
 
 def build_card(source, models: Sequence[tuple[str, ClipEncoder]], results: Sequence[dict] = (),
-               batches: Sequence[int] = BATCHES, student_onnx: Optional[Path] = None, **timing) -> dict[str, Any]:
-    """The card of ``source`` (an :class:`~clipkd.export.source.ExportSource`): ``models`` are ``(role, encoder)``,
-    the student first; ``results`` are result JSONs (``clipkd eval`` layout) shown with the run's own;
+               batches: Sequence[int] = BATCHES, student_onnx: Optional[Path] = None,
+               run_metrics: Optional[dict[str, float]] = None, **timing) -> dict[str, Any]:
+    """The card of ``source`` (an :class:`~clipkd.commands.source.ExportSource`): ``models`` are ``(role, encoder)``,
+    the student first; ``results`` are result JSONs (``clipkd eval`` layout) shown with the run's own evaluation
+    ``run_metrics`` (its ``eval/*`` metrics at the checkpoint's step);
     ``student_onnx``: the student's ONNX export, when it was exported already (checked against it)."""
     with tempfile.TemporaryDirectory(prefix="clipkd-card-") as tmp:
         profiles = [profile(role, enc, Path(tmp) / str(i), batches, student_onnx if i == 0 else None, **timing)
@@ -120,7 +109,7 @@ def build_card(source, models: Sequence[tuple[str, ClipEncoder]], results: Seque
         "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "batches": list(batches), "models": profiles, **export_variants(student_onnx),
-        "evaluation": {"run": run_evaluation(source.run_dir, source.step),
+        "evaluation": {"run": dict(run_metrics or {}),
                        "results": [{"dataset": r.get("dataset"), "model": r.get("model"), "side": r.get("side"),
                                     "metrics": r.get("metrics", {})} for r in results]},
     }

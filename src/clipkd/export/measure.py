@@ -9,8 +9,9 @@ from typing import Callable, Sequence
 
 import torch
 
+from clipkd.embeddings import TextBatch
 from clipkd.export.onnx_export import as_text_batch, probe_captions, probe_images, text_feed
-from clipkd.models.encoders import ClipEncoder, TextBatch
+from clipkd.models.encoders import ClipEncoder
 
 IMAGE_PREFIXES = ("visual.", "image_tower.", "image_head.")  # open_clip models; clipkd's composite encoders
 SCALE_NAMES = ("logit_scale", "logit_bias")

@@ -22,8 +22,9 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from clipkd.embeddings import TextBatch
 from clipkd.export.onnx_export import IMAGE_INPUT, run_session, session
-from clipkd.models.encoders import ClipEncoder, TextBatch
+from clipkd.models.encoders import ClipEncoder
 from clipkd.models.encoders import normalize as l2_normalize
 
 

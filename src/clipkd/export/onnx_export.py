@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from clipkd.embeddings import TextBatch
 from clipkd.errors import ExportError
-from clipkd.models.encoders import ClipEncoder, TextBatch
+from clipkd.models.encoders import ClipEncoder
 
 IMAGE_FILE, TEXT_FILE, PREPROCESS_FILE = "image_encoder.onnx", "text_encoder.onnx", "preprocess.json"
 MODEL_FILE = "model.json"

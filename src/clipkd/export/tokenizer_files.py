@@ -128,7 +128,8 @@ def clean_normalizer(mode: str):
     """A ``tokenizers`` normalizer redoing open_clip's ``get_clean_fn(mode)`` (ftfy-lite, see the limitations)."""
     import ftfy.chardata as cd
     from ftfy.fixes import fix_c1_controls
-    from tokenizers import Regex, normalizers as N
+    from tokenizers import Regex
+    from tokenizers import normalizers as N
 
     table = {c: fix_c1_controls(chr(c)) for c in range(0x80, 0xA0)}  # ftfy's fixer order
     table.update({**cd.LIGATURES, **cd.WIDTH_MAP})

@@ -18,11 +18,14 @@ from typing import Optional, Sequence
 
 import torch
 
-from clipkd.export.onnx_encoder import DriftRecorder, OnnxEncoder
 from clipkd.export.measure import text_input
+from clipkd.export.onnx_encoder import DriftRecorder, OnnxEncoder
 from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, probe_images, quiet
 from clipkd.files import write_file_atomic
 from clipkd.models.encoders import ClipEncoder
+
+MANIFEST = "export.json"
+"""The export folder's record: its formats, files and sizes, the variants' figures and verdicts (`clipkd export`)."""
 
 KINDS = ("int8", "fp16")
 FP32_OPS = ("LayerNormalization",)  # kept in float32: precision, and onnxruntime 1.32's optimiser crashes on fp16 LN

@@ -7,11 +7,10 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from clipkd.embeddings import NEEDS_TEACHER, Embeddings, StudentOutput
 from clipkd.losses.catalog import ENSEMBLE_RULES, validate_weights
 from clipkd.losses.ensemble import Ensemble
 from clipkd.losses.terms import create_term
-from clipkd.models.encoders import Embeddings
-from clipkd.models.student import NEEDS_TEACHER, StudentOutput
 
 
 class DistillLoss(nn.Module):

@@ -2,7 +2,7 @@
 
 Layout (shared with the student and the wiring code):
 
-* the teachers' embeddings are ONE :class:`~clipkd.models.encoders.Embeddings`: ``img``/``txt`` are
+* the teachers' embeddings are ONE :class:`~clipkd.embeddings.Embeddings`: ``img``/``txt`` are
   ``[N, sum_t D_t]``, the per-teacher L2-normalised embeddings concatenated along dim 1 in teacher order,
   and ``scale`` is ``[T]``, the teachers' multipliers (one teacher: ``[N, D]`` and a 0-d or ``[1]`` scale);
 * the student's ``img_proj``/``txt_proj`` and ``afd_img``/``afd_txt`` are concatenated the same way
@@ -40,12 +40,11 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from clipkd.embeddings import NEEDS_TEACHER, Embeddings
 from clipkd.losses import functional as LF
 from clipkd.losses.functional import Scale, full_precision
-from clipkd.models.encoders import Embeddings
-from clipkd.models.student import NEEDS_TEACHER
 
-__all__ = ["Ensemble", "SINGLE", "join_teachers", "teacher_slices", "per_teacher_terms", "crd_loss", "fd_loss",
+__all__ = ["Ensemble", "SINGLE", "teacher_slices", "per_teacher_terms", "crd_loss", "fd_loss",
            "icl_loss", "gd_loss", "afd_loss"]
 
 WEIGHT_SUM_TOL = 1e-6
@@ -143,17 +142,6 @@ def _check_dims(dims: tuple[int, ...]) -> None:
 
 SINGLE = Ensemble()
 """One teacher of any size: every term computes exactly the single-teacher formula."""
-
-
-def join_teachers(teachers: Sequence[Embeddings]) -> Embeddings:
-    """The ensemble layout of several teachers' embeddings (one teacher: returned unchanged)."""
-    if len(teachers) == 1:
-        return teachers[0]
-    return Embeddings(
-        img=torch.cat([t.img for t in teachers], dim=1),
-        txt=torch.cat([t.txt for t in teachers], dim=1),
-        scale=torch.stack([torch.as_tensor(t.scale).reshape(()) for t in teachers]),
-    )
 
 
 STUDENT_BLOCKS = ("img_proj", "txt_proj", "afd_img", "afd_txt")

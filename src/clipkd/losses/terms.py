@@ -16,11 +16,10 @@ from typing import ClassVar, Optional
 import torch
 from torch import nn
 
+from clipkd.embeddings import NEEDS_AFD, NEEDS_ICL_SCALE, NEEDS_PROJECTION, NEEDS_TEACHER, Embeddings, StudentOutput
 from clipkd.losses import catalog
 from clipkd.losses import ensemble as LE
 from clipkd.losses import functional as LF
-from clipkd.models.encoders import Embeddings
-from clipkd.models.student import NEEDS_AFD, NEEDS_ICL_SCALE, NEEDS_PROJECTION, NEEDS_TEACHER, StudentOutput
 
 TERMS: dict[str, type["LossTerm"]] = {}
 

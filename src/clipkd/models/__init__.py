@@ -1,9 +1,10 @@
 """Encoders (teacher and student), the frozen-teacher wrapper, the trainable student module, masking."""
 
-from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
+from clipkd.embeddings import Embeddings, StudentOutput, TextBatch
+from clipkd.models.encoders import ClipEncoder
 from clipkd.models.open_clip_adapter import OpenClipEncoder, create_open_clip_encoder, list_models, register_config
 from clipkd.models.state_dict import read_state_dict
-from clipkd.models.student import DistillStudent, StudentOutput
+from clipkd.models.student import DistillStudent
 from clipkd.models.teacher import FrozenTeacher
 
 __all__ = [

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torchvision import transforms as T
 
-from clipkd.models.encoders import INIT_LOGIT_SCALE, ClipEncoder, TextBatch, normalize
+from clipkd.embeddings import TextBatch
+from clipkd.models.encoders import INIT_LOGIT_SCALE, ClipEncoder, normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

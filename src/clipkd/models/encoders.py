@@ -10,13 +10,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
-from dataclasses import dataclass, fields, replace
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipkd.embeddings import Embeddings, TextBatch
 from clipkd.models.masking import pixel_patch_mask
 
 
@@ -32,9 +32,6 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-TextBatch = Union[torch.Tensor, Mapping[str, torch.Tensor]]
-"""What a tokenizer returns: token ids ``[N, L]``, or a mapping of tensors (e.g. ids + attention mask)."""
-
 Preprocess = Callable[..., torch.Tensor]
 Tokenizer = Callable[[Sequence[str]], TextBatch]
 
@@ -45,24 +42,6 @@ MAX_LOGIT_SCALE = math.log(100.0)
 def clamped_scale(log_scale: torch.Tensor, max_log: float = MAX_LOGIT_SCALE) -> torch.Tensor:
     """``exp(min(log_scale, max_log))``: a learnable temperature applied as CLIP applies its own."""
     return log_scale.clamp(max=max_log).exp()
-
-
-@dataclass
-class Embeddings:
-    """Normalised image and text embeddings of one batch, with the model's scale multiplier."""
-
-    img: torch.Tensor
-    txt: torch.Tensor
-    scale: torch.Tensor
-
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Embeddings":
-        """Apply ``fn`` to every per-sample tensor (e.g. a cross-process gather); scales are kept."""
-        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if is_batched_field(f.name)})
-
-
-def is_batched_field(name: str) -> bool:
-    """Whether an embeddings field holds one row per sample (everything but the ``*scale`` multipliers)."""
-    return not name.endswith("scale")
 
 
 class ClipEncoder(nn.Module, abc.ABC):

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from open_clip.model import resize_pos_embed
 from open_clip.transformer import VisionTransformer
 
+from clipkd.embeddings import TextBatch
 from clipkd.errors import HubUnreachable
 from clipkd.models.causal_text import CausalTextTower
-from clipkd.models.encoders import ClipEncoder, TextBatch, eval_mode
+from clipkd.models.encoders import ClipEncoder, eval_mode
 from clipkd.models.masking import vit_token_drop
 from clipkd.models.state_dict import read_state_dict
 

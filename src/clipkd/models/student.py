@@ -7,46 +7,21 @@ outside the model, per rank, and never saved them; see README "Deviations".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import AbstractSet, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from clipkd.models.encoders import INIT_LOGIT_SCALE, ClipEncoder, Embeddings, TextBatch, clamped_scale, normalize
-
-# What a loss term may need from the student besides its own embeddings.
-NEEDS_TEACHER = "teacher"
-NEEDS_PROJECTION = "projection"
-NEEDS_ICL_SCALE = "icl_scale"
-NEEDS_AFD = "afd"
-REQUIREMENTS = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION, NEEDS_ICL_SCALE, NEEDS_AFD})
-
-
-@dataclass
-class StudentOutput(Embeddings):
-    """The student's embeddings for one batch.
-
-    ``img``/``txt``/``scale``: the student's own normalised embeddings and logit-scale multiplier.
-    ``img_proj``/``txt_proj``: projected to the teacher's size and re-normalised (the same tensors as
-    ``img``/``txt`` when the sizes match). ``afd_img``/``afd_txt``: fused with the teacher (AFD only).
-
-    With an ensemble of T teachers (sizes ``D_t``): ``img_proj``/``txt_proj`` and ``afd_img``/``afd_txt`` are
-    ``[N, sum_t D_t]``, teacher t's block in teacher order (``img_proj`` is None when no term needs it), and
-    ``icl_scale``/``afd_scale`` are ``[T]``; for one teacher they are as above, with 0-d scales.
-    """
-
-    img_proj: Optional[torch.Tensor] = None
-    txt_proj: Optional[torch.Tensor] = None
-    icl_scale: Optional[torch.Tensor] = None
-    afd_img: Optional[torch.Tensor] = None
-    afd_txt: Optional[torch.Tensor] = None
-    afd_scale: Optional[torch.Tensor] = None
-
-    def map(self, fn):  # type: ignore[override]
-        """Apply ``fn`` to every per-sample tensor that is set; scales are kept."""
-        wrapped = lambda t: None if t is None else fn(t)  # noqa: E731
-        return super().map(wrapped)
+from clipkd.embeddings import (
+    NEEDS_AFD,
+    NEEDS_ICL_SCALE,
+    NEEDS_PROJECTION,
+    REQUIREMENTS,
+    Embeddings,
+    StudentOutput,
+    TextBatch,
+)
+from clipkd.models.encoders import INIT_LOGIT_SCALE, ClipEncoder, clamped_scale, normalize
 
 
 def _log_scale(shape: tuple[int, ...] = ()) -> nn.Parameter:

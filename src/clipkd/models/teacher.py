@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from clipkd.models.encoders import ClipEncoder, Embeddings, TextBatch
+from clipkd.embeddings import Embeddings, TextBatch
+from clipkd.models.encoders import ClipEncoder
 
 
 class FrozenTeacher(nn.Module):
@@ -42,7 +43,7 @@ class FrozenTeacher(nn.Module):
 
 class TeacherEnsemble(nn.Module):
     """Several frozen teachers used as one: each embeds its own view (its own preprocessing and tokenizer) and
-    their embeddings are joined as :func:`clipkd.losses.ensemble.join_teachers` lays them out (``img``/``txt``
+    their embeddings are joined as :func:`clipkd.embeddings.join_teachers` lays them out (``img``/``txt``
     concatenated in teacher order, ``scale`` [T])."""
 
     def __init__(self, encoders: Sequence[ClipEncoder]):
@@ -67,6 +68,6 @@ class TeacherEnsemble(nn.Module):
     @torch.no_grad()
     def forward(self, images: Sequence[torch.Tensor], text: Sequence[TextBatch]) -> Embeddings:
         """Teacher ``t`` embeds ``images[t]`` and ``text[t]``; the embeddings joined."""
-        from clipkd.losses.ensemble import join_teachers
+        from clipkd.embeddings import join_teachers
 
         return join_teachers([m(i, t) for m, i, t in zip(self.members, images, text)])

@@ -7,7 +7,6 @@ webdataset: one sidecar per tar shard, in the order of the expanded shard list. 
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence

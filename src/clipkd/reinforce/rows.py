@@ -14,7 +14,8 @@ import torch
 from clipkd.data.decode import unusable_reason
 from clipkd.data.sources import RawSample, UnusableImage, open_image, read_image_bytes
 from clipkd.data.views import CropBox, crop_region
-from clipkd.models.encoders import ClipEncoder, TextBatch
+from clipkd.embeddings import TextBatch
+from clipkd.models.encoders import ClipEncoder
 from clipkd.reinforce.fingerprint import fingerprint
 from clipkd.reinforce.views import view_boxes
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from clipkd.config import TrainConfig, teacher_list
-from clipkd.engine.config_diff import flatten
+from clipkd.config_diff import flatten
 from clipkd.errors import ConfigError
 from clipkd.files import read_json, write_json
 from clipkd.identity import MANIFEST_FILE, config_identity, digest_of  # noqa: F401  (MANIFEST_FILE: for the build)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 from clipkd.data.sources import RawSample
+from clipkd.files import write_atomic, write_json
 from clipkd.models.encoders import ClipEncoder
 from clipkd.reinforce.encode import SidecarArrays, encode_rows
-from clipkd.files import write_atomic, write_json
 from clipkd.reinforce.format import DTYPES, sidecar_bytes
 from clipkd.reinforce.manifest import make_receipt, receipt_path
 from clipkd.reinforce.plan import SidecarSpec

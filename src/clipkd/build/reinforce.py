@@ -6,7 +6,7 @@
   receipt; a re-run of the same command skips finished sidecars, and one with other settings is refused.
 * Several processes (under torchrun): sidecar ``i`` is built by rank ``i % world_size``; after a barrier rank 0
   writes ``manifest.json``.
-* Stoppable: asked to stop (a :class:`~clipkd.engine.preemption.StopRequest` set by SIGTERM/SIGINT), a process
+* Stoppable: asked to stop (a :class:`~clipkd.runtime.preemption.StopRequest` set by SIGTERM/SIGINT), a process
   drops the sidecar in progress before its next batch and builds no other; the finished ones are kept. Rank 0
   writes no manifest then, and the same command continues the build.
 """
@@ -21,19 +21,29 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from tqdm import tqdm
 
+from clipkd.build.device import resolve_device
+from clipkd.build.models import build_encoder
 from clipkd.config import TrainConfig, teacher_list
-from clipkd.engine.builders import build_encoder, resolve_device
-from clipkd.engine.distributed import DistEnv
-from clipkd.engine.preemption import StopRequest
-from clipkd.models.encoders import ClipEncoder
 from clipkd.files import read_json, remove_leftovers
+from clipkd.models.encoders import ClipEncoder
 from clipkd.reinforce.identity import describe_teacher
 from clipkd.reinforce.manifest import finished, write_manifest
 from clipkd.reinforce.plan import SidecarSpec, make_plan
 from clipkd.reinforce.rows import ViewSpec
-from clipkd.reinforce.settings import (MANIFEST_FILE, RECEIPTS_DIR, SETTINGS_FILE, BuildOptions, build_digest,
-                                       build_settings, check_folder, check_request, claim_folder)
+from clipkd.reinforce.settings import (
+    MANIFEST_FILE,
+    RECEIPTS_DIR,
+    SETTINGS_FILE,
+    BuildOptions,
+    build_digest,
+    build_settings,
+    check_folder,
+    check_request,
+    claim_folder,
+)
 from clipkd.reinforce.writer import SidecarWriter, Stopped
+from clipkd.runtime.distributed import DistEnv
+from clipkd.runtime.preemption import StopRequest
 
 log = logging.getLogger(__name__)
 

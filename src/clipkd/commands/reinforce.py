@@ -18,7 +18,7 @@ from clipkd.errors import ConfigError
 from clipkd.reinforce.settings import MANIFEST_FILE, BuildOptions, build_settings, check_folder, check_request
 
 if TYPE_CHECKING:
-    from clipkd.engine.distributed import DistEnv
+    from clipkd.runtime.distributed import DistEnv
 
 
 def options(args: argparse.Namespace) -> BuildOptions:
@@ -28,7 +28,7 @@ def options(args: argparse.Namespace) -> BuildOptions:
 
 def preflight(cfg: TrainConfig) -> None:
     """The teacher's model and weights, and the data files, checked without building anything."""
-    from clipkd.engine.builders import check_data, check_model
+    from clipkd.build.checks import check_data, check_model
 
     problems = [p for n, mc in teacher_fields(cfg.teacher)
                 for p in check_model(f"{n}.model", mc.model, mc.pretrained, f"{n}.pretrained")]
@@ -40,10 +40,10 @@ def preflight(cfg: TrainConfig) -> None:
 def _launch(cfg: TrainConfig, opts: BuildOptions, args: argparse.Namespace) -> int:
     """``--nproc`` workers through torchrun, once the output folder is known to fit (reported once, here); a
     build stopped by a signal is reported here, from the folder (whatever became of the workers)."""
-    from clipkd.engine.preemption import launch_stoppable
-    from clipkd.engine.threads import choose_threads
     from clipkd.reinforce.manifest import finished
     from clipkd.reinforce.plan import make_plan
+    from clipkd.runtime.preemption import launch_stoppable
+    from clipkd.runtime.threads import choose_threads
 
     plan = make_plan(cfg.data, opts.rows_per_shard)
     check_folder(opts.out, build_settings(cfg, opts, plan.identity))
@@ -106,8 +106,8 @@ def run_reinforce(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     opts = options(args)
     check_request(cfg, opts)  # config errors are reported before torch is imported
-    from clipkd.engine.distributed import init_distributed, launched_by_torchrun, local_processes
-    from clipkd.engine.threads import apply_threads
+    from clipkd.runtime.distributed import init_distributed, launched_by_torchrun, local_processes
+    from clipkd.runtime.threads import apply_threads
 
     if not launched_by_torchrun():
         preflight(cfg)
@@ -121,9 +121,9 @@ def run_reinforce(args: argparse.Namespace) -> int:
 def _build(cfg: TrainConfig, opts: BuildOptions, env: "DistEnv", args: argparse.Namespace) -> int:
     """Build in this process (one rank of a group, or alone), until done or stopped by SIGTERM/SIGINT; rank 0
     prints the summary (of a stopped build: unless the ``--nproc`` launcher does)."""
-    from clipkd.engine.distributed import shutdown
-    from clipkd.engine.preemption import LAUNCHER_REPORTS_STOP, StopRequest
-    from clipkd.reinforce.build import run_build
+    from clipkd.build.reinforce import run_build
+    from clipkd.runtime.distributed import shutdown
+    from clipkd.runtime.preemption import LAUNCHER_REPORTS_STOP, StopRequest
 
     try:
         with StopRequest() as stop:

@@ -114,8 +114,8 @@ def write_ablation_base(out: Path, config: dict, data_dir: Path, data: dict) -> 
 def reinforce(cfg, out: Path, views: int) -> Path:
     """The teacher once over ``views`` augmented views of every training pair (`clipkd reinforce`), reused when a
     previous demo built it with the same teacher and data; a folder of other settings is rebuilt."""
+    from clipkd.build.reinforce import run_build
     from clipkd.errors import ConfigError
-    from clipkd.reinforce.build import run_build
     from clipkd.reinforce.settings import BuildOptions
 
     opts = BuildOptions(out=out, views=views, dtype="bf16", batch_size=128)
@@ -138,9 +138,9 @@ def _train(cfg) -> None:
 def deploy(cfg, out: Path, zeroshot: Benchmark, report: dict, quick: bool) -> dict:
     """Export the clipkd student (open_clip + ONNX + int8, the int8 judged on ``zeroshot``) and write its card with
     the demo's results; what the report shows of them."""
-    from clipkd.export.card_command import write_card
-    from clipkd.export.command import export_student
-    from clipkd.export.source import resolve_source
+    from clipkd.commands.card import write_card
+    from clipkd.commands.export import export_student
+    from clipkd.commands.source import resolve_source
 
     source = resolve_source(cfg.run_dir)
     shutil.rmtree(out / "export", ignore_errors=True)  # the demo's own output: an earlier demo's export never mixes in

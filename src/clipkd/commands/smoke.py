@@ -12,14 +12,15 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from clipkd.distill import DistillBatch, build_distiller
+from clipkd.data.batch import DistillBatch
+from clipkd.data.decode import collate_views
+from clipkd.data.synthetic import shape_samples
+from clipkd.data.views import PairedViews
+from clipkd.distill import build_distiller
 from clipkd.losses.functional import clip_loss
 from clipkd.losses.recipes import get_recipe
 from clipkd.models.encoders import ClipEncoder
 from clipkd.models.open_clip_adapter import create_open_clip_encoder
-from clipkd.data.decode import collate_views
-from clipkd.data.synthetic import shape_samples
-from clipkd.data.views import PairedViews
 
 
 def make_batch(samples: list, views: PairedViews, rng: random.Random) -> DistillBatch:

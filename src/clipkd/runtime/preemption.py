@@ -124,14 +124,14 @@ def launch_stoppable(nproc: int, clipkd_args: Sequence[str], threads: Optional[i
     one, later than :data:`REPEAT_WINDOW_S`, makes torchrun end the workers at once. ``threads``: CPU threads of
     each process, as ``OMP_NUM_THREADS`` unless that is set already.
     """
-    from clipkd.engine.distributed import torchrun_command
-    from clipkd.engine.threads import set_thread_environment
+    from clipkd.runtime.distributed import torchrun_command
+    from clipkd.runtime.threads import set_thread_environment
 
     env = {**os.environ, LAUNCHER_REPORTS_STOP: "1"}
     set_thread_environment(env)
     if threads is not None:
         env.setdefault("OMP_NUM_THREADS", str(threads))
-    command = torchrun_command(nproc, ["-m", "clipkd", *clipkd_args], runner="clipkd.engine.preemption")
+    command = torchrun_command(nproc, ["-m", "clipkd", *clipkd_args], runner="clipkd.runtime.preemption")
     stopped: list[str] = []
     started: list[subprocess.Popen] = []
 

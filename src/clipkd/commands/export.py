@@ -11,7 +11,6 @@ from typing import Any
 from clipkd.errors import ConfigError
 
 FORMATS = ("open_clip", "onnx", "all")
-MANIFEST = "export.json"
 ONNX_PACKAGES = {"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript"}
 VARIANT_PACKAGES = {"fp16": {"onnxconverter_common": "onnxconverter-common"}}
 
@@ -74,7 +73,7 @@ def _benchmark(args: argparse.Namespace):
             if value:
                 raise ConfigError(f"{flag} needs --zeroshot")
         return None
-    from clipkd.eval.command import prepared_benchmarks
+    from clipkd.commands.eval.run import prepared_benchmarks
 
     spec_args = argparse.Namespace(
         zeroshot=[args.zeroshot], retrieval=[], benchmarks=None, root=None, batch_size=args.batch_size, workers=0,
@@ -121,7 +120,7 @@ def _check_out(out: Path, replace: bool) -> None:
 
 def preflight(args: argparse.Namespace):
     """Every flag checked before a model is built: ``(source, formats, variants, benchmark, bar)``."""
-    from clipkd.export.source import resolve_source
+    from clipkd.commands.source import resolve_source
 
     formats, variants = _formats(args.format), _variants(args)
     if variants and "onnx" not in formats:
@@ -226,7 +225,8 @@ def export_student(source, out: Path, formats: list[str], variants: list[str], b
                    bar=None) -> dict[str, Any]:
     """Build the student of ``source`` and write each format (variants judged by ``bar``, default
     :class:`~clipkd.export.variants.Bar`); the manifest (also written as ``out/export.json``)."""
-    from clipkd.export.source import load_student
+    from clipkd.commands.source import load_student
+    from clipkd.export.variants import MANIFEST
     from clipkd.files import write_json
 
     encoder = load_student(source)

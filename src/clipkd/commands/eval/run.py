@@ -14,10 +14,10 @@ import torch
 import yaml
 from pydantic import ValidationError
 
+from clipkd.commands.eval.args import DEFAULTS
 from clipkd.config import BenchmarkSpec, DataConfig, TrainConfig, error_lines
 from clipkd.config_paths import resolve_paths
 from clipkd.errors import ConfigError, HubUnreachable
-from clipkd.eval.args import DEFAULTS
 
 
 def _one_line(text: object) -> str:
@@ -207,7 +207,7 @@ def _prompt_problems(spec: BenchmarkSpec, names: dict[str, str]) -> list[str]:
 def _file_specs(path: str, problems: list[str]) -> list[tuple[BenchmarkSpec, str, list[str]]]:
     """The specs of a --benchmarks file, each with its label and problems; the file's own problems added to
     ``problems``."""
-    from clipkd.engine.builders import check_benchmark
+    from clipkd.build.checks import check_benchmark
 
     checked: list[tuple[BenchmarkSpec, str, list[str]]] = []
     names: dict[str, int] = {}
@@ -252,7 +252,7 @@ def _shorthand_raw(args: argparse.Namespace, task: str, fmt: str, path: str, nam
 def _collect(args: argparse.Namespace) -> list[tuple[BenchmarkSpec, str]]:
     """``(spec, label)`` of every benchmark, validated, data paths checked; ``label`` names it in messages.
     Every problem in one :class:`ConfigError`."""
-    from clipkd.engine.builders import check_benchmark
+    from clipkd.build.checks import check_benchmark
 
     shorthand, problems = _shorthand(args)
     problems += _check_data_flags(args, shorthand)
@@ -339,7 +339,7 @@ def _looks_like_file(value: str) -> bool:
 
 def _check_model_args(args: argparse.Namespace) -> Target:
     """The model to evaluate exists and its weights fit it, checked without building it."""
-    from clipkd.engine.builders import check_model
+    from clipkd.build.checks import check_model
 
     if args.model:
         problems = check_model("--model", args.model, args.pretrained, "--pretrained")
@@ -373,7 +373,8 @@ def _check_model_args(args: argparse.Namespace) -> Target:
 def _check_diagnostics(args: argparse.Namespace) -> None:
     """A run with a checkpoint, models that can be built, and held-out pairs (``--pairs`` or the run's
     ``eval.val_data``) that exist."""
-    from clipkd.engine.builders import check_data, check_model, teacher_in_use
+    from clipkd.build.checks import check_data, check_model
+    from clipkd.build.models import teacher_in_use
 
     cfg = _run_config(args.run)
     if not teacher_in_use(cfg):
@@ -486,7 +487,7 @@ def model_download_errors(target: Target):
 
 def load_encoder(args: argparse.Namespace, target: Optional[Target] = None):
     """The encoder to evaluate, and its (model, pretrained) labels."""
-    from clipkd.engine.builders import build_encoder
+    from clipkd.build.models import build_encoder
     from clipkd.models.factory import create_encoder
     from clipkd.models.open_clip_adapter import create_open_clip_encoder
 
@@ -502,9 +503,9 @@ def load_encoder(args: argparse.Namespace, target: Optional[Target] = None):
 
 def diagnostics(args: argparse.Namespace, device) -> dict:
     """Teacher-student diagnostics of a run's checkpoint on held-out pairs: every pair once, student in eval mode."""
-    from clipkd.engine.builders import build_distiller_from_config
+    from clipkd.build.models import build_distiller_from_config
     from clipkd.engine.checkpoint import load_student
-    from clipkd.engine.hooks import ValLossHook
+    from clipkd.eval.val_loss import ValLossHook
 
     cfg = _run_config(args.run)
     data = cfg.eval.val_data
@@ -526,7 +527,7 @@ def diagnostics(args: argparse.Namespace, device) -> dict:
 def run_eval(args: argparse.Namespace) -> int:
     """Check every argument and path (one clear error, before any model is built), read the benchmarks' data
     indexes, then build the model and evaluate."""
-    from clipkd.engine.builders import resolve_device
+    from clipkd.build.device import resolve_device
     from clipkd.eval.report import markdown_table
     from clipkd.eval.runner import write_result
 

@@ -131,7 +131,8 @@ def _preflight(planned: list[tuple[Any, Any]]) -> None:
     setup of the study's runs, all problems in one error."""
     import json
 
-    from clipkd.engine.builders import preflight, teacher_in_use
+    from clipkd.build.models import teacher_in_use
+    from clipkd.build.preflight import preflight
 
     seen, problems = set(), []
     for spec, cfg in planned:

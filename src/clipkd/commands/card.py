@@ -56,13 +56,14 @@ def write_card(source, out: Path, results: Sequence[dict] = (), batches: Sequenc
                with_teacher: bool = True, student_onnx: Optional[Path] = None, **timing) -> dict[str, Any]:
     """Measure ``source``'s student (and teachers) and write ``out/card.json`` and ``out/card.md``; the card.
     ``student_onnx``: the student's `clipkd export` ONNX folder, used instead of exporting it again."""
+    from clipkd.commands.source import load_student, load_teachers
     from clipkd.export.card import build_card
     from clipkd.export.card_render import markdown
-    from clipkd.export.source import load_student, load_teachers
     from clipkd.files import write_atomic, write_json
 
     models = [("student", load_student(source))] + (load_teachers(source) if with_teacher else [])
-    card = build_card(source, models, results, batches, student_onnx, **timing)
+    card = build_card(source, models, results, batches, student_onnx,
+                      run_metrics=run_evaluation(source.run_dir, source.step), **timing)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CARD_JSON, card)
     write_atomic(out / CARD_MD, markdown(card).encode("utf-8"))
@@ -71,7 +72,7 @@ def write_card(source, out: Path, results: Sequence[dict] = (), batches: Sequenc
 
 def run_card(args: argparse.Namespace) -> int:
     """`clipkd card`: checks, then measures and writes; prints the card."""
-    from clipkd.export.source import resolve_source
+    from clipkd.commands.source import resolve_source
 
     _check(args)
     source = resolve_source(args.source)
@@ -86,3 +87,16 @@ def run_card(args: argparse.Namespace) -> int:
     print((folder / CARD_MD).read_text())
     print(f"wrote {folder / CARD_MD} and {folder / CARD_JSON}")
     return 0
+
+
+def run_evaluation(run_dir: Optional[Path], step: int) -> dict[str, float]:
+    """The run's last logged ``eval/*`` metrics at or before ``step`` (benchmarks and held-out loss)."""
+    from clipkd.engine.logger import read_metrics
+
+    if run_dir is None or not (run_dir / "metrics.jsonl").is_file():
+        return {}
+    found: dict[str, float] = {}
+    for row in read_metrics(run_dir, "eval"):
+        if step < 0 or row["step"] <= step:
+            found.update({k: v for k, v in row.items() if k.startswith("eval/")})
+    return found

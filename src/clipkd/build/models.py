@@ -1,0 +1,78 @@
+"""Config -> models: encoders, the teachers (one or an ensemble) and the student with the heads its loss terms need."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Optional
+
+import torch
+
+from clipkd.config import ModelConfig, TrainConfig, teacher_list, teacher_terms, teacher_weights
+from clipkd.distill import Distiller, build_distiller
+from clipkd.models.encoders import ClipEncoder
+from clipkd.models.factory import create_encoder
+
+if TYPE_CHECKING:
+    from clipkd.reinforce.replay import ReinforcedViews
+
+log = logging.getLogger(__name__)
+
+
+def build_encoder(mc: ModelConfig, role: str = "model") -> ClipEncoder:
+    """The encoder of a model section; ``role`` (teacher, student, model) says how random weights are reported
+    (:func:`clipkd.models.factory.report_untrained`)."""
+    return create_encoder(mc.model, mc.pretrained, image_mean=mc.image_mean, image_std=mc.image_std, role=role)
+
+
+def teacher_in_use(cfg: TrainConfig) -> bool:
+    """Whether the run builds its teacher: it has a teacher section and an active loss term that uses it.
+
+    Recipe ``baseline`` (task loss only) never does: a teacher section given with it, and a
+    ``distill.teacher_cache``, are ignored.
+    """
+    return bool(teacher_list(cfg.teacher)) and bool(teacher_terms(cfg.distill))
+
+
+def global_batch_size(cfg: TrainConfig, world_size: int = 1) -> int:
+    """Pairs per optimizer step over all processes: data.batch_size x optim.accum_steps x ``world_size``."""
+    return cfg.data.batch_size * cfg.optim.accum_steps * world_size
+
+
+def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
+                                stored: Optional["ReinforcedViews"] = None) -> Distiller:
+    """Teacher (frozen) and student (with the heads the configured terms need).
+
+    Without a teacher term (recipe ``baseline``) no teacher is built: the distiller's ``teacher`` is None.
+    With ``stored`` views (reinforced data, :func:`stored_views`) neither: the batches bring the teacher's
+    embeddings, whose size the cache's manifest gives.
+    The student is built first, so its initialisation depends on the seed alone, with or without a teacher.
+    ``world_size``: the number of training processes; a recipe's GD weight follows the global batch
+    (:func:`global_batch_size`) and the teacher's embedding dim.
+    """
+    torch.manual_seed(cfg.seed)  # identical initialisation for the same seed (and on every rank)
+    student = build_encoder(cfg.student, role="student")
+    teachers = teacher_list(cfg.teacher)
+    shares = teacher_weights(teachers) if teachers else None
+    if stored is not None:
+        log.info("teacher embeddings from %s (%d stored views per sample, %s order): no teacher is built",
+                 stored.folder, stored.choice.views, stored.choice.order)
+        weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), _gd_dim(stored.embed_dims,
+                                                                                                 shares))
+        return build_distiller(student, None, weights, mask_ratio, stored.embed_dims, shares)
+    built = [build_encoder(t, role="teacher") for t in teachers] if teacher_in_use(cfg) else []
+    if not built and teachers:
+        d = cfg.distill
+        source = "distill.weights" if d.weights is not None else f"distill.recipe '{d.recipe}'"
+        ignored = " and distill.teacher_cache" if d.teacher_cache else ""
+        log.info("%s has no loss term that uses a teacher: the student trains alone, the teacher section%s "
+                 "(%s) is ignored and no teacher is built", source, ignored, ", ".join(t.model for t in teachers))
+    dims = [t.embed_dim for t in built] or [student.embed_dim]  # no teacher: GD is not active
+    weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), _gd_dim(dims, shares))
+    return build_distiller(student, built or None, weights, mask_ratio, teacher_weights=shares)
+
+
+def _gd_dim(dims: list[int], shares: Optional[list[float]]) -> int:
+    """The teacher embedding size a recipe's GD weight is calibrated for; an ensemble: the weighted mean size."""
+    if len(dims) == 1 or not shares:
+        return dims[0]
+    return round(sum(d * w for d, w in zip(dims, shares)))
