@@ -32,6 +32,7 @@ demo: setup
 KERNEL_LEGS := "ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2" "ATEN_CPU_CAPABILITY=default"
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache  # the layers of pyproject.toml's [tool.importlinter]: imports point down
 	$(PY) -m pytest -q --durations=15
 	@[ "$$(uname -m)" = x86_64 ] || exit 0; \
 	for leg in $(KERNEL_LEGS); do echo "== the kernel-dependent tests under $$leg"; \

@@ -128,15 +128,15 @@ def no_models(monkeypatch, tmp_path):
     """Any model construction fails the test; the Hugging Face cache is empty."""
     import huggingface_hub.constants
 
-    import clipkd.build.checks
+    import clipkd.build.models
     import clipkd.models.factory
     import clipkd.models.open_clip_adapter
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was built before the config was rejected")
 
-    monkeypatch.setattr(clipkd.build.checks, "build_encoder", refuse)
-    monkeypatch.setattr(clipkd.build.checks, "create_encoder", refuse)
+    monkeypatch.setattr(clipkd.build.models, "build_encoder", refuse)
+    monkeypatch.setattr(clipkd.build.models, "create_encoder", refuse)
     monkeypatch.setattr(clipkd.models.factory, "create_open_clip_encoder", refuse)
     monkeypatch.setattr(clipkd.models.open_clip_adapter.open_clip, "create_model_and_transforms", refuse)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "DistillBatch": "clipkd.distill",
+    "DistillBatch": "clipkd.data.batch",
     "Distiller": "clipkd.distill",
     "build_distiller": "clipkd.distill",
     "RECIPES": "clipkd.losses.recipes",
