@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev,demo,export]' $(TORCH_PIN)
+	$(PY) -m pip install -q -e '.[dev,demo,export,docs]' $(TORCH_PIN)
 	touch $@
 
 # The demo's images: Fashion-MNIST from Debian's package (or pass --source DIR to `clipkd demo`).
@@ -34,6 +34,7 @@ KERNEL_LEGS := "ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX
 test: setup
 	$(VENV)/bin/lint-imports --no-cache  # the layers of pyproject.toml's [tool.importlinter]: imports point down
 	$(PY) -m pytest -q --durations=15
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site  # the manual: docs/ and mkdocs.yml
 	@[ "$$(uname -m)" = x86_64 ] || exit 0; \
 	for leg in $(KERNEL_LEGS); do echo "== the kernel-dependent tests under $$leg"; \
 	  env $$leg $(PY) -c "import os, torch; c = torch.backends.cpu.get_cpu_capability(); \

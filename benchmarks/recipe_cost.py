@@ -4,7 +4,7 @@ Side by side in one process, interleaved: one optimizer step of each recipe thro
 GlobalBatchStep on the same batch, with the teacher's embeddings stored in the batch (reinforced data: no
 teacher forward), AdamW and gradient clipping included, MFD masking its share of the image tokens. The data
 pipeline is left out: it is the same for every recipe. Prints the median step time and its ratio to
-``baseline``; the README's recipe card quotes these ratios.
+``baseline``; the recipe card in docs/ablate.md quotes these ratios.
 """
 
 from __future__ import annotations

@@ -368,15 +368,15 @@ def test_card_measures_student_beside_teacher(vit_run, vit_export, cnn_export, t
     assert re.search(r"\| int8 \| [0-9.]+ \| [0-9.]+ / [0-9.]+ \| [-+0-9.]+ \| accepted \|", md), md
 
 
-def test_readme_runtime_snippet_runs_without_torch(vit_run, vit_export, colours, tmp_path):
-    """The README's "Using the ONNX folder without PyTorch" script, as printed, with torch made unimportable:
-    its probabilities equal the student's in PyTorch."""
+def test_deploy_page_runtime_snippet_runs_without_torch(vit_run, vit_export, colours, tmp_path):
+    """The "Using the ONNX folder without PyTorch" script of the manual's deploy page (docs/deploy.md), as printed,
+    with torch made unimportable: its probabilities equal the student's in PyTorch."""
     import subprocess
     import sys
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Deploy: `clipkd export` and `clipkd card`"):]
+    text = (Path(__file__).resolve().parent.parent / "docs" / "deploy.md").read_text(encoding="utf-8")
+    section = text[text.index("## Using the ONNX folder without PyTorch"):]
     script = tmp_path / "runtime.py"
     script.write_text("import sys\nsys.modules['torch'] = None\n" + re.search(r"```python\n(.*?)```", section, re.S)
                       .group(1))

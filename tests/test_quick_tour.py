@@ -1,4 +1,5 @@
-"""The README's quick tour runs as printed; `clipkd smoke` gives both sides the same crop, like the trainer."""
+"""The README's quick tour and the training page's teacher path run as printed; `clipkd smoke` gives both sides the
+same crop, like the trainer."""
 
 import random
 import re
@@ -13,7 +14,9 @@ from clipkd.data.views import PairedViews, sample_crop
 from clipkd.commands.smoke import make_batch
 from conftest import STUDENT, TEACHER, make_encoder
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+TRAINING = ROOT / "docs" / "training.md"  # the manual's training page
 
 
 def quick_tour_code() -> str:
@@ -50,8 +53,8 @@ def test_smoke_batches_share_one_crop_per_sample():
 
 
 def teacher_path_commands() -> list[str]:
-    """The README's "A trained teacher" commands, continuation lines joined, comments dropped."""
-    text = README.read_text(encoding="utf-8")
+    """The training page's "A trained teacher" commands, continuation lines joined, comments dropped."""
+    text = TRAINING.read_text(encoding="utf-8")
     block = re.search(r"<!-- teacher-path.*?```bash\n(.*?)```", text, re.S).group(1)
     lines = [line for line in block.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
     return lines
@@ -63,7 +66,7 @@ def test_teacher_path_commands_work(tmp_path, monkeypatch, caplog):
 
     from clipkd.cli import main
 
-    root = README.parent
+    root = ROOT
     monkeypatch.chdir(tmp_path)
     short = ["optim.steps=2", "checkpoint.every_steps=2", "data.workers=0", "logging.progress=false",
              "logging.tensorboard=false"]
