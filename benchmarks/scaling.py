@@ -33,7 +33,7 @@ from clipkd.distill import build_distiller  # noqa: E402
 from clipkd.runtime.distributed import DistEnv, init_distributed, shutdown, wrap_ddp  # noqa: E402
 from clipkd.engine.gradcache import GlobalBatchStep  # noqa: E402
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer  # noqa: E402
-from clipkd.engine.trainer import autocast as precision_autocast  # noqa: E402
+from clipkd.engine.step import autocast as precision_autocast  # noqa: E402
 from clipkd.losses.recipes import get_recipe  # noqa: E402
 from clipkd.models import create_open_clip_encoder  # noqa: E402
 

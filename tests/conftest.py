@@ -4,7 +4,7 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _OWN_CACHE = None if "CLIPKD_CACHE_DIR" in os.environ else tempfile.mkdtemp(prefix="clipkd-test-cache-")
 os.environ.setdefault("CLIPKD_CACHE_DIR", _OWN_CACHE or "")  # the digest table: not the user's ~/.cache
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `clipkd` command sets it (engine/threads.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `clipkd` command sets it (runtime/threads.py)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipkd.data.sources import CsvSource, ShardSource, open_image
+from clipkd.data.sources import CsvSource, ShardSource
+from clipkd.data.decode import open_image
 from clipkd.data.stream import DistillStream, make_loader
 from clipkd.data.synthetic import _jpeg, shape_samples, write_shards
 from clipkd.data.views import PairedViews

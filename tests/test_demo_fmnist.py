@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipkd.data.sources import ShardSource, open_image
+from clipkd.data.sources import ShardSource
+from clipkd.data.decode import open_image
 from clipkd.demo import fmnist
 from clipkd.demo.fmnist import (CLASSNAMES, DEFAULT_SOURCE, PROMPT_TEMPLATES, TEST_PAIR_TEMPLATES, TEST_TEMPLATES,
                                 TRAIN_PAIR_TEMPLATES, TRAIN_TEMPLATES, SourceMissing, build_splits, load_split,

@@ -222,7 +222,7 @@ def test_eval_flags_module_imports_nothing_heavy():
 def test_data_flags_reach_the_benchmarks_they_apply_to(files):
     """--image-key/--label-key/--caption-key/--root/--split/--first-caption-only go to the specs they apply to;
     a flag not given leaves the spec's default."""
-    from clipkd.commands.eval.run import collect_specs
+    from clipkd.commands.eval.specs import collect_specs
 
     d = str(files)
     (files / "custom.csv").write_text("img,cls\nval/red/0.png,0\n")
@@ -244,7 +244,7 @@ def test_data_flags_reach_the_benchmarks_they_apply_to(files):
 def test_benchmarks_of_the_same_name_get_distinct_names(files, tmp_path):
     """Two --zeroshot folders both called `colours` must not share a result file or a table column; folders called
     `val` (a generic name: tests/test_eval_names.py) are named with their parent's name."""
-    from clipkd.commands.eval.run import collect_specs
+    from clipkd.commands.eval.specs import collect_specs
 
     for parent in ("a", "b"):
         for name in ("val", "colours"):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from clipkd.cli import main
-from clipkd.commands.eval.run import GENERIC_NAMES, benchmark_name, collect_specs
+from clipkd.commands.eval.specs import GENERIC_NAMES, benchmark_name, collect_specs
 from conftest import STUDENT
 from test_eval import COLOURS
 

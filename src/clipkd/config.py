@@ -8,19 +8,18 @@ The resolved configuration is saved in the run directory and inside each checkpo
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Sequence, Union, get_args
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from clipkd import config_errors
 from clipkd.config_paths import resolve_override, resolve_paths
 from clipkd.errors import ConfigError
 from clipkd.losses.catalog import validate_weights  # catalog and recipes import no torch: errors come fast
 from clipkd.losses.recipes import GD_REF_BATCH, GD_REF_DIM, RECIPES, get_recipe, resolve_weights, unknown_recipe_message
-from clipkd.suggest import did_you_mean
 
 
 class _Strict(BaseModel):
@@ -341,85 +340,15 @@ def _assign(node: Any, part: str, value: Any, key: str) -> None:
         node[part] = value
 
 
-_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[\w-]+\[.*\])$")  # pydantic's union-member loc parts
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The config sections a field's type holds: ``X``, ``Optional[X]``, ``list[X]``, unions of them."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in get_args(annotation) for m in _models_in(arg)]
-
-
-def _section(root: Optional[type[BaseModel]], loc: Sequence[Any]) -> tuple[str, list[str]]:
-    """The section at a pydantic ``loc`` from ``root``: its dotted path as a user writes it (``"a.b."``, without
-    union-member tags) and its field names, for a "did you mean"."""
-    models, path = ([root] if root is not None else []), []
-    for part in loc:
-        holders = [m for m in models if isinstance(part, str) and part in m.model_fields]
-        if holders:  # a field: the sections its type holds (X, Optional[X], list[X], dict[str, X], unions)
-            models = [s for m in holders for s in _models_in(m.model_fields[part].annotation)]
-        elif isinstance(part, str) and part in {m.__name__ for m in models}:
-            models = [m for m in models if m.__name__ == part]  # the union member pydantic tried
-            continue
-        elif isinstance(part, str) and _UNION_TAG.match(part):
-            continue  # a union member such as list[X]: its items are the same sections
-        path.append(part)  # a field, list index or dict key
-    return "".join(f"{p}." for p in path), [name for m in models for name in m.model_fields]
-
-
-def _unknown_field(root: Optional[type[BaseModel]], parts: list[Any]) -> str:
-    """``unknown field (did you mean `a.b`?)`` with the nearest field of the same section, if one is near."""
-    if not parts:
-        return "unknown field"
-    prefix, names = _section(root, parts[:-1])
-    hint = did_you_mean(str(parts[-1]), names, prefix=prefix)
-    return f"unknown field ({hint})" if hint else "unknown field"
-
-
-def _error_line(e: Any, root: Optional[type[BaseModel]] = None) -> tuple[str, str]:
-    """(dotted field, message) of one pydantic error, without union-member tags in the field.
-
-    ``root``: the model validated, to suggest the nearest field name for an unknown one.
-    """
-    parts = list(e["loc"])
-    msg = _unknown_field(root, parts) if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-    parts = [p for p in parts if not _is_tag(p)]
-    if e["type"] == "missing" and parts and isinstance(parts[-1], int):
-        msg, parts = f"too few items (item {parts[-1]} is missing)", parts[:-1]
-    return ".".join(str(p) for p in parts), msg
-
-
-def _is_tag(part: Any) -> bool:
-    """A union-member tag in a pydantic ``loc`` (``str``, ``list[...]``, or a section's class name)."""
-    if not isinstance(part, str):
-        return False
-    cls = globals().get(part)
-    return bool(_UNION_TAG.match(part)) or (isinstance(cls, type) and issubclass(cls, BaseModel))
+def _sections() -> dict[str, type[BaseModel]]:
+    """This module's config sections by class name (pydantic names a failed model, or a union member, by it)."""
+    return {name: cls for name, cls in globals().items() if isinstance(cls, type) and issubclass(cls, BaseModel)}
 
 
 def error_lines(err: ValidationError) -> list[tuple[str, str]]:
-    """``(dotted field, message)`` per offending field ("" = the object itself); union alternatives joined.
-
-    An unknown field gets the nearest valid name of its section (when ``err`` comes from a model of this module).
-    """
-    root = globals().get(err.title)
-    root = root if isinstance(root, type) and issubclass(root, BaseModel) else None
-    by_field: dict[str, list[str]] = {}
-    for e in err.errors():
-        field, msg = _error_line(e, root)
-        if msg not in by_field.setdefault(field, []):
-            by_field[field].append(msg)
-    out = []
-    for field, msgs in by_field.items():
-        head, *rest = msgs
-        out.append((field, " or ".join([head, *(m.removeprefix("Input should be ") for m in rest)])))
-    return out
-
-
-def _format(err: ValidationError) -> str:
-    """One line per offending field."""
-    return "invalid config:\n" + "\n".join(f"  {field or '(top level)'}: {msg}" for field, msg in error_lines(err))
+    """``(dotted field, message)`` per offending field (:func:`clipkd.config_errors.error_lines`), an unknown field
+    with the nearest valid name of its section when ``err`` comes from a section of this module."""
+    return config_errors.error_lines(err, _sections())
 
 
 def validate_config(raw: dict[str, Any]) -> TrainConfig:
@@ -427,7 +356,7 @@ def validate_config(raw: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format(err)) from None
+        raise ConfigError(config_errors.format_errors(err, _sections())) from None
 
 
 def load_config(path: Union[str, Path, None], overrides: Sequence[str] = ()) -> TrainConfig:

@@ -140,9 +140,9 @@ def _unknown_arm(name: str, names: list[str]) -> str:
 def _error_lines(err: ValidationError) -> list[tuple[str, str]]:
     """:func:`clipkd.config.error_lines` of a study, an unknown field with the nearest study field
     (``select.metirc: unknown field (did you mean `select.metric`?)``)."""
-    from clipkd.config import _unknown_field
+    from clipkd.config_errors import unknown_field
 
-    hints = {".".join(map(str, e["loc"])): _unknown_field(StudyConfig, list(e["loc"])) for e in err.errors()
+    hints = {".".join(map(str, e["loc"])): unknown_field(StudyConfig, list(e["loc"])) for e in err.errors()
              if e["type"] == "extra_forbidden"}
     return [(f, hints.get(f, m) if m == "unknown field" else m) for f, m in error_lines(err)]
 

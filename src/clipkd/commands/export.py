@@ -73,7 +73,7 @@ def _benchmark(args: argparse.Namespace):
             if value:
                 raise ConfigError(f"{flag} needs --zeroshot")
         return None
-    from clipkd.commands.eval.run import prepared_benchmarks
+    from clipkd.commands.eval.specs import prepared_benchmarks
 
     spec_args = argparse.Namespace(
         zeroshot=[args.zeroshot], retrieval=[], benchmarks=None, root=None, batch_size=args.batch_size, workers=0,

@@ -1,4 +1,4 @@
-"""One raw record -> both sides' views, or the reason it is unusable; views -> a batch.
+"""Image bytes -> an RGB image, or the reason it is unusable; one raw record -> both sides' views; views -> a batch.
 
 Shared by the training stream (:mod:`clipkd.data.stream`) and held-out evaluation (:mod:`clipkd.data.heldout`),
 so both skip and count the same records for the same reasons.
@@ -6,17 +6,113 @@ so both skip and count the same records for the same reasons.
 
 from __future__ import annotations
 
+import io
 import random
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 
 from clipkd.data.batch import DistillBatch
-from clipkd.data.sources import RawSample, UnusableImage, open_image
+from clipkd.data.sources import RawSample
 from clipkd.data.views import PairedViews, SampleViews, collate_text
 from clipkd.embeddings import Embeddings
 
-__all__ = ["unusable_reason", "decode_record", "collate_views"]
+__all__ = ["UnusableImage", "read_image_bytes", "to_rgb", "open_image", "unusable_reason", "decode_record",
+           "collate_views"]
+
+
+class UnusableImage(ValueError):
+    """An image that cannot be used; ``reason`` is the count it goes to (``missing_file``, ``too_large``...)."""
+
+    def __init__(self, reason: str, what: str, detail: object = ""):
+        super().__init__(f"{what}: {reason.replace('_', ' ')}" + (f" ({detail})" if detail else ""))
+        self.reason = reason
+
+
+def read_image_bytes(image: Union[bytes, Path]) -> bytes:
+    """Bytes of an image, from a shard member or a file; ``UnusableImage`` when there are none."""
+    if isinstance(image, bytes):
+        data = image
+    else:
+        try:
+            data = Path(image).read_bytes()
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise UnusableImage("missing_file", str(image), exc.strerror) from None
+        except OSError as exc:
+            raise UnusableImage("unreadable_file", str(image), exc.strerror or exc) from None
+    if not data:
+        raise UnusableImage("empty_file", "image" if isinstance(image, bytes) else str(image))
+    return data
+
+
+@contextmanager
+def _pixel_limit(max_pixels: Optional[int]):
+    """PIL's decompression-bomb limit set to ``max_pixels`` (its own default when None), warnings silenced."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _decode_reason(exc: Exception) -> str:
+    """The skip reason of a decoder failure."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return "too_large"
+    if isinstance(exc, UnidentifiedImageError):
+        return "bad_image"
+    if isinstance(exc, EOFError) or (isinstance(exc, OSError) and "truncat" in str(exc).lower()):
+        return "truncated_image"
+    return "bad_image"
+
+
+def to_rgb(im):
+    """8-bit RGB: 16-bit greyscale scaled (not clipped), transparency composited on white, others converted."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(im, dtype=np.float64) * (255.0 / 65535.0)
+        im = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def open_image(image: Union[bytes, Path], max_pixels: Optional[int] = None):
+    """Decode fully into an RGB PIL image.
+
+    Raises :class:`UnusableImage` with a ``reason``: ``missing_file``, ``unreadable_file``, ``empty_file``,
+    ``too_large`` (more than ``max_pixels`` pixels, or PIL's own bomb limit when None), ``truncated_image``
+    or ``bad_image``.
+    """
+    from PIL import Image
+
+    data = read_image_bytes(image)
+    what = "image" if isinstance(image, bytes) else str(image)
+    try:
+        with _pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise UnusableImage("too_large", what, f"{im.width}x{im.height} > {max_pixels} pixels")
+            im.load()
+            return to_rgb(im)
+    except UnusableImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: classified, then skipped and counted
+        raise UnusableImage(_decode_reason(exc), what, exc) from None
 
 
 def unusable_reason(raw: RawSample) -> Optional[str]:

@@ -1,1 +1,2 @@
-"""Small self-contained demo data sets for trying clipkd end to end."""
+"""The demo's own parts: Fashion-MNIST pairs, the LiT teacher, the report. Orchestrated by
+:mod:`clipkd.commands.demo` (above the engine, beside ablate)."""

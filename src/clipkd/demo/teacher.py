@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 from tqdm import tqdm
 
-from clipkd.data.sources import RawSample, ShardSource, open_image
+from clipkd.data.decode import open_image
+from clipkd.data.sources import RawSample, ShardSource
 from clipkd.engine.optim import clamp_logit_scales
 from clipkd.losses.functional import clip_loss
 from clipkd.models.composite import CompositeEncoder, create_lit_encoder, save_heads

@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from typing import IO, Optional, Union
 
+from clipkd.engine import checkpoint as ckpt
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.errors import ConfigError
 from clipkd.files import move_folder_aside
@@ -135,3 +136,17 @@ def truncate_metrics(run_dir: Union[str, Path], step: int) -> int:
     tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
     os.replace(tmp, path)
     return len(lines) - len(keep)
+
+
+def prepare_run_dir(run_dir: Path, resume: Optional[str], overwrite: bool, is_main: bool) -> None:
+    """Refuse a folder holding another run (every process); rank 0 (``is_main``) moves it aside on ``overwrite``
+    and cleans crash left-overs."""
+    check_run_dir(run_dir, resume, overwrite)
+    if is_main:
+        if overwrite and (moved := move_aside(run_dir)):
+            log.warning("--overwrite: moved the run that was in %s to %s", run_dir, moved)
+        if not resume and (cleared := clear_untrained(run_dir)):
+            log.info("%s: an earlier attempt trained no step; its log is replaced (%s)", run_dir,
+                     ", ".join(p.name for p in cleared))
+        for action in ckpt.clean_leftovers(run_dir):
+            log.warning("checkpoint left-over of an interrupted write: %s", action)

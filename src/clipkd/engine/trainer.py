@@ -15,13 +15,11 @@ moves the newer ones aside and drops their log rows.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import random
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Optional, Sequence
 
@@ -31,11 +29,10 @@ from tqdm import tqdm
 
 from clipkd.build.data import build_stream, stored_views
 from clipkd.build.device import resolve_device
-from clipkd.build.inputs import input_changes, record_inputs, run_inputs, saved_inputs
+from clipkd.build.inputs import record_inputs, run_inputs
 from clipkd.build.models import build_distiller_from_config, global_batch_size
 from clipkd.build.preflight import preflight
 from clipkd.config import TrainConfig, dump_config
-from clipkd.config_diff import breaking_changes
 from clipkd.data.batch import DistillBatch
 from clipkd.data.stream import DataPosition, make_loader
 from clipkd.engine import checkpoint as ckpt
@@ -44,41 +41,19 @@ from clipkd.engine.hooks import EvalHook, HookFactory
 from clipkd.engine.logger import MetricLogger, NullLogger
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer, create_scheduler
 from clipkd.engine.rank_state import RankState, mask_seed, pick_rank_state
-from clipkd.engine.run_dir import check_run_dir, clear_untrained, lock_run_dir, move_aside, truncate_metrics
-from clipkd.errors import ConfigError, DataQualityError, TrainingDiverged
+from clipkd.engine.resume import check_resume, forget_after
+from clipkd.engine.run_dir import (
+    lock_run_dir,
+    prepare_run_dir,
+    truncate_metrics,
+)
+from clipkd.engine.step import StepAgreement, TrainResult, autocast
+from clipkd.errors import DataQualityError, TrainingDiverged
 from clipkd.runtime.distributed import DistEnv, current_env, local_processes, wrap_ddp
 from clipkd.runtime.preemption import StopRequest
 from clipkd.runtime.threads import apply_threads
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    step: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    skipped: dict[str, int] = field(default_factory=dict)
-    nonfinite_steps: int = 0
-    fp16_overflow_steps: int = 0
-    stopped_by: Optional[str] = None  # the signal that pre-empted the run, if any
-
-
-@dataclass
-class StepAgreement:
-    """What all ranks agree on after computing a step's gradients (one all-reduce)."""
-
-    nonfinite: bool
-    stop: bool
-    bad_records: int
-    consumed: int
-
-
-def autocast(device: torch.device, precision: str):
-    """The mixed-precision context of ``precision`` (fp32: none)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 class Trainer:
@@ -122,7 +97,8 @@ class Trainer:
 
     def _build(self, cfg: TrainConfig, hooks: Sequence[EvalHook], resume: Optional[str], overwrite: bool,
                manifest: Optional[dict], eval_hooks: Optional[HookFactory]) -> None:
-        self._prepare_run_dir(resume, overwrite)
+        prepare_run_dir(self.run_dir, resume, overwrite, self.env.is_main)
+        self.env.barrier()
         self.device = resolve_device(cfg.device, self.env.local_rank)
         random.seed(cfg.seed + self.env.rank)
         np.random.seed(cfg.seed + self.env.rank)
@@ -169,19 +145,6 @@ class Trainer:
         return self.rank_state.mask_gen
 
     # -- the run folder and checkpoints --------------------------------------------------------------------
-    def _prepare_run_dir(self, resume: Optional[str], overwrite: bool) -> None:
-        """Rank 0: refuse a folder holding another run, move it aside on ``overwrite``, clean crash left-overs."""
-        check_run_dir(self.run_dir, resume, overwrite)
-        if self.env.is_main:
-            if overwrite and (moved := move_aside(self.run_dir)):
-                log.warning("--overwrite: moved the run that was in %s to %s", self.run_dir, moved)
-            if not resume and (cleared := clear_untrained(self.run_dir)):
-                log.info("%s: an earlier attempt trained no step; its log is replaced (%s)", self.run_dir,
-                         ", ".join(p.name for p in cleared))
-            for action in ckpt.clean_leftovers(self.run_dir):
-                log.warning("checkpoint left-over of an interrupted write: %s", action)
-        self.env.barrier()
-
     def _state(self) -> dict:
         return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "world_size": self.env.world_size,
@@ -197,32 +160,6 @@ class Trainer:
         return ckpt.save_checkpoint(self.run_dir, self.step, self.student, {**self._state(), "ranks": ranks},
                                     dump_config(self.cfg), self.cfg.checkpoint.keep_last)
 
-    def _check_config(self, path: Path) -> None:
-        saved, current = ckpt.read_config(path), self.cfg.model_dump(mode="json")
-        if not self.distiller.loss.needs_teacher:  # the teacher section and cache of a teacherless run play no part
-            saved, current = ({**c, "teacher": None, "distill": {**(c.get("distill") or {}), "teacher_cache": None}}
-                              for c in (saved, current))
-        self._refuse_changes(breaking_changes(saved, current), f"checkpoint {path} was written with another config",
-                             "revert these keys", "change them")
-
-    def _check_inputs(self) -> None:
-        """Refuse to continue a run whose inputs (data, teachers, reinforced data, benchmarks) changed content since
-        it started (unless ``allow_config_change``); a run that recorded none is continued."""
-        changes = input_changes(self.run_dir, self.inputs) if saved_inputs(self.run_dir) is not None else []
-        self._refuse_changes(changes, f"{self.run_dir}: the run's inputs changed since it started",
-                             "restore them, start a new run (--overwrite)", "continue on the new inputs")
-
-    def _refuse_changes(self, changes: list[str], what: str, undo: str, meaning: str) -> None:
-        """A resume that would not continue the same run: refused listing ``changes``, or (``allow_config_change``)
-        logged."""
-        if not changes:
-            return
-        listing = "\n".join(f"  {c}" for c in changes)
-        if not self.allow_config_change:
-            raise ConfigError(f"{what}; resuming would not continue the same run:\n{listing}\n{undo}, or pass "
-                              f"--allow-config-change if you mean to {meaning}")
-        log.warning("--allow-config-change: resuming %s although %s:\n%s", self.run_dir, what, listing)
-
     def _resume(self, resume: str) -> None:
         path = ckpt.resolve_resume(resume, self.run_dir)
         if path is None:
@@ -232,8 +169,8 @@ class Trainer:
             return
         state = ckpt.load_state(path)
         mine = pick_rank_state(state, self.env.rank, self.env.world_size, self.cfg.data.workers, str(path))
-        self._check_config(path)
-        self._check_inputs()
+        check_resume(self.run_dir, path, self.cfg, self.inputs, self.distiller.loss.needs_teacher,
+                     self.allow_config_change)
         ckpt.load_student(path, self.student)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -244,19 +181,9 @@ class Trainer:
         self.fp16_overflows = int(state.get("fp16_overflows", 0))
         self._resumed = True
         if self.env.is_main:
-            self._forget_after(self.step)
+            forget_after(self.run_dir, self.step)
         self.env.barrier()
         log.info("resumed from %s at step %d", path, self.step)
-
-    def _forget_after(self, step: int) -> None:
-        """Rank 0: checkpoints and log rows newer than the resumed step belong to an abandoned future."""
-        moved = ckpt.abandon_after(self.run_dir, step)
-        if moved:
-            log.warning("resuming at step %d: moved %d newer checkpoint(s) aside to %s; --resume latest will "
-                        "not return to them", step, len(moved), moved[0].parent)
-        dropped = truncate_metrics(self.run_dir, step)
-        if dropped:
-            log.warning("resuming at step %d: dropped %d metrics.jsonl row(s) logged after it", step, dropped)
 
     # -- one step ------------------------------------------------------------------------------------------
     def train_step(self, micro_batches: Sequence[DistillBatch]) -> dict[str, float]:

@@ -24,7 +24,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from clipkd.data.sources import IMAGE_KEYS, UnusableImage, expand_shards, open_image, read_csv_rows
+from clipkd.data.decode import UnusableImage, open_image
+from clipkd.data.sources import IMAGE_KEYS, expand_shards, read_csv_rows
 from clipkd.errors import DataQualityError
 
 PathLike = Union[str, Path]
@@ -149,7 +150,7 @@ class LabelledImages:
         return FileImages(self.images, self.targets, transform, skip_unusable)
 
 
-def _read_lines(path: PathLike) -> list[str]:
+def read_lines(path: PathLike) -> list[str]:
     lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
     return [line for line in lines if line]
 
@@ -374,36 +375,3 @@ def _none_usable(what: str, total: int, skipped: Skipped) -> DataQualityError:
     reasons = ", ".join(f"{r}: {n}" for r, n in sorted(skipped.counts.items()))
     return DataQualityError(f"{what}: no usable image: all {total} were skipped ({reasons}); the first: {first} "
                             f"({reason})")
-
-
-def load_classnames(spec: Optional[str], implied: list[str]) -> list[str]:
-    """'imagenet' (open_clip's ImageNet-1k names), a file with one name per line, or the data's own names."""
-    if spec is None:
-        return implied
-    if spec == "imagenet":
-        from open_clip import IMAGENET_CLASSNAMES
-
-        return list(IMAGENET_CLASSNAMES)
-    return _read_lines(spec)
-
-
-def load_templates(spec: Optional[str]) -> list:
-    """'imagenet' (the 80 CLIP templates), 'imagenet-simple', a file (one per line with '{}'), or just '{}'."""
-    if spec is None:
-        return ["{}"]
-    if spec in ("imagenet", "imagenet-simple"):
-        from open_clip import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
-
-        return list(OPENAI_IMAGENET_TEMPLATES if spec == "imagenet" else SIMPLE_IMAGENET_TEMPLATES)
-    templates = _read_lines(spec)
-    if not templates:
-        raise ValueError(f"{spec}: no templates (one per line, '{{}}' for the class name)")
-    bad = [t for t in templates if "{}" not in t and "{c}" not in t]
-    if bad:
-        raise ValueError(f"{spec}: template(s) without a '{{}}' placeholder: {bad[:3]}")
-    return [t.replace("{c}", "{}") for t in templates]
-
-
-def template_text(template) -> str:
-    """A template as text with ``{}`` for the class name (open_clip's built-in templates are functions)."""
-    return template("{}") if callable(template) else str(template)

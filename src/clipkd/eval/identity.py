@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Union
 
-from clipkd.eval.datasets import template_text
+from clipkd.eval.prompts import template_text
 from clipkd.eval.runner import Benchmark
 from clipkd.identity import data_file_digest, digest_of
 

@@ -14,16 +14,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from clipkd.config import BenchmarkSpec
-from clipkd.eval.datasets import (
-    Skipped,
-    account_unusable,
-    collate_usable,
-    load_classnames,
-    load_templates,
-    retrieval_dataset,
-    template_text,
-    zeroshot_dataset,
-)
+from clipkd.eval.datasets import Skipped, account_unusable, collate_usable, retrieval_dataset, zeroshot_dataset
+from clipkd.eval.prompts import load_classnames, load_templates, template_text
 from clipkd.eval.retrieval import evaluate_retrieval
 from clipkd.eval.zeroshot import embed_images, zeroshot_classifier, zeroshot_metrics
 from clipkd.models.encoders import ClipEncoder, eval_mode

@@ -21,7 +21,8 @@ from open_clip import build_zero_shot_classifier
 from torch.utils.data import DataLoader
 
 from clipkd.errors import DataQualityError
-from clipkd.eval.datasets import UsableBatch, template_text
+from clipkd.eval.datasets import UsableBatch
+from clipkd.eval.prompts import template_text
 from clipkd.eval.report import ACC5_MIN_CLASSES
 from clipkd.eval.retrieval_metrics import tie_tolerance
 from clipkd.models.encoders import ClipEncoder, eval_mode

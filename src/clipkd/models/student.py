@@ -2,7 +2,7 @@
 
 Everything that trains lives here (encoder, image/text projection heads, ICL and AFD scales, AFD fusion
 heads), so the optimizer, DDP and checkpoints see a single module. The official code created the heads
-outside the model, per rank, and never saved them; see README "Deviations".
+outside the model, per rank, and never saved them; see docs/deviations.md.
 """
 
 from __future__ import annotations

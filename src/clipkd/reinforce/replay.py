@@ -17,8 +17,8 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from clipkd.data.decode import unusable_reason
-from clipkd.data.sources import RawSample, UnusableImage, open_image
+from clipkd.data.decode import UnusableImage, open_image, unusable_reason
+from clipkd.data.sources import RawSample
 from clipkd.data.views import CachedTeacher, PairedViews, SampleViews
 from clipkd.errors import CacheMismatch
 from clipkd.reinforce.check import fingerprint_problem

@@ -1,7 +1,7 @@
 """One raw record -> its fingerprint, crop boxes and each teacher's input views and tokens (or why unusable).
 
 The same decoding and skip reasons as training (:func:`clipkd.data.decode.unusable_reason`,
-:func:`clipkd.data.sources.open_image`); each view is the replayed crop through the teacher's ``preprocess_val``.
+:func:`clipkd.data.decode.open_image`); each view is the replayed crop through the teacher's ``preprocess_val``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from clipkd.data.decode import unusable_reason
-from clipkd.data.sources import RawSample, UnusableImage, open_image, read_image_bytes
+from clipkd.data.decode import UnusableImage, open_image, read_image_bytes, unusable_reason
+from clipkd.data.sources import RawSample
 from clipkd.data.views import CropBox, crop_region
 from clipkd.embeddings import TextBatch
 from clipkd.models.encoders import ClipEncoder

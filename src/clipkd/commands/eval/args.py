@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--side", choices=["student", "teacher"], default=None,
                    help=f"with --run: which model (default: {d['side']})")
     p.add_argument("--checkpoint", help="with --run: a checkpoint folder instead of the latest")
-    p.add_argument("--benchmarks", help="YAML file with a list of benchmark specs (see README)")
+    p.add_argument("--benchmarks", help="YAML file with a list of benchmark specs (see docs/evaluation.md)")
     p.add_argument("--zeroshot", action="append", default=[], metavar="FORMAT:PATH",
                    help="folder:DIR, csv:FILE or webdataset:URLS (repeatable)")
     p.add_argument("--retrieval", action="append", default=[], metavar="FORMAT:PATH",
