@@ -131,7 +131,8 @@ def run_build(cfg: TrainConfig, opts: BuildOptions, env: DistEnv = DistEnv(),
     sidecar this process writes; ``stop``: the signal handlers whose request stops the build (kept so far)."""
     check_request(cfg, opts)
     plan = make_plan(cfg.data, opts.rows_per_shard)
-    todo, skipped = _claim(opts, env, plan, build_settings(cfg, opts, plan.identity))
+    # the data's and the teachers' digests: read and hashed once per job, by rank 0
+    todo, skipped = _claim(opts, env, plan, env.from_main(lambda: build_settings(cfg, opts, plan.identity)))
     # the folder's own settings from here on (equal to these, as check_folder found): a build resumed by a later
     # clipkd names its sidecars and manifest with the digest its first sidecars got
     settings = read_json(opts.out / SETTINGS_FILE)

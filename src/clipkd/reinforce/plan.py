@@ -6,6 +6,7 @@ webdataset: one sidecar per tar shard, in the order of the expanded shard list. 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +87,15 @@ class CsvPlan:
         bounds = range(0, rows, rows_per_shard)
         self.sidecars = [SidecarSpec(i, f"rows {a}-{min(a + rows_per_shard, rows) - 1}", a,
                                      min(a + rows_per_shard, rows)) for i, a in enumerate(bounds)]
-        self.identity = {"format": "csv", "path": str(self.path), "sha256": sha256_file(self.path), "rows": rows,
-                         "rows_per_shard": rows_per_shard, "img_key": dc.csv_img_key,
-                         "caption_key": dc.csv_caption_key, "separator": dc.csv_separator, "root": dc.root}
+        self.rows_per_shard, self.dc = rows_per_shard, dc
+
+    @functools.cached_property
+    def identity(self) -> dict[str, Any]:
+        """The data by content (the CSV's SHA-256: read once, by the process that asks; a job asks on rank 0)."""
+        dc = self.dc
+        return {"format": "csv", "path": str(self.path), "sha256": sha256_file(self.path), "rows": len(self.source),
+                "rows_per_shard": self.rows_per_shard, "img_key": dc.csv_img_key, "caption_key": dc.csv_caption_key,
+                "separator": dc.csv_separator, "root": dc.root}
 
     def chunks(self, wanted: Sequence[int]) -> Iterator[Chunk]:
         """(sidecar, its rows in file order) for each wanted sidecar, in index order."""
