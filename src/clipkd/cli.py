@@ -13,30 +13,21 @@ from typing import Optional, Sequence
 
 
 def _cmd_losses(args: argparse.Namespace) -> int:
-    from clipkd.losses.catalog import EQUATIONS
-    from clipkd.losses.recipes import GD_WEIGHT, RECIPES
+    from clipkd.commands.catalog import run_losses
 
-    print("Loss terms (embeddings L2-normalised, y = arange(N), P(.) = projection to the teacher's size):")
-    for name, equation in EQUATIONS.items():
-        print(f"  {name:<5} {equation}")
-    print("\nRecipes (total = sum of weight x term):")
-    for r in RECIPES.values():
-        weights = " + ".join(f"{'lambda_GD' if k == 'gd' else format(w, 'g')}*{k}" for k, w in r.weights.items())
-        mask = f", mask_ratio {r.mask_ratio:g}" if r.mask_ratio else ""
-        print(f"  {r.name:<8} {weights}{mask}  - {r.summary}")
-    print(f"\nlambda_GD = gd_weight_for(N, D) = {GD_WEIGHT:g} * (N/1024)^2 * (D/512) * ln(N)/ln(1024)  "
-          f"({GD_WEIGHT:g} at N=1024, D=512)")
-    print("  N = global batch = data.batch_size x optim.accum_steps x processes, D = the teacher's embedding dim;")
-    print("  the value used is logged (INFO, clipkd.losses.recipes). Explicit distill.weights are used as given.")
-    return 0
+    return run_losses(args)
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from clipkd.models import list_models
+    from clipkd.commands.catalog import run_models
 
-    names = [m for m in list_models() if args.filter is None or args.filter.lower() in m.lower()]
-    print("\n".join(names))
-    return 0
+    return run_models(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from clipkd.commands.report import run_report
+
+    return run_report(args)
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
@@ -80,15 +71,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     from clipkd.commands.ablate import run_ablate
 
     return run_ablate(args)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from clipkd.eval.report import write_report
-
-    table, chart = write_report(args.results, args.out)
-    print(table.read_text())
-    print(f"wrote {table} and {chart}")
-    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """Preflight: every check that needs the filesystem, the model registry or checkpoint headers, before anything
-is built. A job runs it once (rank 0; the verdict is broadcast, see :class:`clipkd.runtime.distributed.DistEnv.from_main`)."""
+is built. A job runs it once: rank 0 reads and checks, the verdict is broadcast
+(:meth:`clipkd.runtime.distributed.DistEnv.from_main`)."""
 
 from __future__ import annotations
 

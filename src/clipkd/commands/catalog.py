@@ -1,0 +1,34 @@
+"""`clipkd losses` and `clipkd models`: what there is to choose from."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run_losses(args: argparse.Namespace) -> int:
+    """Every loss term's equation, every recipe's weights and the GD weight rule."""
+    from clipkd.losses.catalog import EQUATIONS
+    from clipkd.losses.recipes import GD_WEIGHT, RECIPES
+
+    print("Loss terms (embeddings L2-normalised, y = arange(N), P(.) = projection to the teacher's size):")
+    for name, equation in EQUATIONS.items():
+        print(f"  {name:<5} {equation}")
+    print("\nRecipes (total = sum of weight x term):")
+    for r in RECIPES.values():
+        weights = " + ".join(f"{'lambda_GD' if k == 'gd' else format(w, 'g')}*{k}" for k, w in r.weights.items())
+        mask = f", mask_ratio {r.mask_ratio:g}" if r.mask_ratio else ""
+        print(f"  {r.name:<8} {weights}{mask}  - {r.summary}")
+    print(f"\nlambda_GD = gd_weight_for(N, D) = {GD_WEIGHT:g} * (N/1024)^2 * (D/512) * ln(N)/ln(1024)  "
+          f"({GD_WEIGHT:g} at N=1024, D=512)")
+    print("  N = global batch = data.batch_size x optim.accum_steps x processes, D = the teacher's embedding dim;")
+    print("  the value used is logged (INFO, clipkd.losses.recipes). Explicit distill.weights are used as given.")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """The model names open_clip and clipkd know, filtered by ``args.filter``."""
+    from clipkd.models import list_models
+
+    names = [m for m in list_models() if args.filter is None or args.filter.lower() in m.lower()]
+    print("\n".join(names))
+    return 0
