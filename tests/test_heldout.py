@@ -197,3 +197,21 @@ def test_val_batches_defaults_to_all_pairs():
     assert EvalConfig(val_batches=3).val_batches == 3
     with pytest.raises(ValueError):
         EvalConfig(val_batches=0)
+
+
+def test_a_trainer_without_eval_hooks_says_it_will_not_evaluate(data_dir, tmp_path, caplog):
+    """The engine builds no evaluation hooks itself: a Trainer made directly (not through make_trainer) with
+    eval.val_data set warns that it will not evaluate, and logs no eval/* metric; make_trainer's does."""
+    from clipkd.engine.logger import read_metrics
+    from clipkd.engine.trainer import Trainer
+
+    val = f"{{format: csv, train: '{data_dir}/csv/data.csv', batch_size: 8, workers: 0}}"
+    extra = {"optim.steps": 1, "optim.warmup_steps": 0, "eval.val_batches": 1}
+    with caplog.at_level("WARNING", logger="clipkd.engine.trainer"):
+        Trainer(load_config(None, base_overrides(tmp_path / "bare", data_dir, "csv", **extra) +
+                            [f"eval.val_data={val}"])).fit()
+    assert "no eval_hooks were given: not evaluated" in caplog.text
+    assert read_metrics(tmp_path / "bare", "eval") == []
+    make_trainer(load_config(None, base_overrides(tmp_path / "made", data_dir, "csv", **extra) +
+                             [f"eval.val_data={val}"])).fit()
+    assert any("eval/val/loss" in row for row in read_metrics(tmp_path / "made", "eval"))

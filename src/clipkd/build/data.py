@@ -29,7 +29,7 @@ def build_stream(dc: DataConfig, distiller: Distiller, seed: int, rank: int = 0,
                  world_size: int = 1, batches_per_split: Optional[int] = None,
                  stored: Optional["ReinforcedViews"] = None) -> DistillStream:
     """The training batch stream for one process, each side with its own views and tokenizer (held-out pairs:
-    :meth:`clipkd.eval.val_loss.ValLossHook.from_config`); with ``stored`` views, the student's view replays a
+    :func:`clipkd.build.hooks.val_loss_hook`); with ``stored`` views, the student's view replays a
     stored crop and the batch carries the teacher's stored embeddings."""
     views = PairedViews(*distiller.view_encoders, dc.crop_scale)
     return DistillStream(build_source(dc), views, dc.batch_size, seed=seed, rank=rank, world_size=world_size,
@@ -41,7 +41,7 @@ def stored_views(cfg: TrainConfig, checked: Optional[dict] = None) -> Optional["
     """The stored views training reads instead of running the teacher, or None without a teacher cache (or when
     no loss term uses the teacher). Raises :class:`ConfigError` for a cache that does not fit the run.
 
-    ``checked``: the manifest :func:`preflight` returned (already compared with the run: not compared again).
+    ``checked``: the manifest :func:`clipkd.build.preflight.preflight` returned (already compared with the run: not compared again).
     """
     if not (teacher_in_use(cfg) and cfg.distill.teacher_cache):
         return None

@@ -43,7 +43,7 @@ def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
     """Teacher (frozen) and student (with the heads the configured terms need).
 
     Without a teacher term (recipe ``baseline``) no teacher is built: the distiller's ``teacher`` is None.
-    With ``stored`` views (reinforced data, :func:`stored_views`) neither: the batches bring the teacher's
+    With ``stored`` views (reinforced data, :func:`clipkd.build.data.stored_views`) neither: the batches bring the teacher's
     embeddings, whose size the cache's manifest gives.
     The student is built first, so its initialisation depends on the seed alone, with or without a teacher.
     ``world_size``: the number of training processes; a recipe's GD weight follows the global batch

@@ -1,2 +1,2 @@
-"""The demo's own parts: Fashion-MNIST pairs, the LiT teacher, the report. Orchestrated by
-:mod:`clipkd.commands.demo` (above the engine, beside ablate)."""
+"""The demo's own parts: Fashion-MNIST pairs, the LiT teacher, the report. A layer above the engine,
+beside ablate; the command that runs the demo is :mod:`clipkd.commands.demo`."""

@@ -36,3 +36,22 @@ def autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def logged_scalars(student: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   fp16_overflows: int) -> dict[str, float]:
+    """What a logging step records besides the losses: learning rate, the learned scales (one per teacher of an
+    ensemble) and, under fp16, the loss scale and the overflowed steps."""
+    s = student
+    out = {"lr": optimizer.param_groups[0]["lr"], "logit_scale": s.encoder.scale().item()}
+    for name in ("icl_logit_scale", "afd_logit_scale"):
+        for prefix in ("", "ensemble_"):  # an ensemble: one scale per teacher
+            p = getattr(s, prefix + name, None)
+            if p is None:
+                continue
+            values = p.detach().exp().reshape(-1).tolist()
+            key = name.replace("_logit", "")
+            out.update({key: values[0]} if p.dim() == 0 else {f"{key}_{i}": v for i, v in enumerate(values)})
+    if scaler.is_enabled():
+        out.update(loss_scale=scaler.get_scale(), fp16_overflow_steps=fp16_overflows)
+    return out

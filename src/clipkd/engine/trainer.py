@@ -47,7 +47,7 @@ from clipkd.engine.run_dir import (
     prepare_run_dir,
     truncate_metrics,
 )
-from clipkd.engine.step import StepAgreement, TrainResult, autocast
+from clipkd.engine.step import StepAgreement, TrainResult, autocast, logged_scalars
 from clipkd.errors import DataQualityError, TrainingDiverged
 from clipkd.runtime.distributed import DistEnv, current_env, local_processes, wrap_ddp
 from clipkd.runtime.preemption import StopRequest
@@ -122,7 +122,12 @@ class Trainer:
                                          functools.partial(autocast, self.device, cfg.precision), self.scaler.scale)
         self.rank_state = RankState(torch.Generator().manual_seed(mask_seed(cfg.seed, self.env.rank)))
         ec = cfg.eval
-        configured = eval_hooks is not None and (bool(ec.benchmarks) or ec.val_data is not None)
+        asked = bool(ec.benchmarks) or ec.val_data is not None
+        if asked and eval_hooks is None and self.env.is_main:
+            log.warning("eval.benchmarks/eval.val_data are set but no eval_hooks were given: not evaluated (build the "
+                        "trainer with clipkd.commands.train.make_trainer, or pass eval_hooks=clipkd.build.hooks."
+                        "eval_hooks)")
+        configured = asked and eval_hooks is not None
         self._eval_enabled = bool(hooks) or configured  # the same on all ranks
         made = list(eval_hooks(cfg, self.distiller, self.device)) if configured and self.env.is_main else []
         self.hooks = list(hooks) + made if self.env.is_main else []
@@ -353,7 +358,8 @@ class Trainer:
                 bar.update(1)
                 if self.step % self.cfg.logging.every_steps == 0 or self.step == self.total_steps:
                     rate = seen / max(time.perf_counter() - tick, 1e-9)
-                    logger.log(self.step, {**values, **self._scalars(), "samples_per_s": rate, "skipped": skipped,
+                    scalars = logged_scalars(self.student, self.optimizer, self.scaler, self.fp16_overflows)
+                    logger.log(self.step, {**values, **scalars, "samples_per_s": rate, "skipped": skipped,
                                            "nonfinite_steps": self.nonfinite_total})
                     bar.set_postfix(loss=f"{values['loss']:.4f}", samples_s=f"{rate:.0f}")
                     tick, seen = time.perf_counter(), 0
@@ -364,21 +370,6 @@ class Trainer:
                 log.warning("stop requested (%s): writing a checkpoint at step %d and exiting; continue with "
                             "--resume latest", self._stopped_by(), self.step)
                 return
-
-    def _scalars(self) -> dict[str, float]:
-        s = self.student
-        out = {"lr": self.optimizer.param_groups[0]["lr"], "logit_scale": s.encoder.scale().item()}
-        for name in ("icl_logit_scale", "afd_logit_scale"):
-            for prefix in ("", "ensemble_"):  # an ensemble: one scale per teacher
-                p = getattr(s, prefix + name, None)
-                if p is None:
-                    continue
-                values = p.detach().exp().reshape(-1).tolist()
-                key = name.replace("_logit", "")
-                out.update({key: values[0]} if p.dim() == 0 else {f"{key}_{i}": v for i, v in enumerate(values)})
-        if self.scaler.is_enabled():
-            out.update(loss_scale=self.scaler.get_scale(), fp16_overflow_steps=self.fp16_overflows)
-        return out
 
     def _maybe_eval(self, logger, final: bool = False) -> None:
         """Evaluation hooks on rank 0 while the other ranks wait at a barrier."""

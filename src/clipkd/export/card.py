@@ -96,7 +96,8 @@ def build_card(source, models: Sequence[tuple[str, ClipEncoder]], results: Seque
                run_metrics: Optional[dict[str, float]] = None, **timing) -> dict[str, Any]:
     """The card of ``source`` (an :class:`~clipkd.commands.source.ExportSource`): ``models`` are ``(role, encoder)``,
     the student first; ``results`` are result JSONs (``clipkd eval`` layout) shown with the run's own evaluation
-    ``run_metrics`` (its ``eval/*`` metrics at the checkpoint's step);
+    ``run_metrics`` (its ``eval/*`` metrics at the checkpoint's step, as :func:`clipkd.commands.card.run_evaluation`
+    reads them; none: no run evaluation on the card);
     ``student_onnx``: the student's ONNX export, when it was exported already (checked against it)."""
     with tempfile.TemporaryDirectory(prefix="clipkd-card-") as tmp:
         profiles = [profile(role, enc, Path(tmp) / str(i), batches, student_onnx if i == 0 else None, **timing)
