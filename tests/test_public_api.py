@@ -28,6 +28,9 @@ PUBLIC = {
 }
 
 COMMANDS = {
+    "bench-data": [  # added after 84940b9 (issue 25)
+        "--batches", "--config", "--help", "--json", "--step-rate", "-c", "-h", "overrides",
+    ],
     "losses": [
         "--help", "-h",
     ],

@@ -30,6 +30,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return run_report(args)
 
 
+def _cmd_bench_data(args: argparse.Namespace) -> int:
+    from clipkd.commands.bench_data import run_bench_data
+
+    return run_bench_data(args)
+
+
 def _cmd_smoke(args: argparse.Namespace) -> int:
     from clipkd.commands.smoke import run_smoke
 
@@ -195,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="folder with the Fashion-MNIST idx files (default: Debian's package)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(fn=_cmd_demo)
+    p = command("bench-data", "the training data path as `clipkd train` runs it, without the model step: samples/s, "
+                "CPU per sample and per stage, cores one GPU needs")
+    from clipkd.commands.bench_data import add_arguments as bench_arguments
+
+    bench_arguments(p)
+    p.set_defaults(fn=_cmd_bench_data)
     p = command("smoke", "a one-minute distillation run on drawn shapes with tiny models")
     p.add_argument("--recipe", default="clipkd", help="loss recipe (see `clipkd losses`)")
     p.add_argument("--student", default="clipkd-tiny-vit", help="student model (see `clipkd models`)")

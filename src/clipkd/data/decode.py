@@ -17,6 +17,7 @@ import torch
 
 from clipkd.data.batch import DistillBatch
 from clipkd.data.sources import RawSample
+from clipkd.data.stages import stage
 from clipkd.data.views import PairedViews, SampleViews, collate_text
 from clipkd.embeddings import Embeddings
 
@@ -135,7 +136,8 @@ def decode_record(raw: RawSample, views: PairedViews, rng: Optional[random.Rando
     if reason:
         return reason
     try:
-        image = open_image(raw.image, max_pixels)
+        with stage("decode"):
+            image = open_image(raw.image, max_pixels)
     except UnusableImage as exc:
         return exc.reason
     except Exception:  # noqa: BLE001 - any other decoder failure means the same: skip and count

@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Protocol, Union
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from clipkd.data.batch import DistillBatch
 from clipkd.data.decode import collate_views, decode_record
 from clipkd.data.sources import RawSample, Source
+from clipkd.data.stages import stage, take
 from clipkd.data.views import PairedViews, SampleViews
 from clipkd.errors import USER_ERRORS, DataQualityError, worker_message
 
@@ -71,6 +73,8 @@ class BatchInfo:
     consumed: int
     skipped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)  # first unusable records per reason, once each
+    cpu_s: float = 0.0  # CPU seconds the producing process spent making this batch (all of it)
+    stages: dict[str, float] = field(default_factory=dict)  # ...per stage of the data path (clipkd.data.stages)
 
 
 @dataclass
@@ -237,11 +241,14 @@ class DistillStream(IterableDataset):
         for _ in range(skip):  # resume: skip raw records without decoding them
             _next(raw_iter, consumed)
             consumed += 1
+        take()
+        clock = time.process_time()
         for _ in range(self.batches_per_split - done):
             views: list[SampleViews] = []
             skipped: Counter = Counter()
             while len(views) < self.batch_size:
-                raw = _next(raw_iter, consumed)
+                with stage("read"):
+                    raw = _next(raw_iter, consumed)
                 consumed += 1
                 ledger.enter(raw.pass_index)
                 out = self._views(raw, epoch, split, consumed)
@@ -250,7 +257,12 @@ class DistillStream(IterableDataset):
                     skipped[out] += 1
                 else:
                     views.append(out)
-            yield collate_views(views), BatchInfo(split, consumed, dict(skipped), ledger.take_examples())
+            with stage("collate"):
+                batch = collate_views(views)
+            cpu = time.process_time() - clock
+            info = BatchInfo(split, consumed, dict(skipped), ledger.take_examples(), cpu, take())
+            yield batch, info
+            clock = time.process_time()  # what the consumer does between two batches is not the data path's
 
     def _views(self, raw: RawSample, epoch: int, split: int, index: int) -> Union[SampleViews, str]:
         if self.stored is not None:  # reinforced data: the stored view of this epoch, with its teacher embeddings

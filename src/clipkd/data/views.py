@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
+from clipkd.data.stages import stage
 from clipkd.embeddings import TextBatch
 from clipkd.models.encoders import ClipEncoder
 
@@ -102,12 +103,14 @@ class PairedViews:
 
     def at(self, image: Image.Image, caption: str, crop: Optional[CropBox]) -> SampleViews:
         """Both sides' views of the region ``crop`` (top, left, height, width) of ``image``; None: all of it."""
-        if crop is not None:
-            image = crop_region(image, crop)
-        s_img = self.student_pp(image)
-        t_img = s_img if self.same_image else self.teacher_pp(image)
-        s_txt = _first(self.student_tok([caption]))
-        t_txt = s_txt if self.same_text else _first(self.teacher_tok([caption]))
+        with stage("preprocess"):
+            if crop is not None:
+                image = crop_region(image, crop)
+            s_img = self.student_pp(image)
+            t_img = s_img if self.same_image else self.teacher_pp(image)
+        with stage("tokenize"):
+            s_txt = _first(self.student_tok([caption]))
+            t_txt = s_txt if self.same_text else _first(self.teacher_tok([caption]))
         return SampleViews(s_img, t_img, s_txt, t_txt, crop)
 
 

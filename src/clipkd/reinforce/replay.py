@@ -19,6 +19,7 @@ import torch
 
 from clipkd.data.decode import UnusableImage, open_image, unusable_reason
 from clipkd.data.sources import RawSample
+from clipkd.data.stages import stage
 from clipkd.data.views import CachedTeacher, PairedViews, SampleViews
 from clipkd.errors import CacheMismatch
 from clipkd.reinforce.check import fingerprint_problem
@@ -82,23 +83,29 @@ class ReinforcedViews:
         reason = unusable_reason(raw)
         if raw.origin is None:  # a broken shard's error record: not a row of any sidecar
             return reason or "shard_error"
-        data, problem = record_bytes(raw)
-        fp = fingerprint(data, raw.caption)
-        sidecar, row = self._checked_row(raw, fp)
+        with stage("sidecar"):
+            data, problem = record_bytes(raw)
+            fp = fingerprint(data, raw.caption)
+            sidecar, row = self._checked_row(raw, fp)
         if reason or problem:
             return reason or problem  # type: ignore[return-value]
         try:
-            image = open_image(data, max_pixels)
+            with stage("decode"):
+                image = open_image(data, max_pixels)
         except UnusableImage as exc:
             return exc.reason
         except Exception:  # noqa: BLE001 - any other decoder failure: skipped and counted, as without a cache
             return "bad_image"
-        if not self.reader.row(sidecar, "usable", row).item():
+        with stage("sidecar"):
+            usable = bool(self.reader.row(sidecar, "usable", row).item())
+            view = self.choice.pick(epoch, fp)
+            crop = tuple(self.reader.row(sidecar, "crop", row, view).tolist())
+            teacher = self._teacher(sidecar, row, view)
+        if not usable:
             raise CacheMismatch(f"{raw.describe()}: usable now, but the cache holds no view of it (sidecar "
                                 f"{sidecar}, record {row}: unusable when it was built); rebuild the cache")
-        view = self.choice.pick(epoch, fp)
-        out = views.at(image, raw.caption, tuple(self.reader.row(sidecar, "crop", row, view).tolist()))
-        out.key, out.teacher = raw.key, self._teacher(sidecar, row, view)
+        out = views.at(image, raw.caption, crop)
+        out.key, out.teacher = raw.key, teacher
         return out
 
     def _checked_row(self, raw: RawSample, fp: bytes) -> tuple[int, int]:

@@ -1,0 +1,93 @@
+"""The data path measured as training runs it: a stream's batches through its loader, without the model step.
+
+What a batch costs: wall time (the first batch of an epoch, which starts the loader's workers, apart from the
+median one), CPU seconds over all processes (this one, and each loader worker's own account of the batches it
+made: :attr:`clipkd.data.stream.BatchInfo.cpu_s`), and the CPU seconds of each stage of the path
+(:mod:`clipkd.data.stages`). Used by `clipkd bench-data`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from clipkd.data.batch import DistillBatch
+from clipkd.data.stages import STAGES
+from clipkd.data.stream import BatchInfo, DataPosition, DistillStream, make_loader
+
+
+@dataclass
+class DataPathFigures:
+    """``samples_per_s``: after the first batch (steady state); ``cpu_s_per_sample``: over all processes and all
+    batches; ``stages``: CPU seconds per sample of each stage (``other``: the rest of the producing processes'
+    time; ``consumer``: this process's own CPU when loader workers make the batches: receiving them, moving them
+    to the device); ``first_batch_s`` / ``median_batch_s``: wall seconds of the first batch of each epoch and of
+    the median batch."""
+
+    batches: int
+    samples: int
+    workers: int
+    seconds: float
+    samples_per_s: float
+    cpu_s_per_sample: float
+    stages: dict[str, float] = field(default_factory=dict)
+    first_batch_s: list[float] = field(default_factory=list)
+    median_batch_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _epochs(stream: DistillStream, workers: int, seed: int) -> Iterator[tuple[bool, DistillBatch, BatchInfo]]:
+    """(first batch of its epoch, batch, info), epoch after epoch, as the trainer reads them."""
+    epoch = 0
+    while True:
+        stream.start(DataPosition(epoch))
+        for i, (batch, info) in enumerate(make_loader(stream, workers, seed)):
+            yield i == 0, batch, info
+        epoch += 1
+
+
+def measure_stream(stream: DistillStream, workers: int, seed: int, batches: int,
+                   device: torch.device) -> DataPathFigures:
+    """``batches`` batches of ``stream`` (over as many epochs as that takes), each moved to ``device``."""
+    walls, firsts, samples = [], [], 0
+    stages: dict[str, float] = defaultdict(float)
+    produced = 0.0
+    cpu0, start = time.process_time(), time.perf_counter()
+    tick = start
+    steady_from, steady_samples = start, 0
+    for n, (first, batch, info) in enumerate(_epochs(stream, workers, seed)):
+        batch.to(device, non_blocking=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        (firsts if first else walls).append(now - tick)
+        tick = now
+        samples += len(batch)
+        produced += info.cpu_s
+        for k, v in info.stages.items():
+            stages[k] += v
+        if n == 0:
+            steady_from = now
+        else:
+            steady_samples += len(batch)
+        if n + 1 == batches:
+            break
+    seconds = time.perf_counter() - start
+    consumer = time.process_time() - cpu0
+    total = consumer + produced if workers else consumer
+    accounted = sum(stages.values())
+    per = {k: stages.get(k, 0.0) / samples for k in STAGES}
+    per["other"] = max(produced - accounted, 0.0) / samples
+    if workers:
+        per["consumer"] = consumer / samples
+    steady = steady_samples / (tick - steady_from) if steady_samples else samples / seconds
+    return DataPathFigures(batches=n + 1, samples=samples, workers=workers, seconds=seconds, samples_per_s=steady,
+                           cpu_s_per_sample=total / samples, stages=per, first_batch_s=firsts,
+                           median_batch_s=statistics.median(walls) if walls else firsts[0])
