@@ -116,6 +116,8 @@ class DataConfig(_Strict):
     max_skip_fraction: float = Field(0.1, ge=0.0, le=1.0, description="abort when a larger share of the records "
                                      "read is unusable (judged from 100 records on, and at each pass end)")
     max_image_pixels: int = Field(100_000_000, gt=0, description="images with more pixels are skipped (too_large)")
+    decode: Literal["reduced", "full"] = Field("reduced", description="reduced: a JPEG whose view needs at most half "
+                                               "its pixels is decoded at 1/2, 1/4 or 1/8 scale (DCT domain)")
 
     @field_validator("crop_scale")
     @classmethod

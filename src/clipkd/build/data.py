@@ -31,7 +31,7 @@ def build_stream(dc: DataConfig, distiller: Distiller, seed: int, rank: int = 0,
     """The training batch stream for one process, each side with its own views and tokenizer (held-out pairs:
     :func:`clipkd.build.hooks.val_loss_hook`); with ``stored`` views, the student's view replays a
     stored crop and the batch carries the teacher's stored embeddings."""
-    views = PairedViews(*distiller.view_encoders, dc.crop_scale)
+    views = PairedViews(*distiller.view_encoders, dc.crop_scale, reduced_decode=dc.decode == "reduced")
     return DistillStream(build_source(dc), views, dc.batch_size, seed=seed, rank=rank, world_size=world_size,
                          workers=dc.workers, batches_per_split=batches_per_split,
                          max_skip_fraction=dc.max_skip_fraction, max_image_pixels=dc.max_image_pixels, stored=stored)

@@ -7,18 +7,19 @@ so both skip and count the same records for the same reasons.
 from __future__ import annotations
 
 import io
+import math
 import random
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
 from clipkd.data.batch import DistillBatch
 from clipkd.data.sources import RawSample
 from clipkd.data.stages import stage
-from clipkd.data.views import PairedViews, SampleViews, collate_text
+from clipkd.data.views import CropBox, PairedViews, SampleViews, collate_text
 from clipkd.embeddings import Embeddings
 
 __all__ = ["UnusableImage", "read_image_bytes", "to_rgb", "open_image", "unusable_reason", "decode_record",
@@ -116,6 +117,47 @@ def open_image(image: Union[bytes, Path], max_pixels: Optional[int] = None):
         raise UnusableImage(_decode_reason(exc), what, exc) from None
 
 
+def _reduced(im, region: tuple[int, int], min_side: int) -> float:
+    """Let a JPEG decode at the smallest DCT scale (1/2, 1/4, 1/8: libjpeg's scaled IDCT, Pillow's ``draft``) that
+    still gives the region (height, width) a shorter side of at least ``min_side``; the scale decoded at (1: full)."""
+    factor = min(region) / min_side
+    if im.format != "JPEG" or factor < 2:
+        return 1.0
+    width, height = im.size
+    found = im.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    return 1.0 if found is None else found[1][2] / width
+
+
+def open_region(image: Union[bytes, Path], pick: Callable[[Any], Optional[CropBox]], min_side: Optional[int] = None,
+                max_pixels: Optional[int] = None) -> tuple[Any, float]:
+    """Decode ``image`` for a view of one region: ``pick(opened)`` names the region (top, left, height, width) in the
+    source's pixels from the opened, not yet decoded image (its size and bands), or None for all of it.
+
+    With ``min_side`` (the view's resolution), a JPEG whose region is at least twice that on its shorter side is
+    decoded at a reduced scale (:func:`_reduced`): 4x to 64x fewer pixels to decode and to resize. Returns the RGB
+    image and the scale it was decoded at (1.0: full); the region in its pixels is the source's box times the scale
+    (:meth:`clipkd.data.views.PairedViews.at` takes the source's box and the scale).
+    Raises :class:`UnusableImage` as :func:`open_image` does.
+    """
+    from PIL import Image
+
+    data = read_image_bytes(image)
+    what = "image" if isinstance(image, bytes) else str(image)
+    try:
+        with _pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise UnusableImage("too_large", what, f"{im.width}x{im.height} > {max_pixels} pixels")
+            box = pick(im)
+            region = (box[2], box[3]) if box is not None else (im.height, im.width)
+            scale = _reduced(im, region, min_side) if min_side else 1.0
+            im.load()
+            return to_rgb(im), scale
+    except UnusableImage:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure: classified, then skipped and counted
+        raise UnusableImage(_decode_reason(exc), what, exc) from None
+
+
 def unusable_reason(raw: RawSample) -> Optional[str]:
     """Why a record cannot be used before decoding, or None."""
     if raw.error:
@@ -135,14 +177,20 @@ def decode_record(raw: RawSample, views: PairedViews, rng: Optional[random.Rando
     reason = unusable_reason(raw)
     if reason:
         return reason
+    drawn: list[Optional[CropBox]] = [None]
+
+    def pick(opened) -> Optional[CropBox]:
+        drawn[0] = views.draw(opened, rng)  # from the image's size: the same box at any decoding scale
+        return drawn[0]
+
     try:
         with stage("decode"):
-            image = open_image(raw.image, max_pixels)
+            image, scale = open_region(raw.image, pick, views.decode_side, max_pixels)
     except UnusableImage as exc:
         return exc.reason
     except Exception:  # noqa: BLE001 - any other decoder failure means the same: skip and count
         return "bad_image"
-    out = views(image, raw.caption, rng)
+    out = views.at(image, raw.caption, drawn[0], scale)
     out.key = raw.key
     return out
 

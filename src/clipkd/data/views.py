@@ -16,7 +16,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 from PIL import Image
-from torchvision.transforms import RandomResizedCrop
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
+from torchvision.transforms import Resize as TvResize
 
 from clipkd.data.stages import stage
 from clipkd.embeddings import TextBatch
@@ -40,6 +41,34 @@ def crop_region(image: Image.Image, box: CropBox) -> Image.Image:
     """The region ``box`` (top, left, height, width) of ``image``."""
     top, left, height, width = box
     return image.crop((left, top, left + width, top + height))
+
+
+Resize = tuple[int, int]  # (the shorter side's size, PIL's resampling filter)
+
+
+def leading_resize(preprocess) -> Optional[Resize]:
+    """The square resize a torchvision/open_clip preprocessing starts with (``Resize(S)``: shorter side to S,
+    bicubic or bilinear), or None when it starts otherwise."""
+    first = (getattr(preprocess, "transforms", None) or [None])[0]
+    if not isinstance(first, TvResize) or first.max_size is not None:
+        return None
+    size = first.size if isinstance(first.size, int) else (first.size[0] if len(first.size) == 1 else None)
+    resample = {InterpolationMode.BICUBIC: Image.BICUBIC, InterpolationMode.BILINEAR: Image.BILINEAR}.get(
+        first.interpolation)
+    return (size, resample) if size and resample is not None else None
+
+
+def _scaled_region(image: Image.Image, crop: CropBox, scale: float, resize: Optional[Resize]) -> Image.Image:
+    """The region ``crop`` (source pixels) of ``image`` decoded at ``scale``: resized from the exact region to the
+    size the side's own first resize gives the full-resolution crop (which then leaves it as it is); without a
+    known first resize, the region rounded to the decoded pixels."""
+    top, left, height, width = (v * scale for v in crop)
+    if resize is None:
+        return image.crop((round(left), round(top), round(left + width), round(top + height)))
+    size, resample = resize
+    h, w = crop[2], crop[3]  # torchvision's rule for Resize(S) of an h x w image
+    out = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    return image.resize(out, resample, box=(left, top, left + width, top + height))
 
 
 def _signature(enc: ClipEncoder) -> str:
@@ -80,7 +109,7 @@ class PairedViews:
     """Builds both sides' views of a decoded image and its caption."""
 
     def __init__(self, student: ClipEncoder, teacher: Union[ClipEncoder, Sequence[ClipEncoder]],
-                 crop_scale: Optional[Sequence[float]] = (0.9, 1.0)):
+                 crop_scale: Optional[Sequence[float]] = (0.9, 1.0), reduced_decode: bool = False):
         self.student_pp, self.student_tok = student.preprocess_val, student.tokenizer
         self.ensemble = None if isinstance(teacher, ClipEncoder) else list(teacher)
         if self.ensemble is not None:  # each teacher its own view and tokens: tuples, in teacher order
@@ -90,6 +119,11 @@ class PairedViews:
         self.same_image = self.ensemble is None and _signature(student) == _signature(teacher)
         self.same_text = self.student_tok is self.teacher_tok  # one encoder on both sides (no teacher)
         self.crop_scale = tuple(crop_scale) if crop_scale else None
+        self.student_resize = leading_resize(student.preprocess_val)
+        self.teacher_resize = None if self.ensemble else leading_resize(teacher.preprocess_val)
+        sides = [max(e.image_size) for e in [student, *(self.ensemble or [teacher])]]
+        # a JPEG view needs this many pixels on its region's shorter side: decoded at a reduced scale down to it
+        self.decode_side: Optional[int] = max(sides) if reduced_decode else None
 
     def _ensemble_views(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
         return tuple(t.preprocess_val(image) for t in self.ensemble)
@@ -97,17 +131,24 @@ class PairedViews:
     def _ensemble_tokens(self, texts: Sequence[str]) -> tuple[TextBatch, ...]:
         return tuple(t.tokenizer(texts) for t in self.ensemble)
 
-    def __call__(self, image: Image.Image, caption: str, rng: Optional[random.Random]) -> SampleViews:
-        crop = sample_crop(image, self.crop_scale, rng) if (self.crop_scale and rng is not None) else None
-        return self.at(image, caption, crop)
+    def draw(self, image: Image.Image, rng: Optional[random.Random]) -> Optional[CropBox]:
+        """The shared crop box of one sample (None: no augmentation); ``image`` may be opened but not decoded."""
+        return sample_crop(image, self.crop_scale, rng) if (self.crop_scale and rng is not None) else None
 
-    def at(self, image: Image.Image, caption: str, crop: Optional[CropBox]) -> SampleViews:
-        """Both sides' views of the region ``crop`` (top, left, height, width) of ``image``; None: all of it."""
+    def __call__(self, image: Image.Image, caption: str, rng: Optional[random.Random]) -> SampleViews:
+        return self.at(image, caption, self.draw(image, rng))
+
+    def at(self, image: Image.Image, caption: str, crop: Optional[CropBox], scale: float = 1.0) -> SampleViews:
+        """Both sides' views of the region ``crop`` (top, left, height, width, in the source's pixels) of ``image``
+        decoded at ``scale`` of the source's size; None: all of it."""
         with stage("preprocess"):
-            if crop is not None:
-                image = crop_region(image, crop)
-            s_img = self.student_pp(image)
-            t_img = s_img if self.same_image else self.teacher_pp(image)
+            if crop is None or scale == 1.0:
+                s_in = t_in = crop_region(image, crop) if crop is not None else image
+            else:  # a reduced decode: each side's first resize from the exact (sub-pixel) region
+                s_in = _scaled_region(image, crop, scale, self.student_resize)
+                t_in = s_in if self.same_image else _scaled_region(image, crop, scale, self.teacher_resize)
+            s_img = self.student_pp(s_in)
+            t_img = s_img if self.same_image else self.teacher_pp(t_in)
         with stage("tokenize"):
             s_txt = _first(self.student_tok([caption]))
             t_txt = s_txt if self.same_text else _first(self.teacher_tok([caption]))

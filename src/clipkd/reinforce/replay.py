@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from clipkd.data.decode import UnusableImage, open_image, unusable_reason
+from clipkd.data.decode import UnusableImage, open_region, unusable_reason
 from clipkd.data.sources import RawSample
 from clipkd.data.stages import stage
 from clipkd.data.views import CachedTeacher, PairedViews, SampleViews
@@ -89,22 +89,22 @@ class ReinforcedViews:
             sidecar, row = self._checked_row(raw, fp)
         if reason or problem:
             return reason or problem  # type: ignore[return-value]
-        try:
-            with stage("decode"):
-                image = open_image(data, max_pixels)
-        except UnusableImage as exc:
-            return exc.reason
-        except Exception:  # noqa: BLE001 - any other decoder failure: skipped and counted, as without a cache
-            return "bad_image"
         with stage("sidecar"):
             usable = bool(self.reader.row(sidecar, "usable", row).item())
             view = self.choice.pick(epoch, fp)
             crop = tuple(self.reader.row(sidecar, "crop", row, view).tolist())
             teacher = self._teacher(sidecar, row, view)
+        try:
+            with stage("decode"):  # the stored box is in the source's pixels: a reduced decode maps it
+                image, scale = open_region(data, lambda opened: crop, views.decode_side, max_pixels)
+        except UnusableImage as exc:
+            return exc.reason
+        except Exception:  # noqa: BLE001 - any other decoder failure: skipped and counted, as without a cache
+            return "bad_image"
         if not usable:
             raise CacheMismatch(f"{raw.describe()}: usable now, but the cache holds no view of it (sidecar "
                                 f"{sidecar}, record {row}: unusable when it was built); rebuild the cache")
-        out = views.at(image, raw.caption, crop)
+        out = views.at(image, raw.caption, crop, scale)
         out.key, out.teacher = raw.key, teacher
         return out
 
