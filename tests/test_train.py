@@ -149,3 +149,19 @@ def test_accumulation_under_mixed_precision(precision, data_dir, tmp_path):
     result = trainer.fit()
     assert result.step == 2 and trainer.rank_state.position.batches == 4
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+
+
+def test_one_loader_serves_every_epoch(data_dir, tmp_path, monkeypatch):
+    """The loader's workers live as long as the run: 3 epochs, one loader (a new loader per epoch paused every
+    epoch start for the workers' start-up, benchmarks/epoch_start.py), and the position says the epoch."""
+    import clipkd.engine.trainer as trainer_module
+
+    made = []
+    real = trainer_module.make_loader
+    monkeypatch.setattr(trainer_module, "make_loader", lambda *a, **k: made.append(1) or real(*a, **k))
+    extra = {"data.workers": 2, "data.batch_size": 16, "optim.steps": 15, "checkpoint.every_steps": 15}
+    trainer = make_trainer(load_config(None, base_overrides(tmp_path / "run", data_dir, "webdataset", **extra)))
+    assert trainer.stream.batches_per_epoch == 6  # 96 pairs / (16 x 2 splits) = 3 per split
+    trainer.fit()
+    assert len(made) == 1
+    assert trainer.rank_state.position.epoch == 2 and trainer.rank_state.position.batches == 3

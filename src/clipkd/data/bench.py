@@ -44,13 +44,12 @@ class DataPathFigures:
 
 
 def _epochs(stream: DistillStream, workers: int, seed: int) -> Iterator[tuple[bool, DistillBatch, BatchInfo]]:
-    """(first batch of its epoch, batch, info), epoch after epoch, as the trainer reads them."""
-    epoch = 0
-    while True:
-        stream.start(DataPosition(epoch))
-        for i, (batch, info) in enumerate(make_loader(stream, workers, seed)):
-            yield i == 0, batch, info
-        epoch += 1
+    """(first batch of its epoch, batch, info), epoch after epoch, as the trainer reads them (one loader)."""
+    stream.start(DataPosition(), endless=True)
+    epoch = None
+    for batch, info in make_loader(stream, workers, seed):
+        yield info.epoch != epoch, batch, info
+        epoch = info.epoch
 
 
 def measure_stream(stream: DistillStream, workers: int, seed: int, batches: int,

@@ -75,6 +75,7 @@ class BatchInfo:
     examples: dict[str, list[str]] = field(default_factory=dict)  # first unusable records per reason, once each
     cpu_s: float = 0.0  # CPU seconds the producing process spent making this batch (all of it)
     stages: dict[str, float] = field(default_factory=dict)  # ...per stage of the data path (clipkd.data.stages)
+    epoch: int = 0
 
 
 @dataclass
@@ -207,6 +208,7 @@ class DistillStream(IterableDataset):
             raise DataQualityError("no record in the training data (empty shards?); check the training data")
         self.batches_per_split = batches_per_split or max(1, len(source) // (batch_size * self.num_splits))
         self.position = DataPosition()
+        self.endless = False
         self._log_epoch: Optional[int] = None  # examples of unusable records are logged in this epoch only
 
     @property
@@ -218,9 +220,11 @@ class DistillStream(IterableDataset):
         """Batches this process receives per epoch."""
         return self.batches_per_split * self.workers
 
-    def start(self, position: DataPosition) -> None:
-        """Set the epoch and the resume point for the next iteration."""
+    def start(self, position: DataPosition, endless: bool = False) -> None:
+        """Set the epoch and the resume point for the next iteration; ``endless``: it goes on to the next epochs
+        (one loader, its workers kept: no start-up pause at each epoch), each batch saying its epoch."""
         self.position = DataPosition(position.epoch, position.batches, dict(position.consumed))
+        self.endless = endless
         if self._log_epoch is None:
             self._log_epoch = position.epoch
 
@@ -232,9 +236,16 @@ class DistillStream(IterableDataset):
         return self.rank * self.workers + worker, already
 
     def __iter__(self) -> Iterator[tuple[DistillBatch, BatchInfo]]:
-        split, done = self._split()
-        epoch = self.position.epoch
-        skip = self.position.consumed.get(split, 0)
+        split, done = self._split()  # a worker keeps its split from epoch to epoch: the round-robin stays exact
+        epoch, skip = self.position.epoch, self.position.consumed.get(split, 0)
+        while True:
+            yield from self._epoch(split, epoch, done, skip)
+            if not self.endless:
+                return
+            epoch, done, skip = epoch + 1, 0, 0
+
+    def _epoch(self, split: int, epoch: int, done: int, skip: int) -> Iterator[tuple[DistillBatch, BatchInfo]]:
+        """This split's batches of ``epoch``, the first ``done`` already delivered, ``skip`` raw records consumed."""
         raw_iter = self.source.passes(epoch, split, self.num_splits, self.seed)
         ledger = SkipLedger(split, self.max_skip_fraction, self._log_epoch in (None, epoch), skip == 0)
         consumed = 0
@@ -260,7 +271,7 @@ class DistillStream(IterableDataset):
             with stage("collate"):
                 batch = collate_views(views)
             cpu = time.process_time() - clock
-            info = BatchInfo(split, consumed, dict(skipped), ledger.take_examples(), cpu, take())
+            info = BatchInfo(split, consumed, dict(skipped), ledger.take_examples(), cpu, take(), epoch)
             yield batch, info
             clock = time.process_time()  # what the consumer does between two batches is not the data path's
 
@@ -290,7 +301,7 @@ class DistillLoader(DataLoader):
 
     def __iter__(self):
         stream: DistillStream = self.dataset  # type: ignore[assignment]
-        expected = stream.batches_per_epoch - stream.position.batches
+        expected = 0 if getattr(stream, "endless", False) else stream.batches_per_epoch - stream.position.batches
         delivered = 0
         batches = super().__iter__()
         try:

@@ -61,7 +61,10 @@ class RankState:
     examples: dict[str, list[str]] = field(default_factory=dict)  # first unusable records of each reason
 
     def account(self, info: BatchInfo) -> None:
-        """Count a delivered micro-batch: raw records consumed and skipped, and the resume position."""
+        """Count a delivered micro-batch: raw records consumed and skipped, and the resume position (a batch of
+        the next epoch starts that epoch's position)."""
+        if info.epoch != self.position.epoch:
+            self.position = DataPosition(info.epoch)
         self.consumed += info.consumed - self.position.consumed.get(info.split, 0)
         self.skipped.update(info.skipped)
         for reason, keys in info.examples.items():

@@ -34,7 +34,7 @@ from clipkd.build.models import build_distiller_from_config, global_batch_size
 from clipkd.build.preflight import preflight
 from clipkd.config import TrainConfig, dump_config
 from clipkd.data.batch import DistillBatch
-from clipkd.data.stream import DataPosition, make_loader
+from clipkd.data.stream import make_loader
 from clipkd.engine import checkpoint as ckpt
 from clipkd.engine.gradcache import GlobalBatchStep
 from clipkd.engine.hooks import EvalHook, HookFactory
@@ -283,17 +283,16 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _micro_batches(self):
-        """Groups of ``accum_steps`` micro-batches, endlessly over epochs (a group may span two epochs)."""
+        """Groups of ``accum_steps`` micro-batches, endlessly over epochs (a group may span two epochs), from one
+        loader whose workers live as long as the run."""
         group: list[DistillBatch] = []
-        while True:
-            self.stream.start(self.rank_state.position)
-            for batch, info in make_loader(self.stream, self.cfg.data.workers, self.cfg.seed):
-                self.rank_state.account(info)
-                group.append(batch)
-                if len(group) == self.accum:
-                    yield group
-                    group = []
-            self.rank_state.position = DataPosition(self.rank_state.position.epoch + 1)
+        self.stream.start(self.rank_state.position, endless=True)
+        for batch, info in make_loader(self.stream, self.cfg.data.workers, self.cfg.seed):
+            self.rank_state.account(info)
+            group.append(batch)
+            if len(group) == self.accum:
+                yield group
+                group = []
 
     def fit(self) -> TrainResult:
         """Train to the end, or until SIGTERM/SIGINT (heard from the first file this run writes on: a signal
