@@ -523,3 +523,29 @@ def test_an_unfinished_build_is_named_once_by_the_caller(tmp_path):
         "not a `clipkd reinforce` build (no manifest.json); make one with `clipkd reinforce -c run.yaml --views K "
         "--out DIR`"]
     assert str(tmp_path) not in problems[0]
+
+
+@pytest.mark.parametrize("fixture", ["csv_fp32", "csv_bf16"])
+def test_the_reader_gives_every_row_as_safetensors_loads_it(fixture, request):
+    """The reader's memory-mapped rows (offsets from each file's header) equal the tensors safetensors loads whole,
+    every field, every row, with and without a view, in a random order over more sidecars than it keeps open."""
+    import random
+
+    from clipkd.reinforce.format import SidecarReader
+
+    out, _ = request.getfixturevalue(fixture)
+    files = sorted(p.name for p in out.glob("sidecar-*.safetensors"))
+    loaded = sidecars(out)
+    assert len(files) > 2
+    reader = SidecarReader(out, files, max_open=2)
+    cells = [(s, name, i) for s, tensors in enumerate(loaded) for name, t in tensors.items() if name.endswith(
+        ("fingerprint", "usable", "crop", ".image", ".text")) for i in range(t.shape[0])]
+    for s, name, i in random.Random(0).sample(cells, len(cells)):
+        whole = loaded[s][name]
+        got = reader.row(s, name, i)
+        assert got.dtype == whole.dtype and torch.equal(got, whole[i]), (s, name, i)
+        if whole.dim() >= 3:
+            for k in range(whole.shape[1]):
+                assert torch.equal(reader.row(s, name, i, k), whole[i, k])
+    with pytest.raises(IndexError):
+        reader.row(0, "usable", loaded[0]["usable"].shape[0])

@@ -16,6 +16,7 @@ count per reason.
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,29 +64,73 @@ class SidecarRecord:
     scales: list[float]
 
 
-class SidecarReader:
-    """Reads single records from sidecar files without loading them: memory-mapped, at most ``max_open`` open."""
+_SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "U8": torch.uint8,
+                       "I32": torch.int32, "I64": torch.int64}
 
-    def __init__(self, folder: Union[str, Path], files: Sequence[str], max_open: int = 4):
+
+class _Mapped:
+    """One sidecar file, memory-mapped once, with each tensor's dtype, shape and byte offset read from its header:
+    a row of any field is then one slice of the map (no per-field handles, no header parsed per read)."""
+
+    def __init__(self, path: Path):
+        import mmap
+
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+            self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.metadata = header.pop("__metadata__", None) or {}
+        self.tensors = {name: (_SAFETENSORS_DTYPES[h["dtype"]], tuple(h["shape"]), 8 + size + h["data_offsets"][0])
+                        for name, h in header.items()}
+
+    def row(self, name: str, index: int, view: Optional[int] = None) -> torch.Tensor:
+        dtype, shape, start = self.tensors[name]
+        if not 0 <= index < shape[0]:
+            raise IndexError(f"row {index} out of range for {name} of {shape[0]} rows")
+        inner = shape[1:] if view is None else shape[2:]
+        width = dtype.itemsize * (math.prod(inner) if inner else 1)
+        offset = start + index * dtype.itemsize * math.prod(shape[1:]) + (0 if view is None else view * width)
+        return torch.frombuffer(bytearray(self.data[offset:offset + width]), dtype=dtype).reshape(inner)
+
+
+class SidecarReader:
+    """Reads single records from sidecar files without loading them: each file memory-mapped once (at most
+    ``max_open`` at a time, the least recently used closed first), a field's row one slice of the map."""
+
+    def __init__(self, folder: Union[str, Path], files: Sequence[str], max_open: int = 64):
         self.folder, self.files, self.max_open = Path(folder), list(files), max(1, max_open)
         self._open: OrderedDict[int, Any] = OrderedDict()
+        self._mapped: OrderedDict[int, _Mapped] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def _handle(self, sidecar: int) -> Any:
-        from safetensors import safe_open
-
-        if sidecar in self._open:
-            self._open.move_to_end(sidecar)
-            return self._open[sidecar]
+    def _path(self, sidecar: int) -> Path:
         if not 0 <= sidecar < len(self.files):
             raise IndexError(f"sidecar {sidecar} out of range: the cache has {len(self.files)}")
         path = self.folder / self.files[sidecar]
         if not path.is_file():
             raise FileNotFoundError(f"sidecar file missing: {path}")
-        self._open[sidecar] = safe_open(str(path), framework="pt")
-        while len(self._open) > self.max_open:
+        return path
+
+    def _map(self, sidecar: int) -> _Mapped:
+        if sidecar in self._mapped:
+            self._mapped.move_to_end(sidecar)
+            return self._mapped[sidecar]
+        self._mapped[sidecar] = _Mapped(self._path(sidecar))
+        while len(self._mapped) > self.max_open:
+            self._mapped.popitem(last=False)[1].data.close()
+        return self._mapped[sidecar]
+
+    def _handle(self, sidecar: int) -> Any:
+        """A safetensors handle (whole tensors, metadata); rows are read through :meth:`row`'s memory map."""
+        from safetensors import safe_open
+
+        if sidecar in self._open:
+            self._open.move_to_end(sidecar)
+            return self._open[sidecar]
+        self._open[sidecar] = safe_open(str(self._path(sidecar)), framework="pt")
+        while len(self._open) > 4:
             self._open.popitem(last=False)
         return self._open[sidecar]
 
@@ -100,8 +145,7 @@ class SidecarReader:
 
     def row(self, sidecar: int, name: str, index: int, view: Optional[int] = None) -> torch.Tensor:
         """Row ``index`` of tensor ``name`` (only that row is read; with ``view``, only that view of it)."""
-        part = self._handle(sidecar).get_slice(name)
-        return part[index:index + 1][0] if view is None else part[index:index + 1, view:view + 1][0, 0]
+        return self._map(sidecar).row(name, index, view)
 
     def record(self, sidecar: int, index: int) -> SidecarRecord:
         """Record ``index`` of sidecar ``sidecar`` (only its rows are read)."""
