@@ -101,20 +101,7 @@ def open_image(image: Union[bytes, Path], max_pixels: Optional[int] = None):
     ``too_large`` (more than ``max_pixels`` pixels, or PIL's own bomb limit when None), ``truncated_image``
     or ``bad_image``.
     """
-    from PIL import Image
-
-    data = read_image_bytes(image)
-    what = "image" if isinstance(image, bytes) else str(image)
-    try:
-        with _pixel_limit(max_pixels), Image.open(io.BytesIO(data)) as im:
-            if max_pixels is not None and im.width * im.height > max_pixels:
-                raise UnusableImage("too_large", what, f"{im.width}x{im.height} > {max_pixels} pixels")
-            im.load()
-            return to_rgb(im)
-    except UnusableImage:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure: classified, then skipped and counted
-        raise UnusableImage(_decode_reason(exc), what, exc) from None
+    return open_region(image, lambda opened: None, None, max_pixels)[0]
 
 
 def _reduced(im, region: tuple[int, int], min_side: int) -> float:
