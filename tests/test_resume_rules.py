@@ -75,3 +75,30 @@ def test_resume_latest_falls_back_past_a_corrupt_checkpoint(damage, data_dir, tm
     assert "skipping corrupt checkpoint" in caplog.text and str(state) in caplog.text
     assert [r["step"] for r in read_metrics(run, "train")] == [1, 2, 3, 4]
     ckpt.verify_checkpoint(ckpt.list_checkpoints(run)[-1])
+
+
+def test_a_checkpoint_from_before_data_decode_resumes_as_a_full_decode(data_dir, tmp_path, capsys):
+    """A config saved before ``data.decode`` existed decoded every pixel: resumed with the new default (reduced) the
+    change is named (``'full' -> 'reduced'``, not a key that cannot be set back), and ``data.decode=full`` resumes it
+    as it was."""
+    import json
+
+    import yaml
+
+    from clipkd.files import sha256_file
+
+    run = tmp_path / "r"
+    assert _train(run, data_dir, **{"optim.steps": 2, "data.decode": "full"}) == 0
+    saved = ckpt.list_checkpoints(run)[-1] / "config.yaml"
+    older = yaml.safe_load(saved.read_text())
+    del older["data"]["decode"]  # as a clipkd from before the key wrote it
+    saved.write_text(yaml.safe_dump(older, sort_keys=False))
+    sums_file = saved.parent / ckpt.CHECKSUM_FILE  # its checksum, as that clipkd recorded it
+    sums = json.loads(sums_file.read_text())
+    sums[saved.name] = {"sha256": sha256_file(saved), "bytes": saved.stat().st_size}
+    sums_file.write_text(json.dumps(sums))
+    assert _train(run, data_dir, "--resume", "latest", **{"optim.steps": 2}) == 2
+    err = capsys.readouterr().err
+    assert "data.decode: 'full' -> 'reduced'" in err and "optim" not in err
+    assert _train(run, data_dir, "--resume", "latest", **{"optim.steps": 2, "data.decode": "full"}) == 0
+    assert "done: step 2" in capsys.readouterr().out

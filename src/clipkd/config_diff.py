@@ -11,6 +11,11 @@ from typing import Any, Mapping
 HARMLESS = ("run_dir", "device", "threads", "logging.", "checkpoint.", "eval.", "distributed.")
 """Keys (or ``section.`` prefixes) whose change keeps a resumed run exact."""
 
+LEGACY = {"data.decode": "full"}
+"""Keys added since a config may have been saved, with the value that does what a config without them did: an older
+checkpoint's config is read with these values, so it is compared as what it was (``data.decode: full`` resumes it
+exactly, the new default is named as a change)."""
+
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and scalars are leaves)."""
@@ -30,7 +35,7 @@ def _normalise(value: Any) -> Any:
 
 def breaking_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``key: old -> new`` for every changed key outside :data:`HARMLESS`, sorted."""
-    old, new = flatten(saved), flatten(current)
+    old, new = {**LEGACY, **flatten(saved)}, flatten(current)
     changes = []
     for key in sorted(set(old) | set(new)):
         if key.startswith(HARMLESS) or key in HARMLESS:
