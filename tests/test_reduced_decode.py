@@ -93,3 +93,25 @@ def test_reinforced_data_replays_its_source_box_on_a_reduced_decode(tmp_path):
         assert a.crop == b.crop and torch.equal(a.teacher.img, b.teacher.img)
         levels = ((a.student_image - b.student_image) * std * 255).abs()
         assert levels.mean() <= 0.5 and levels.max() <= 4 and levels.max() > 0
+
+
+@pytest.mark.parametrize("crop_scale", [(0.9, 1.0), None])
+def test_an_ensemble_and_an_uncropped_view_keep_the_tolerance(crop_scale):
+    """Every teacher of an ensemble resizes from the exact region (they were snapped to the decoded pixels: up to
+    14 levels off), and a view of the whole image (no crop) resizes from the source's full box (a partial last DCT
+    block stretched it: up to 7 levels off); 1001x757, not a multiple of 8."""
+    from conftest import TEACHER
+
+    student, teacher = make_encoder(STUDENT), make_encoder(TEACHER)
+    full = PairedViews(student, [teacher, student], crop_scale)
+    reduced = PairedViews(student, [teacher, student], crop_scale, reduced_decode=True)
+    for seed in range(3):
+        raw = RawSample(key="k", image=natural_jpeg(1001, 757, seed=seed), caption="a photo")
+        a = decode_record(raw, full, random.Random(seed))
+        b = decode_record(raw, reduced, random.Random(seed))
+        assert a.crop == b.crop
+        for enc, x, y in [(student, a.student_image, b.student_image),
+                          *zip([teacher, student], a.teacher_image, b.teacher_image)]:
+            std = torch.tensor(enc.preprocess_val.transforms[-1].std).view(3, 1, 1)
+            levels = ((x - y) * std * 255).abs()
+            assert levels.mean() <= 0.5 and levels.max() <= 4

@@ -25,8 +25,8 @@ from clipkd.data.stream import BatchInfo, DataPosition, DistillStream, make_load
 class DataPathFigures:
     """``samples_per_s``: after the first batch (steady state); ``cpu_s_per_sample``: over all processes and all
     batches; ``stages``: CPU seconds per sample of each stage (``other``: the rest of the producing processes'
-    time; ``consumer``: this process's own CPU when loader workers make the batches: receiving them, moving them
-    to the device); ``first_batch_s`` / ``median_batch_s``: wall seconds of the first batch of each epoch and of
+    time; ``consumer``: this process's own CPU outside the producers' clocks: receiving batches, moving them to
+    the device); ``first_batch_s`` / ``median_batch_s``: wall seconds of the first batch of each epoch and of
     the median batch."""
 
     batches: int
@@ -84,8 +84,8 @@ def measure_stream(stream: DistillStream, workers: int, seed: int, batches: int,
     accounted = sum(stages.values())
     per = {k: stages.get(k, 0.0) / samples for k in STAGES}
     per["other"] = max(produced - accounted, 0.0) / samples
-    if workers:
-        per["consumer"] = consumer / samples
+    # this process's own CPU outside the producers' clocks: receiving batches, moving them to the device
+    per["consumer"] = (consumer if workers else max(consumer - produced, 0.0)) / samples
     steady = steady_samples / (tick - steady_from) if steady_samples else samples / seconds
     return DataPathFigures(batches=n + 1, samples=samples, workers=workers, seconds=seconds, samples_per_s=steady,
                            cpu_s_per_sample=total / samples, stages=per, first_batch_s=firsts,

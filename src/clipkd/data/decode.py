@@ -108,7 +108,7 @@ def _reduced(im, region: tuple[int, int], min_side: int) -> float:
     """Let a JPEG decode at the smallest DCT scale (1/2, 1/4, 1/8: libjpeg's scaled IDCT, Pillow's ``draft``) that
     still gives the region (height, width) a shorter side of at least ``min_side``; the scale decoded at (1: full)."""
     factor = min(region) / min_side
-    if im.format != "JPEG" or factor < 2:
+    if im.format not in ("JPEG", "MPO") or factor < 2:  # MPO: a phone's JPEG with a multi-picture segment
         return 1.0
     width, height = im.size
     found = im.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
@@ -164,10 +164,10 @@ def decode_record(raw: RawSample, views: PairedViews, rng: Optional[random.Rando
     reason = unusable_reason(raw)
     if reason:
         return reason
-    drawn: list[Optional[CropBox]] = [None]
+    drawn: list = [None, (0, 0)]
 
     def pick(opened) -> Optional[CropBox]:
-        drawn[0] = views.draw(opened, rng)  # from the image's size: the same box at any decoding scale
+        drawn[0], drawn[1] = views.draw(opened, rng), opened.size  # the same box at any decoding scale
         return drawn[0]
 
     try:
@@ -177,8 +177,10 @@ def decode_record(raw: RawSample, views: PairedViews, rng: Optional[random.Rando
         return exc.reason
     except Exception:  # noqa: BLE001 - any other decoder failure means the same: skip and count
         return "bad_image"
-    out = views.at(image, raw.caption, drawn[0], scale)
-    out.key = raw.key
+    width, height = drawn[1]
+    region = drawn[0] if drawn[0] is not None or scale == 1.0 else (0, 0, height, width)  # all of it, exactly
+    out = views.at(image, raw.caption, region, scale)
+    out.key, out.crop = raw.key, drawn[0]
     return out
 
 

@@ -246,6 +246,8 @@ class DistillStream(IterableDataset):
 
     def _epoch(self, split: int, epoch: int, done: int, skip: int) -> Iterator[tuple[DistillBatch, BatchInfo]]:
         """This split's batches of ``epoch``, the first ``done`` already delivered, ``skip`` raw records consumed."""
+        if done >= self.batches_per_split:  # a checkpoint at the epoch's end: nothing left to read in it
+            return
         raw_iter = self.source.passes(epoch, split, self.num_splits, self.seed)
         ledger = SkipLedger(split, self.max_skip_fraction, self._log_epoch in (None, epoch), skip == 0)
         consumed = 0

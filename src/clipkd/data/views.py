@@ -63,12 +63,13 @@ def _scaled_region(image: Image.Image, crop: CropBox, scale: float, resize: Opti
     size the side's own first resize gives the full-resolution crop (which then leaves it as it is); without a
     known first resize, the region rounded to the decoded pixels."""
     top, left, height, width = (v * scale for v in crop)
-    if resize is None:
-        return image.crop((round(left), round(top), round(left + width), round(top + height)))
+    box = (left, top, left + width, top + height)
+    if resize is None:  # the exact region resampled to its size in the decoded pixels (not snapped to them)
+        return image.resize((max(1, round(width)), max(1, round(height))), Image.BICUBIC, box=box)
     size, resample = resize
     h, w = crop[2], crop[3]  # torchvision's rule for Resize(S) of an h x w image
     out = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    return image.resize(out, resample, box=(left, top, left + width, top + height))
+    return image.resize(out, resample, box=box)
 
 
 def _signature(enc: ClipEncoder) -> str:
@@ -120,13 +121,23 @@ class PairedViews:
         self.same_text = self.student_tok is self.teacher_tok  # one encoder on both sides (no teacher)
         self.crop_scale = tuple(crop_scale) if crop_scale else None
         self.student_resize = leading_resize(student.preprocess_val)
-        self.teacher_resize = None if self.ensemble else leading_resize(teacher.preprocess_val)
-        sides = [max(e.image_size) for e in [student, *(self.ensemble or [teacher])]]
+        teachers = self.ensemble or [teacher]
+        self.teacher_resizes = [leading_resize(t.preprocess_val) for t in teachers]
+        # the view's resolution, or its first resize when that is larger (e.g. Resize(256) then CenterCrop(224))
+        sides = [max(*e.image_size, *(r[0] for r in [leading_resize(e.preprocess_val)] if r))
+                 for e in [student, *teachers]]
         # a JPEG view needs this many pixels on its region's shorter side: decoded at a reduced scale down to it
         self.decode_side: Optional[int] = max(sides) if reduced_decode else None
 
     def _ensemble_views(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
         return tuple(t.preprocess_val(image) for t in self.ensemble)
+
+    def _teacher_views(self, image: Image.Image, crop: CropBox, scale: float):
+        """Each teacher's view of the region of a reduced decode, from its own first resize of the exact region."""
+        if self.ensemble is None:
+            return self.teacher_pp(_scaled_region(image, crop, scale, self.teacher_resizes[0]))
+        return tuple(t.preprocess_val(_scaled_region(image, crop, scale, r))
+                     for t, r in zip(self.ensemble, self.teacher_resizes))
 
     def _ensemble_tokens(self, texts: Sequence[str]) -> tuple[TextBatch, ...]:
         return tuple(t.tokenizer(texts) for t in self.ensemble)
@@ -143,12 +154,12 @@ class PairedViews:
         decoded at ``scale`` of the source's size; None: all of it."""
         with stage("preprocess"):
             if crop is None or scale == 1.0:
-                s_in = t_in = crop_region(image, crop) if crop is not None else image
-            else:  # a reduced decode: each side's first resize from the exact (sub-pixel) region
-                s_in = _scaled_region(image, crop, scale, self.student_resize)
-                t_in = s_in if self.same_image else _scaled_region(image, crop, scale, self.teacher_resize)
-            s_img = self.student_pp(s_in)
-            t_img = s_img if self.same_image else self.teacher_pp(t_in)
+                s_in = crop_region(image, crop) if crop is not None else image
+                s_img = self.student_pp(s_in)
+                t_img = s_img if self.same_image else self.teacher_pp(s_in)
+            else:  # a reduced decode: each side's (each teacher's) first resize from the exact, sub-pixel region
+                s_img = self.student_pp(_scaled_region(image, crop, scale, self.student_resize))
+                t_img = s_img if self.same_image else self._teacher_views(image, crop, scale)
         with stage("tokenize"):
             s_txt = _first(self.student_tok([caption]))
             t_txt = s_txt if self.same_text else _first(self.teacher_tok([caption]))

@@ -342,8 +342,14 @@ class Trainer:
         return self.stop_request.signal_name or "a signal to another process"
 
     def _loop(self, logger, bar, result: TrainResult) -> None:
-        tick, seen = time.perf_counter(), 0
         groups = self._micro_batches()
+        try:
+            self._steps(groups, logger, bar, result)
+        finally:
+            groups.close()  # the loader's workers end with the loop, also while an exception propagates
+
+    def _steps(self, groups, logger, bar, result: TrainResult) -> None:
+        tick, seen = time.perf_counter(), 0
         while self.step < self.total_steps:
             values = self.train_step(next(groups))
             skipped = self._check_skips(final=False)

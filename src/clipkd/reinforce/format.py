@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,9 @@ class _Mapped:
             header = json.loads(f.read(size))
             self.data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.metadata = header.pop("__metadata__", None) or {}
+        unknown = sorted({h["dtype"] for h in header.values()} - set(_SAFETENSORS_DTYPES))
+        if unknown or sys.byteorder != "little":  # safetensors stores little-endian data
+            raise ValueError(f"{path}: cannot map rows of dtype {unknown} on a {sys.byteorder}-endian machine")
         self.tensors = {name: (_SAFETENSORS_DTYPES[h["dtype"]], tuple(h["shape"]), 8 + size + h["data_offsets"][0])
                         for name, h in header.items()}
 
@@ -87,6 +91,8 @@ class _Mapped:
         dtype, shape, start = self.tensors[name]
         if not 0 <= index < shape[0]:
             raise IndexError(f"row {index} out of range for {name} of {shape[0]} rows")
+        if view is not None and not 0 <= view < shape[1]:
+            raise IndexError(f"view {view} out of range for {name} of {shape[1]} views")
         inner = shape[1:] if view is None else shape[2:]
         width = dtype.itemsize * (math.prod(inner) if inner else 1)
         offset = start + index * dtype.itemsize * math.prod(shape[1:]) + (0 if view is None else view * width)
@@ -130,7 +136,7 @@ class SidecarReader:
             self._open.move_to_end(sidecar)
             return self._open[sidecar]
         self._open[sidecar] = safe_open(str(self._path(sidecar)), framework="pt")
-        while len(self._open) > 4:
+        while len(self._open) > self.max_open:
             self._open.popitem(last=False)
         return self._open[sidecar]
 
