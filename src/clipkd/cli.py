@@ -8,32 +8,17 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 
-def _cmd_losses(args: argparse.Namespace) -> int:
-    from clipkd.commands.catalog import run_losses
+def _command(module: str, function: str) -> Callable[[argparse.Namespace], int]:
+    """``clipkd.commands.<module>.<function>(args)``, imported when the command runs, not when the parser is built."""
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"clipkd.commands.{module}"), function)(args)
 
-    return run_losses(args)
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    from clipkd.commands.catalog import run_models
-
-    return run_models(args)
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from clipkd.commands.report import run_report
-
-    return run_report(args)
-
-
-def _cmd_bench_data(args: argparse.Namespace) -> int:
-    from clipkd.commands.bench_data import run_bench_data
-
-    return run_bench_data(args)
+    return run
 
 
 def _cmd_smoke(args: argparse.Namespace) -> int:
@@ -41,42 +26,6 @@ def _cmd_smoke(args: argparse.Namespace) -> int:
 
     run_smoke(args.recipe, args.student, args.teacher, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from clipkd.commands.train import run_train
-
-    return run_train(args)
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from clipkd.commands.eval.run import run_eval
-
-    return run_eval(args)
-
-
-def _cmd_reinforce(args: argparse.Namespace) -> int:
-    from clipkd.commands.reinforce import run_reinforce
-
-    return run_reinforce(args)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from clipkd.commands.export import run_export
-
-    return run_export(args)
-
-
-def _cmd_card(args: argparse.Namespace) -> int:
-    from clipkd.commands.card import run_card
-
-    return run_card(args)
-
-
-def _cmd_ablate(args: argparse.Namespace) -> int:
-    from clipkd.commands.ablate import run_ablate
-
-    return run_ablate(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -137,10 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, summary: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
 
-    command("losses", "print every loss term's equation and every recipe's weights").set_defaults(fn=_cmd_losses)
+    p = command("losses", "print every loss term's equation and every recipe's weights")
+    p.set_defaults(fn=_command("catalog", "run_losses"))
     p = command("models", "list model names (open_clip built-ins and clipkd's tiny configs)")
     p.add_argument("filter", nargs="?", default=None, help="show only names containing this (case ignored)")
-    p.set_defaults(fn=_cmd_models)
+    p.set_defaults(fn=_command("catalog", "run_models"))
     p = command("train", "distil a student on image-text data (YAML config + key=value overrides)")
     p.add_argument("--config", "-c", default=None, help="run YAML (see configs/)")
     p.add_argument("--resume", default=None, help="a checkpoint folder, or 'latest' in the run directory")
@@ -151,12 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=_positive_int, default=1,
                    help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=5e-4 data.batch_size=64")
-    p.set_defaults(fn=_cmd_train)
+    p.set_defaults(fn=_command("train", "run_train"))
     p = command("eval", "zero-shot / retrieval benchmarks and distillation diagnostics")
     from clipkd.commands.eval.args import add_arguments  # flags only: imports nothing heavy
 
     add_arguments(p)
-    p.set_defaults(fn=_cmd_eval)
+    p.set_defaults(fn=_command("eval.run", "run_eval"))
     p = command("reinforce", "run the teacher once over the training data: K augmented views per sample, the "
                 "teacher's embeddings, stored in sidecar shards beside the data (augmentation replay)")
     p.add_argument("--config", "-c", default=None, help="run YAML (its teacher or teachers, data and seed are used)")
@@ -172,29 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="build nothing: read every sidecar in --out and compare "
                    "its size, header and SHA-256 with the build's manifest (exit 1 on any difference)")
     p.add_argument("overrides", nargs="*", help="dotted overrides of the run config, e.g. data.crop_scale=[0.5,1]")
-    p.set_defaults(fn=_cmd_reinforce)
+    p.set_defaults(fn=_command("reinforce", "run_reinforce"))
     p = command("export", "a run's student as an open_clip hub folder and/or ONNX encoders (+ preprocessing and "
                 "tokenizer files), each checked against PyTorch")
     from clipkd.commands.export import add_arguments as export_arguments  # flags only: imports nothing heavy
 
     export_arguments(p)
-    p.set_defaults(fn=_cmd_export)
+    p.set_defaults(fn=_command("export", "run_export"))
     p = command("card", "a model card of a run: parameters, FLOPs, latency (PyTorch and onnxruntime), file sizes, "
                 "evaluation results, student beside teacher")
     from clipkd.commands.card import add_arguments as card_arguments
 
     card_arguments(p)
-    p.set_defaults(fn=_cmd_card)
+    p.set_defaults(fn=_command("card", "run_card"))
     p = command("ablate", "a study: every listed recipe, variant and sweep value x seed on one base run, with the "
                 "same budget; finished runs are kept; ablation.md/.json, share-of-gap chart beside the paper's, curves")
     from clipkd.commands.ablate import add_arguments as ablate_arguments
 
     ablate_arguments(p)
-    p.set_defaults(fn=_cmd_ablate)
+    p.set_defaults(fn=_command("ablate", "run_ablate"))
     p = command("report", "result JSONs -> markdown table + bar chart")
     p.add_argument("results", nargs="+", help="result JSON files (clip_benchmark layout)")
     p.add_argument("--out", default=".", help="folder for report.md and report.png")
-    p.set_defaults(fn=_cmd_report)
+    p.set_defaults(fn=_command("report", "run_report"))
     p = command("demo", "the whole story offline: real teacher, Fashion-MNIST, baseline vs clipkd")
     p.add_argument("--out", default="runs/demo", help="output folder (data, teacher and runs are cached here)")
     p.add_argument("--quick", action="store_true", help="reduced version (< 3 minutes)")
@@ -206,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clipkd.commands.bench_data import add_arguments as bench_arguments
 
     bench_arguments(p)
-    p.set_defaults(fn=_cmd_bench_data)
+    p.set_defaults(fn=_command("bench_data", "run_bench_data"))
     p = command("smoke", "a one-minute distillation run on drawn shapes with tiny models")
     p.add_argument("--recipe", default="clipkd", help="loss recipe (see `clipkd losses`)")
     p.add_argument("--student", default="clipkd-tiny-vit", help="student model (see `clipkd models`)")
