@@ -105,7 +105,6 @@ class SidecarReader:
 
     def __init__(self, folder: Union[str, Path], files: Sequence[str], max_open: int = 64):
         self.folder, self.files, self.max_open = Path(folder), list(files), max(1, max_open)
-        self._open: OrderedDict[int, Any] = OrderedDict()
         self._mapped: OrderedDict[int, _Mapped] = OrderedDict()
 
     def __len__(self) -> int:
@@ -128,26 +127,14 @@ class SidecarReader:
             self._mapped.popitem(last=False)[1].data.close()
         return self._mapped[sidecar]
 
-    def _handle(self, sidecar: int) -> Any:
-        """A safetensors handle (whole tensors, metadata); rows are read through :meth:`row`'s memory map."""
-        from safetensors import safe_open
-
-        if sidecar in self._open:
-            self._open.move_to_end(sidecar)
-            return self._open[sidecar]
-        self._open[sidecar] = safe_open(str(self._path(sidecar)), framework="pt")
-        while len(self._open) > self.max_open:
-            self._open.popitem(last=False)
-        return self._open[sidecar]
-
     def meta(self, sidecar: int) -> dict[str, Any]:
-        return json.loads(self._handle(sidecar).metadata()[META_KEY])
+        return json.loads(self._map(sidecar).metadata[META_KEY])
 
     def num_records(self, sidecar: int) -> int:
-        return int(self._handle(sidecar).get_slice("usable").get_shape()[0])
+        return self._map(sidecar).tensors["usable"][1][0]
 
     def num_teachers(self, sidecar: int) -> int:
-        return sum(1 for k in self._handle(sidecar).keys() if k.endswith(".image"))
+        return sum(1 for k in self._map(sidecar).tensors if k.endswith(".image"))
 
     def row(self, sidecar: int, name: str, index: int, view: Optional[int] = None) -> torch.Tensor:
         """Row ``index`` of tensor ``name`` (only that row is read; with ``view``, only that view of it)."""
@@ -155,16 +142,16 @@ class SidecarReader:
 
     def record(self, sidecar: int, index: int) -> SidecarRecord:
         """Record ``index`` of sidecar ``sidecar`` (only its rows are read)."""
-        f, n = self._handle(sidecar), self.num_records(sidecar)
+        n = self.num_records(sidecar)
         if not 0 <= index < n:
             raise IndexError(f"record {index} out of range: {self.files[sidecar]} holds {n}")
 
         def row(name: str) -> torch.Tensor:
-            return f.get_slice(name)[index:index + 1][0]
+            return self.row(sidecar, name, index)
 
         teachers = range(self.num_teachers(sidecar))
         return SidecarRecord(
             fingerprint=bytes(row("fingerprint").tolist()), usable=bool(row("usable").item()),
             crops=[tuple(box) for box in row("crop").tolist()],
             images=[row(image_field(t)) for t in teachers], texts=[row(text_field(t)) for t in teachers],
-            scales=[float(f.get_tensor(scale_field(t))[0]) for t in teachers])
+            scales=[float(self.row(sidecar, scale_field(t), 0)) for t in teachers])
