@@ -79,13 +79,12 @@ def measure_stream(stream: DistillStream, workers: int, seed: int, batches: int,
         if n + 1 == batches:
             break
     seconds = time.perf_counter() - start
-    consumer = time.process_time() - cpu0
-    total = consumer + produced if workers else consumer
-    accounted = sum(stages.values())
+    # this process's own CPU outside the producers' clocks (with workers=0 it is also the producer)
+    consumer = time.process_time() - cpu0 - (0.0 if workers else produced)
     per = {k: stages.get(k, 0.0) / samples for k in STAGES}
-    per["other"] = max(produced - accounted, 0.0) / samples
-    # this process's own CPU outside the producers' clocks: receiving batches, moving them to the device
-    per["consumer"] = (consumer if workers else max(consumer - produced, 0.0)) / samples
+    per["other"] = max(produced - sum(stages.values()), 0.0) / samples
+    per["consumer"] = consumer / samples
+    total = consumer + produced
     steady = steady_samples / (tick - steady_from) if steady_samples else samples / seconds
     return DataPathFigures(batches=n + 1, samples=samples, workers=workers, seconds=seconds, samples_per_s=steady,
                            cpu_s_per_sample=total / samples, stages=per, first_batch_s=firsts,

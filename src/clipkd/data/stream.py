@@ -303,7 +303,7 @@ class DistillLoader(DataLoader):
 
     def __iter__(self):
         stream: DistillStream = self.dataset  # type: ignore[assignment]
-        expected = 0 if getattr(stream, "endless", False) else stream.batches_per_epoch - stream.position.batches
+        expected = 0 if stream.endless else stream.batches_per_epoch - stream.position.batches
         delivered = 0
         batches = super().__iter__()
         try:

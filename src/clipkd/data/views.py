@@ -61,7 +61,7 @@ def leading_resize(preprocess) -> Optional[Resize]:
 def _scaled_region(image: Image.Image, crop: CropBox, scale: float, resize: Optional[Resize]) -> Image.Image:
     """The region ``crop`` (source pixels) of ``image`` decoded at ``scale``: resized from the exact region to the
     size the side's own first resize gives the full-resolution crop (which then leaves it as it is); without a
-    known first resize, the region rounded to the decoded pixels."""
+    known first resize, resampled from the exact region to its size in the decoded pixels."""
     top, left, height, width = (v * scale for v in crop)
     box = (left, top, left + width, top + height)
     if resize is None:  # the exact region resampled to its size in the decoded pixels (not snapped to them)
@@ -124,8 +124,8 @@ class PairedViews:
         teachers = self.ensemble or [teacher]
         self.teacher_resizes = [leading_resize(t.preprocess_val) for t in teachers]
         # the view's resolution, or its first resize when that is larger (e.g. Resize(256) then CenterCrop(224))
-        sides = [max(*e.image_size, *(r[0] for r in [leading_resize(e.preprocess_val)] if r))
-                 for e in [student, *teachers]]
+        sides = [max(*e.image_size, *((r[0],) if r else ())) for e, r in
+                 zip([student, *teachers], [self.student_resize, *self.teacher_resizes])]
         # a JPEG view needs this many pixels on its region's shorter side: decoded at a reduced scale down to it
         self.decode_side: Optional[int] = max(sides) if reduced_decode else None
 

@@ -42,11 +42,7 @@ from clipkd.engine.logger import MetricLogger, NullLogger
 from clipkd.engine.optim import clamp_logit_scales, create_optimizer, create_scheduler
 from clipkd.engine.rank_state import RankState, mask_seed, pick_rank_state
 from clipkd.engine.resume import check_resume, forget_after
-from clipkd.engine.run_dir import (
-    lock_run_dir,
-    prepare_run_dir,
-    truncate_metrics,
-)
+from clipkd.engine.run_dir import lock_run_dir, prepare_run_dir, truncate_metrics
 from clipkd.engine.step import StepAgreement, TrainResult, autocast, logged_scalars
 from clipkd.errors import DataQualityError, TrainingDiverged
 from clipkd.runtime.distributed import DistEnv, current_env, local_processes, wrap_ddp
