@@ -1,5 +1,5 @@
 #!/bin/bash
-# Everything a lent GPU machine should check, in one short run (about 5 minutes on one H200):
+# Everything a lent GPU machine should check, in one short run (about 10 minutes on one H200):
 #   1. the CUDA tests (tests/test_cuda.py: exact accumulation, DDP + NCCL gather path, bf16 training + resume);
 #   2. samples/s and step memory of the paper-sized pair (ViT-B-16 teacher -> ViT-T-16 student, bf16,
 #      clipkd recipe, random weights and inputs) for one batch of B and of 4B, and 4 x B through GradCache;
@@ -24,3 +24,6 @@ done
 timeout 240 $PY benchmarks/reinforce_speed.py --parts online --online-device cuda --online-batch ${BATCH:-128} \
   --online-repeats 10 --online-warmup 3 2>"$OUT/reinforce_speed.err" | tee "$OUT/reinforce_speed.txt"
 
+# 4. the data path against the student step (issue 25): ViT-T-16 from stored ViT-B-16 embeddings, bf16, JPEG shards,
+#    views made on the GPU; prints RATIO run/step (target >= 0.9) and the run's MFU
+timeout 420 $PY benchmarks/gpu_feed.py --out "$OUT/feed" 2>"$OUT/gpu_feed.err" | tail -4 | tee "$OUT/gpu_feed.txt"

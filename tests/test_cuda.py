@@ -83,3 +83,55 @@ def test_cli_train_bf16_accumulation_and_resume_on_cuda(data_dir, tmp_path):
     rows = read_metrics(run, "train")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(torch.isfinite(torch.tensor(r["train/loss"])) for r in rows)
+
+
+def test_views_made_on_the_gpu_match_the_cpus():
+    """The GPU's float filters against the CPU's 8-bit ones (and so PIL's, ``tests/test_device_views.py``): within
+    1 level of 255, and the regions are copied to the GPU once, as 8-bit pixels."""
+    import random
+
+    import numpy as np
+
+    from clipkd.data.decode import open_image
+    from clipkd.data.synthetic import natural_jpeg
+    from clipkd.data.tensor_views import PackedImages, TensorPreprocess, render
+
+    rng = random.Random(0)
+    image = np.asarray(open_image(natural_jpeg(640, 480, seed=1)))
+    boxes = [(rng.randrange(0, 200), rng.randrange(0, 200), rng.randrange(100, 280), rng.randrange(100, 440))
+             for _ in range(16)]
+    packed = PackedImages.pack([torch.from_numpy(image[t:t + h, l:l + w].copy()) for t, l, h, w in boxes],
+                               [b[2:] for b in boxes])
+    pre = TensorPreprocess(224, 224, "bicubic", (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
+    on_gpu = packed.to("cuda")
+    assert on_gpu.data.dtype == torch.uint8 and on_gpu.data.is_cuda
+    got, want = render(on_gpu, pre).cpu(), render(packed, pre)
+    levels = (got - want).abs() * torch.tensor(pre.std).view(1, 3, 1, 1) * 255
+    assert levels.max() <= 1.0 + 1e-3 and levels.mean() < 0.05
+
+
+def test_a_training_step_syncs_with_the_host_once(data_dir, tmp_path):
+    """``torch.cuda.set_sync_debug_mode``: a bf16 step of every term, with views made on the GPU from the stream's
+    8-bit regions, synchronises with the host once (the values and the ranks' agreement, read together)."""
+    import warnings
+
+    cfg = config(tmp_path / "sync", data_dir, device="cuda", precision="bf16", **{"optim.steps": 4,
+                                                                                 "data.preprocess": "device"})
+    from clipkd.data.stream import DataPosition
+
+    trainer = make_trainer(cfg)
+    trainer.stream.start(DataPosition(), endless=True)
+    batches = [b for b, _ in zip(iter(trainer.stream), range(4))]
+    trainer.train_step([batches[0][0]])  # warm-up: allocations, cuBLAS handles
+    torch.cuda.synchronize()
+    counts = []
+    for batch, _ in batches[1:]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                trainer.train_step([batch])
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    assert counts == [1, 1, 1]

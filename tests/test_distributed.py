@@ -198,6 +198,9 @@ class _TwoRanks(DistEnv):
     def sum(self, values, device):
         return [a + b for a, b in zip(values, self.other)]
 
+    def all_reduce(self, t):
+        return t + torch.tensor(self.other, dtype=t.dtype)
+
 
 @pytest.mark.parametrize("other_bad, raises", [(0, False), (60, True)])
 def test_skip_limit_is_judged_on_all_ranks_records(other_bad, raises, data_dir, tmp_path):
@@ -206,7 +209,8 @@ def test_skip_limit_is_judged_on_all_ranks_records(other_bad, raises, data_dir, 
     trainer.env = _TwoRanks([0, 0, other_bad, 100])  # partner: finite, no stop, its unusable and read records
     trainer.rank_state.consumed = 100
     trainer.rank_state.skipped.update({"bad_image": 5})
-    trainer.agreed = trainer._agree(nonfinite=False)  # the step's one all-reduce carries the counts
+    values, trainer.agreed = trainer._agree({"loss": torch.tensor(1.5)}, torch.tensor(True))  # the step's one
+    assert values == {"loss": 1.5}  # all-reduce carries the counts, read back with the step's values
     if raises:
         with pytest.raises(DataQualityError, match=r"65 of 200 records"):
             trainer._check_skips(final=False)

@@ -48,7 +48,8 @@ def cache(data, weights, tmp_path_factory):
 def run_config(data, weights_file, cache_dir, tmp, fmt="csv", **extra):
     items = {"run_dir": str(tmp / "run"), "distill.teacher_cache": str(cache_dir), "data.batch_size": 8,
              "data.workers": 0, "logging.tensorboard": False, "optim.warmup_steps": 1,
-             "data.max_skip_fraction": 1.0, **extra}  # the fixture data holds unusable records on purpose
+             "data.max_skip_fraction": 1.0,  # the fixture data holds unusable records on purpose
+             "data.preprocess": "host", **extra}  # views compared for equality with PIL's (device: a test below)
     return load_config(None, overrides(data, weights_file, fmt, **items))
 
 
@@ -113,6 +114,19 @@ def test_cached_losses_and_gradients_equal_the_online_teachers(dtype, tol, cache
     for name, g in online_grads.items():
         worst = float((cached_grads[name] - g).abs().max() / g.abs().max().clamp_min(1e-12))
         assert worst <= limit, (name, worst)
+
+
+def test_views_made_on_the_device_replay_the_stored_crop(cache, data, weights, tmp_path):
+    """``data.preprocess: device``: the batch ships 8-bit regions of the stored crops; made on the device they are
+    the online host views of the same crops within 1 level of 255 (``tests/test_device_views.py``)."""
+    cfg = run_config(data, weights[0], cache["csv", "fp32"], tmp_path, **{"data.preprocess": "device"})
+    distiller, batch = first_batch(cfg)
+    teacher = make_encoder(TEACHER, pretrained=str(weights[0])).eval()
+    online = online_batch(distiller.student.encoder, teacher, data, batch.keys, view=0)
+    got = batch.to("cpu").rendered().student_images
+    std = torch.tensor(distiller.student.encoder.preprocess_val.transforms[-1].std).view(1, 3, 1, 1)
+    levels = ((got - online.student_images) * std * 255).abs()
+    assert got.shape == online.student_images.shape and levels.max() <= 1 + 1e-3 and levels.mean() < 0.02
 
 
 def test_epoch_e_replays_view_e_mod_k_and_random_order_is_seeded(cache, data, weights, tmp_path):
@@ -242,6 +256,7 @@ def test_online_ensemble_views_each_teachers_own_preprocessing_and_a_one_teacher
     assert distiller.loss.ensemble.weights == (0.25, 0.75) and distiller.student.teacher_dims == (384, 256)
     stream = build_stream(cfg.data, distiller, cfg.seed)
     batch, _ = next(iter(stream))
+    batch = batch.rendered()  # data.preprocess: device, each teacher's own view made from the shared regions
     assert [tuple(x.shape) for x in batch.teacher_images] == [(8, 3, 48, 48), (8, 3, 32, 32)]
     t = distiller.teacher_embeddings(batch)
     assert t.img.shape == (8, 640) and t.scale.shape == (2,)
@@ -258,7 +273,8 @@ def test_ensemble_from_reinforced_data_equals_the_online_ensemble(data, weights,
     from clipkd.reinforce.settings import BuildOptions
     from test_reinforce import one_thread
 
-    extra = {"data.batch_size": 8, "data.workers": 0, "distill.weights": ALL_TERMS, **ensemble_overrides(weights)}
+    extra = {"data.batch_size": 8, "data.workers": 0, "distill.weights": ALL_TERMS, "data.preprocess": "host",
+             **ensemble_overrides(weights)}
     cfg = load_config(None, overrides(data, weights[0], "csv", **{"run_dir": str(tmp_path / "r"), **extra}))
     with one_thread():
         manifest = run_build(cfg, BuildOptions(out=tmp_path / "cache", views=2, dtype="fp32", batch_size=8,
@@ -300,7 +316,7 @@ def test_two_processes_from_the_cache_equal_one_process_with_the_same_global_bat
     two = run_config(data, weights[0], cache["csv", "fp32"], tmp_path / "two", **extra, **{"data.workers": 1})
     argv = overrides(data, weights[0], "csv", **{"run_dir": two.run_dir, "distill.teacher_cache": str(
         cache["csv", "fp32"]), "data.workers": 1, "logging.tensorboard": False, "optim.warmup_steps": 1,
-        "data.max_skip_fraction": 1.0, **extra})
+        "data.max_skip_fraction": 1.0, "data.preprocess": "host", **extra})
     done = subprocess.run([sys.executable, "-m", "clipkd", "train", "--nproc", "2", *argv], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

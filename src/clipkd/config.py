@@ -118,6 +118,9 @@ class DataConfig(_Strict):
     max_image_pixels: int = Field(100_000_000, gt=0, description="images with more pixels are skipped (too_large)")
     decode: Literal["reduced", "full"] = Field("reduced", description="reduced: a JPEG whose view needs at most half "
                                                "its pixels is decoded at 1/2, 1/4 or 1/8 scale (DCT domain)")
+    preprocess: Literal["device", "host"] = Field("device", description="device: workers ship 8-bit regions; "
+                                                  "resize, centre crop and normalisation run as tensor ops on the "
+                                                  "training device (host when a preprocessing has no tensor form)")
 
     @field_validator("crop_scale")
     @classmethod

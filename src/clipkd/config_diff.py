@@ -11,10 +11,10 @@ from typing import Any, Mapping
 HARMLESS = ("run_dir", "device", "threads", "logging.", "checkpoint.", "eval.", "distributed.")
 """Keys (or ``section.`` prefixes) whose change keeps a resumed run exact."""
 
-LEGACY = {"data.decode": "full"}
+LEGACY = {"data.decode": "full", "data.preprocess": "host"}
 """Keys added since a config may have been saved, with the value that does what a config without them did: an older
-checkpoint's config is read with these values, so it is compared as what it was (``data.decode: full`` resumes it
-exactly, the new default is named as a change)."""
+checkpoint's config is read with these values, so it is compared as what it was (``data.decode: full`` and
+``data.preprocess: host`` resume it exactly, the new defaults are named as changes)."""
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

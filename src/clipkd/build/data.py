@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from functools import partial
 from typing import TYPE_CHECKING, Optional
 
 from clipkd.build.models import teacher_in_use
@@ -12,6 +14,8 @@ from clipkd.data.stream import DistillStream
 from clipkd.data.views import PairedViews
 from clipkd.distill import Distiller
 from clipkd.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from clipkd.reinforce.replay import ReinforcedViews
@@ -31,10 +35,22 @@ def build_stream(dc: DataConfig, distiller: Distiller, seed: int, rank: int = 0,
     """The training batch stream for one process, each side with its own views and tokenizer (held-out pairs:
     :func:`clipkd.build.hooks.val_loss_hook`); with ``stored`` views, the student's view replays a
     stored crop and the batch carries the teacher's stored embeddings."""
-    views = PairedViews(*distiller.view_encoders, dc.crop_scale, reduced_decode=dc.decode == "reduced")
+    views = paired_views(dc, distiller)
     return DistillStream(build_source(dc), views, dc.batch_size, seed=seed, rank=rank, world_size=world_size,
                          workers=dc.workers, batches_per_split=batches_per_split,
                          max_skip_fraction=dc.max_skip_fraction, max_image_pixels=dc.max_image_pixels, stored=stored)
+
+
+def paired_views(dc: DataConfig, distiller: Distiller) -> PairedViews:
+    """Both sides' views as ``dc`` says; views made on the device fall back to the host's (with a warning) when a
+    side's preprocessing has no tensor form."""
+    make = partial(PairedViews, *distiller.view_encoders, dc.crop_scale, reduced_decode=dc.decode == "reduced")
+    if dc.preprocess == "device":
+        try:
+            return make(on_device=True)
+        except ValueError as exc:
+            log.warning("%s: views made on the host", exc)
+    return make(on_device=False)
 
 
 def stored_views(cfg: TrainConfig, checked: Optional[dict] = None) -> Optional["ReinforcedViews"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ def measure_step(distiller, batch, device, precision: str, steps: int = 3) -> fl
     from clipkd.engine.step import autocast
 
     student = distiller.student.to(device).train()
+    batch = replace(batch, student_text=student.encoder.trimmed_tokens(batch.student_text.cpu()))
+    batch = batch.to(device)  # the student's tokens cut on the host, as the trainer does
     if distiller.teacher is not None:
         distiller.teacher.to(device)
     times = []
@@ -102,7 +105,7 @@ def run_bench_data(args: argparse.Namespace) -> int:
 
         stream.start(DataPosition())
         batch, _ = next(iter(make_loader(stream, 0, cfg.seed)))
-        rate, source = measure_step(distiller, batch.to(device), device, cfg.precision), f"measured on {device}"
+        rate, source = measure_step(distiller, batch.to(device).rendered(), device, cfg.precision), f"measured on {device}"
     figures.update(step_rate=rate, step_rate_source=source, cores_per_gpu=rate * figures["cpu_s_per_sample"],
                    config=_describe(cfg, stored))
     print(_report(figures, figures["config"]))

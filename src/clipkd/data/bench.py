@@ -25,8 +25,9 @@ from clipkd.data.stream import BatchInfo, DataPosition, DistillStream, make_load
 class DataPathFigures:
     """``samples_per_s``: after the first batch (steady state); ``cpu_s_per_sample``: over all processes and all
     batches; ``stages``: CPU seconds per sample of each stage (``other``: the rest of the producing processes'
-    time; ``consumer``: this process's own CPU outside the producers' clocks: receiving batches, moving them to
-    the device); ``first_batch_s`` / ``median_batch_s``: wall seconds of the first batch of each epoch and of
+    time; ``device``: this process's CPU moving each batch to the device and making the views there
+    (``data.preprocess: device``); ``consumer``: the rest of this process's own CPU outside the producers'
+    clocks, such as receiving batches); ``first_batch_s`` / ``median_batch_s``: wall seconds of the first batch of each epoch and of
     the median batch."""
 
     batches: int
@@ -57,14 +58,16 @@ def measure_stream(stream: DistillStream, workers: int, seed: int, batches: int,
     """``batches`` batches of ``stream`` (over as many epochs as that takes), each moved to ``device``."""
     walls, firsts, samples = [], [], 0
     stages: dict[str, float] = defaultdict(float)
-    produced = 0.0
+    produced = on_device = 0.0
     cpu0, start = time.process_time(), time.perf_counter()
     tick = start
     steady_from, steady_samples = start, 0
     for n, (first, batch, info) in enumerate(_epochs(stream, workers, seed)):
-        batch.to(device, non_blocking=True)
+        c0 = time.process_time()
+        batch.to(device, non_blocking=True).rendered()  # views made on the device (data.preprocess: device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        on_device += time.process_time() - c0
         now = time.perf_counter()
         (firsts if first else walls).append(now - tick)
         tick = now
@@ -83,7 +86,8 @@ def measure_stream(stream: DistillStream, workers: int, seed: int, batches: int,
     consumer = time.process_time() - cpu0 - (0.0 if workers else produced)
     per = {k: stages.get(k, 0.0) / samples for k in STAGES}
     per["other"] = max(produced - sum(stages.values()), 0.0) / samples
-    per["consumer"] = consumer / samples
+    per["device"] = on_device / samples
+    per["consumer"] = (consumer - on_device) / samples
     total = consumer + produced
     steady = steady_samples / (tick - steady_from) if steady_samples else samples / seconds
     return DataPathFigures(batches=n + 1, samples=samples, workers=workers, seconds=seconds, samples_per_s=steady,

@@ -92,9 +92,11 @@ def write_csv(out_dir, count: int, size: int = 64, seed: int = 0, separator: str
     return str(path)
 
 
-def natural_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> bytes:
+def natural_jpeg(width: int, height: int, seed: int = 0, quality: int = 90, grain: float = 0.0) -> bytes:
     """A JPEG with natural-image-like statistics (1/f noise: smooth random fields at every octave, coloured), for
-    measuring the decode path: flat drawn shapes compress and decode unlike photographs."""
+    measuring the decode path: flat drawn shapes compress and decode unlike photographs. ``grain``: the standard
+    deviation (in 8-bit levels) of per-pixel luminance noise added, a camera's fine texture: it brings the bytes per
+    pixel to a photograph's (10: a 500x375 of about 75 KB, where 0 gives about 26 KB)."""
     import io
 
     import numpy as np
@@ -109,6 +111,8 @@ def natural_jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> b
         canvas += weight * np.stack(layers, axis=-1)
         size, weight = size * 2, weight / 1.6
     canvas = (canvas - canvas.min()) / (np.ptp(canvas) + 1e-9) * 255
+    if grain:
+        canvas = np.clip(canvas + grain * rng.standard_normal((height, width, 1)), 0, 255)
     out = io.BytesIO()
     Image.fromarray(canvas.astype(np.uint8)).save(out, "JPEG", quality=quality)
     return out.getvalue()

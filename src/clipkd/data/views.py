@@ -14,20 +14,25 @@ import random
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import Resize as TvResize
 
 from clipkd.data.stages import stage
+from clipkd.data.tensor_views import TensorPreprocess, tensor_preprocess
 from clipkd.embeddings import TextBatch
 from clipkd.models.encoders import ClipEncoder
 
 CropBox = tuple[int, int, int, int]  # top, left, height, width
 
 
-def sample_crop(image: Image.Image, scale: Sequence[float], rng: random.Random) -> CropBox:
-    """A RandomResizedCrop box (aspect ratio in [3/4, 4/3]) drawn from ``rng`` (reproducible)."""
+def sample_crop(image, scale: Sequence[float], rng: random.Random) -> CropBox:
+    """A RandomResizedCrop box (aspect ratio in [3/4, 4/3]) drawn from ``rng`` (reproducible); ``image``: anything
+    with a PIL-style ``size`` (width, height)."""
+    width, height = image.size
+    image = torch.empty((3, height, width), device="meta")  # only its size is read
     cpu = torch.default_generator  # only the CPU generator: torch.manual_seed would also (re)seed every CUDA
     state = cpu.get_state()  # device's generator, and costs ~0.2 ms recording a stack trace on a CUDA build
     try:
@@ -85,6 +90,17 @@ class SampleViews:
     crop: Optional[CropBox]
     key: str = ""
     teacher: Optional["CachedTeacher"] = None  # the teacher's stored embeddings of this view (reinforced data)
+    deferred: Optional["DeviceSides"] = None  # images are uint8 regions [H, W, 3]; each side's view made on device
+    aspect: Optional[tuple[int, int]] = None  # the region's height and width in the source's pixels
+
+
+@dataclass(frozen=True)
+class DeviceSides:
+    """Each side's tensor preprocessing, for views made on the training device; ``teacher`` None: the student's
+    view is the teacher's too; a tuple: one per ensemble teacher."""
+
+    student: TensorPreprocess
+    teacher: Union[TensorPreprocess, tuple[TensorPreprocess, ...], None]
 
 
 @dataclass
@@ -110,7 +126,8 @@ class PairedViews:
     """Builds both sides' views of a decoded image and its caption."""
 
     def __init__(self, student: ClipEncoder, teacher: Union[ClipEncoder, Sequence[ClipEncoder]],
-                 crop_scale: Optional[Sequence[float]] = (0.9, 1.0), reduced_decode: bool = False):
+                 crop_scale: Optional[Sequence[float]] = (0.9, 1.0), reduced_decode: bool = False,
+                 on_device: bool = False):
         self.student_pp, self.student_tok = student.preprocess_val, student.tokenizer
         self.ensemble = None if isinstance(teacher, ClipEncoder) else list(teacher)
         if self.ensemble is not None:  # each teacher its own view and tokens: tuples, in teacher order
@@ -128,6 +145,13 @@ class PairedViews:
                  zip([student, *teachers], [self.student_resize, *self.teacher_resizes])]
         # a JPEG view needs this many pixels on its region's shorter side: decoded at a reduced scale down to it
         self.decode_side: Optional[int] = max(sides) if reduced_decode else None
+        self.device_sides = (_device_sides(student, teachers, self.same_image, self.ensemble is not None)
+                             if on_device else None)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the views ship 8-bit regions and are made on the training device (:mod:`.tensor_views`)."""
+        return self.device_sides is not None
 
     def _ensemble_views(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
         return tuple(t.preprocess_val(image) for t in self.ensemble)
@@ -152,6 +176,8 @@ class PairedViews:
     def at(self, image: Image.Image, caption: str, crop: Optional[CropBox], scale: float = 1.0) -> SampleViews:
         """Both sides' views of the region ``crop`` (top, left, height, width, in the source's pixels) of ``image``
         decoded at ``scale`` of the source's size; None: all of it."""
+        if self.device_sides is not None:
+            return self._deferred(image, caption, crop, scale)
         with stage("preprocess"):
             if crop is None or scale == 1.0:
                 s_in = crop_region(image, crop) if crop is not None else image
@@ -160,10 +186,52 @@ class PairedViews:
             else:  # a reduced decode: each side's (each teacher's) first resize from the exact, sub-pixel region
                 s_img = self.student_pp(_scaled_region(image, crop, scale, self.student_resize))
                 t_img = s_img if self.same_image else self._teacher_views(image, crop, scale)
+        return SampleViews(s_img, t_img, *self._tokens(caption), crop)
+
+    def _tokens(self, caption: str) -> tuple[TextBatch, TextBatch]:
         with stage("tokenize"):
             s_txt = _first(self.student_tok([caption]))
             t_txt = s_txt if self.same_text else _first(self.teacher_tok([caption]))
-        return SampleViews(s_img, t_img, s_txt, t_txt, crop)
+        return s_txt, t_txt
+
+    def _deferred(self, image, caption: str, crop: Optional[CropBox], scale: float) -> SampleViews:
+        """The region's 8-bit pixels (``image``: a PIL image or an array [H, W, 3]) for the device to make every
+        side's view from (a reduced decode's region snapped to its decoded pixels)."""
+        with stage("preprocess"):
+            pixels = np.asarray(image)
+            height, width = pixels.shape[:2]
+            box = crop if crop is not None else (0, 0, round(height / scale), round(width / scale))
+            top, left, h, w = _snapped(box, scale)
+            region = pixels[top:top + h, left:left + w]
+            if not (region.flags.c_contiguous and region.flags.writeable):
+                region = region.copy()
+            region = torch.from_numpy(region)
+        s_txt, t_txt = self._tokens(caption)
+        return SampleViews(region, region, s_txt, t_txt, crop, deferred=self.device_sides, aspect=(box[2], box[3]))
+
+
+def _snapped(box: CropBox, scale: float) -> CropBox:
+    """The box (source pixels) in the pixels of an image decoded at ``scale``, its edges rounded to them."""
+    if scale == 1.0:
+        return box
+    top, left = round(box[0] * scale), round(box[1] * scale)
+    bottom, right = round((box[0] + box[2]) * scale), round((box[1] + box[3]) * scale)
+    return top, left, max(1, bottom - top), max(1, right - left)
+
+
+def _device_sides(student: ClipEncoder, teachers: Sequence[ClipEncoder], same_image: bool,
+                  ensemble: bool) -> DeviceSides:
+    """Each side's tensor preprocessing; ValueError naming a side whose preprocessing has no tensor form."""
+    def parse(enc: ClipEncoder, side: str) -> TensorPreprocess:
+        pre = tensor_preprocess(enc.preprocess_val)
+        if pre is None:
+            raise ValueError(f"data.preprocess: device needs Resize, CenterCrop, ToTensor and Normalize; the {side}'s "
+                             f"preprocessing is {enc.preprocess_val!r} (use data.preprocess: host)")
+        return pre
+
+    s = parse(student, "student")
+    t = None if same_image else tuple(parse(e, f"teacher {i}") for i, e in enumerate(teachers))
+    return DeviceSides(s, t if t is None or ensemble else t[0])
 
 
 def collate_text(items: list[TextBatch]) -> TextBatch:

@@ -20,6 +20,7 @@ import logging
 import random
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Optional, Sequence
 
@@ -196,18 +197,26 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         buffers = {k: b.clone() for k, b in self.student.named_buffers()}
         scaler_state = self.scaler.state_dict()
-        batches = [b.to(self.device, non_blocking=True) for b in micro_batches]
+        batches = [self._on_device(b) for b in micro_batches]
         out = self.grad_step(batches, self.mask_gen)
         norm = self._grad_norm()
-        finite_grads = self.scaler.is_enabled() or bool(torch.isfinite(norm))  # fp16: the scaler's business
-        self.agreed = self._agree(not (bool(torch.isfinite(out["loss"])) and finite_grads))
+        finite = torch.isfinite(out["loss"])
+        if not self.scaler.is_enabled():  # fp16: non-finite gradients are the scaler's business
+            finite = finite & torch.isfinite(norm)
+        values, self.agreed = self._agree(out, finite)
         if self.agreed.nonfinite:
             self._undo_step(buffers, scaler_state)
         else:
             self._optimizer_step()
             clamp_logit_scales(self.student)
             self.nonfinite_streak = 0
-        return {k: v.item() for k, v in out.items()}
+        return values
+
+    def _on_device(self, batch: DistillBatch) -> DistillBatch:
+        """A micro-batch on the training device: the student's tokens cut on the host to the width its training
+        forward runs, the views made there (``data.preprocess: device``)."""
+        batch = replace(batch, student_text=self.distiller.student.encoder.trimmed_tokens(batch.student_text))
+        return batch.to(self.device, non_blocking=True).rendered()
 
     def _optimizer_step(self) -> None:
         """AdamW through the grad scaler, then the schedule. Under fp16 the scaler skips the update when the
@@ -231,12 +240,17 @@ class Trainer:
             return torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
         return torch.nn.utils.get_total_norm([p.grad for p in params])
 
-    def _agree(self, nonfinite: bool) -> StepAgreement:
-        """One all-reduce: any rank non-finite, any rank asked to stop, unusable and consumed records of all."""
+    def _agree(self, out: dict[str, torch.Tensor], finite: torch.Tensor) -> tuple[dict[str, float], StepAgreement]:
+        """The step's values and what all ranks agree on (any rank non-finite, any rank asked to stop, unusable and
+        consumed records of all: one all-reduce), read from the device in one transfer: the step's one host sync."""
         rs = self.rank_state
-        bad, stop, skipped, consumed = self.env.sum(
-            [float(nonfinite), float(self.stop_request.requested), sum(rs.skipped.values()), rs.consumed], self.device)
-        return StepAgreement(bad > 0, stop > 0, int(skipped), int(consumed))
+        local = torch.tensor([float(self.stop_request.requested), sum(rs.skipped.values()), rs.consumed],
+                             dtype=torch.float64)
+        flags = torch.cat([(~finite).to(torch.float64).view(1), local.to(finite.device, non_blocking=True)])
+        flags = self.env.all_reduce(flags)
+        read = torch.cat([torch.stack([v.detach().to(torch.float64) for v in out.values()]), flags]).tolist()
+        bad, stop, skipped, consumed = read[len(out):]
+        return dict(zip(out, read)), StepAgreement(bad > 0, stop > 0, int(skipped), int(consumed))
 
     def _undo_step(self, buffers: dict[str, torch.Tensor], scaler_state: dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)

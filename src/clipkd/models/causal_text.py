@@ -60,11 +60,17 @@ class CausalTextTower:
             return (text == self.eos_id).int().argmax(dim=-1)
         return torch.zeros(text.shape[0], dtype=torch.long, device=text.device)
 
+    def trimmed(self, text: torch.Tensor) -> torch.Tensor:
+        """``text`` [N, L] cut to its first ``max(pooled index) + 1`` positions (all when N is 0)."""
+        return text[:, :int(self.pooled_index(text).max()) + 1] if text.shape[0] else text
+
     def encode(self, text: torch.Tensor) -> torch.Tensor:
-        """Unnormalised text features of ``text`` [N, L], from its first ``max(pooled index) + 1`` positions."""
+        """Unnormalised text features of ``text`` [N, L], from its first ``max(pooled index) + 1`` positions. On the
+        CPU the width is found here; on an accelerator reading it would wait for the device's queue, so ``text`` is
+        run at the width it has (exact either way): the trainer cuts it on the host first (:meth:`trimmed`)."""
         tower = self.module
         index = self.pooled_index(text)
-        length = int(index.max()) + 1 if text.shape[0] else text.shape[1]
+        length = int(index.max()) + 1 if text.shape[0] and text.device.type == "cpu" else text.shape[1]
         cast_dtype = tower.transformer.get_cast_dtype()
         x = tower.token_embedding(text[:, :length]).to(cast_dtype)
         x = x + tower.positional_embedding[:length].to(cast_dtype)

@@ -84,6 +84,11 @@ class ClipEncoder(nn.Module, abc.ABC):
         """Tokenise captions with this encoder's own tokenizer."""
         return self.tokenizer(list(texts))
 
+    def trimmed_tokens(self, text: TextBatch) -> TextBatch:
+        """Tokens as this encoder's training forward needs them, cut on the host before they move to the device
+        (a causal text tower: up to the last pooled position). Default: as they are."""
+        return text
+
     def scale(self) -> torch.Tensor:
         """The logit-scale multiplier ``exp(logit_scale)``, clamped to at most 100."""
         return clamped_scale(self.logit_scale)

@@ -122,6 +122,13 @@ class OpenClipEncoder(ClipEncoder):
         x = tower.encode(text)
         return F.normalize(x, dim=-1) if normalize else x
 
+    def trimmed_tokens(self, text: TextBatch) -> TextBatch:
+        """While trimming (``trim_text``, training mode): ``text`` cut after its last pooled position, so the tower
+        on an accelerator runs the width it is given without reading the longest caption back from the device."""
+        trim = self.trim_text and self.training and isinstance(text, torch.Tensor)
+        tower = CausalTextTower.of(self.model) if trim else None
+        return text if tower is None else tower.trimmed(text)
+
     def encode_image_masked(self, images, ratio, generator=None):
         visual = self.model.visual
         if ratio <= 0 or not isinstance(visual, VisionTransformer):

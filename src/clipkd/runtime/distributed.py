@@ -61,6 +61,12 @@ class DistEnv:
         dist.all_reduce(t)
         return t.tolist()
 
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over all ranks, in place (itself in one process); no host sync."""
+        if self.active:
+            dist.all_reduce(t)
+        return t
+
     def gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (picklable objects)."""
         if not self.active:
