@@ -2,7 +2,7 @@
 
 Photo-like JPEGs (:func:`clipkd.data.synthetic.natural_jpeg` with a camera's grain: about 75 KB at 500x375, 300 KB
 at 1024x768), decoded to 8-bit RGB, full size and at 1/2 scale (libjpeg-turbo's scaled IDCT), by
-  - PIL (``Image.open(...).convert("RGB")``; ``draft`` for 1/2), clipkd's host path;
+  - PIL (decoded, then as a numpy array; ``draft`` for 1/2), clipkd's host path (which keeps the PIL image);
   - simplejpeg (libjpeg-turbo straight into a numpy array), clipkd's ``data.preprocess: device`` path;
   - ``torchvision.io.decode_jpeg`` on the CPU;
   - NVIDIA DALI's CPU decoder (``fn.decoders.image``, device "cpu"), when ``nvidia-dali-cuda120`` is installed;
@@ -35,7 +35,8 @@ def pil(data: bytes, half: bool):
     im = Image.open(io.BytesIO(data))
     if half:
         im.draft("RGB", (im.width // 2, im.height // 2))
-    return np.asarray(im.convert("RGB"))
+    im.load()
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # as an array: what the device path ships
 
 
 def turbo(data: bytes, half: bool):

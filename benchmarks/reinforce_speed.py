@@ -597,6 +597,7 @@ def fixed_batch_steps(args: argparse.Namespace, csv_path: Path, root: Path) -> N
 
     trainer = make_trainer(clipkd_config(args, csv_path, root / "fixed-run", 10 ** 6))
     batch, _ = next(iter(make_loader(trainer.stream, 0)))
+    batch = batch.rendered()  # data.preprocess: device (the default): the views as tensors, for both loops
     trainer.student.train()
     a = open_clip_args(args, csv_path)
     model, _, _, optimizer = open_clip_model(a)

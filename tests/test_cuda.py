@@ -135,3 +135,15 @@ def test_a_training_step_syncs_with_the_host_once(data_dir, tmp_path):
                 torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
     assert counts == [1, 1, 1]
+
+
+def test_the_loader_pins_batches_for_a_gpu(data_dir, tmp_path):
+    """With a CUDA device the loader hands over page-locked batches (the regions' one buffer included), so the copy
+    to the GPU can overlap with the step."""
+    from clipkd.data.stream import DataPosition, make_loader
+
+    trainer = make_trainer(config(tmp_path / "pin", data_dir, device="cuda", **{"data.preprocess": "device"}))
+    trainer.stream.start(DataPosition())
+    batch, _ = next(iter(make_loader(trainer.stream, 0, 0, pin_memory=True)))
+    assert batch.student_images.images.data.is_pinned() and batch.student_text.is_pinned()
+    assert batch.teacher_images.images is batch.student_images.images

@@ -7,7 +7,9 @@ torch's 8-bit antialiased filters round like PIL's, rarely differently); from a 
 snapped to the decoded pixels (its edges move by half a decoded pixel at most, a third of a view's pixel or less:
 the view shifts by a fraction of a pixel, which shows on sharp edges), within 2x what was measured against the
 host's full decode: 32 and 48 px views of 640x480 JPEGs decoded at 1/8, a mean of 1.0-1.1 levels and 14 at most;
-224 px views of 1024x768 at 1/2, 0.5-0.7 and 4-6. The GPU path (float filters) is in ``tests/test_cuda.py``.
+224 px views of 1024x768 at 1/2, 0.5-0.7 and 4-6. A region of 4x the view's side or more ships box-filtered by an
+integer factor (PIL's ``reduce``) to 2x-4x: 0.4 levels on average, 5 at most. The GPU path (float filters) is in
+``tests/test_cuda.py``.
 """
 
 import io
@@ -40,6 +42,16 @@ def test_open_clip_preprocessing_has_a_tensor_form():
     got = tensor_preprocess(pre)
     assert got == TensorPreprocess(224, 224, "bicubic", tuple(pre.transforms[-1].mean), tuple(pre.transforms[-1].std))
     assert tensor_preprocess(make_encoder(TEACHER).preprocess_val).mode == "bilinear"
+
+
+def test_a_squashing_resize_has_no_tensor_form():
+    """``Resize((s, s))`` squashes to s x s (unlike ``Resize(s)``): not the tensor form; ``CenterCrop((s, s))`` is."""
+    from torchvision import transforms as T
+
+    norm = T.Normalize((0.5,) * 3, (0.5,) * 3)
+    assert tensor_preprocess(T.Compose([T.Resize((32, 32)), T.CenterCrop(32), T.ToTensor(), norm])) is None
+    got = tensor_preprocess(T.Compose([T.Resize([32]), T.CenterCrop((32, 32)), T.ToTensor(), norm]))
+    assert got is not None and (got.size, got.crop) == (32, 32)
 
 
 def test_other_preprocessing_has_none_and_build_falls_back(caplog):
@@ -96,7 +108,8 @@ def test_a_stream_batch_matches_the_host_path(reduced):
     student, teacher = make_encoder(STUDENT), make_encoder(TEACHER)
     host = PairedViews(student, teacher, (0.9, 1.0))
     dev = PairedViews(student, teacher, (0.9, 1.0), reduced_decode=reduced, on_device=True)
-    pairs = [_pair(host, dev, natural_jpeg(640, 480, seed=i), i) for i in range(4)]
+    size = (640, 480) if reduced else (160, 120)  # full decode: a region under 4x the view (shipped as it is)
+    pairs = [_pair(host, dev, natural_jpeg(*size, seed=i), i) for i in range(4)]
     assert all(a.crop == b.crop for a, b in pairs)
     want, batch = collate_views([a for a, _ in pairs]), collate_views([b for _, b in pairs])
     assert isinstance(batch.student_images, DeferredViews)
@@ -119,6 +132,23 @@ def test_a_snapped_region_is_within_half_a_decoded_pixel(box, scale):
     exact = [box[0] * scale, box[1] * scale, (box[0] + box[2]) * scale, (box[1] + box[3]) * scale]
     assert all(isinstance(v, int) for v in (top, left, h, w))
     assert max(abs(a - b) for a, b in zip([top, left, top + h, left + w], exact)) <= 0.5
+
+
+def test_a_large_region_ships_reduced_and_its_view_stays_close():
+    """A PNG (never decoded at a reduced scale) of 2000x1500 ships box-filtered by an integer factor to 2x-4x the
+    largest view's side (48 px: a shorter side in [96, 192)), not 9 MB of pixels; its views stay within 8 levels of
+    255 and 0.8 on average of the host's (measured: 5 and 0.4; a box filter before the antialiased one)."""
+    student, teacher = make_encoder(STUDENT), make_encoder(TEACHER)
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(natural_jpeg(2000, 1500, seed=3))).save(buf, "PNG")
+    host = PairedViews(student, teacher, (0.9, 1.0))
+    dev = PairedViews(student, teacher, (0.9, 1.0), on_device=True)
+    a, b = _pair(host, dev, buf.getvalue(), 0)
+    assert 96 <= min(b.student_image.shape[:2]) < 192 and b.aspect == a.crop[2:]
+    got = collate_views([b]).rendered()
+    for side, enc in (("student_images", student), ("teacher_images", teacher)):
+        diff = _levels(getattr(got, side), getattr(collate_views([a]), side), enc.preprocess_val.transforms[-1].std)
+        assert diff.max() <= 8 and diff.mean() < 0.8
 
 
 def test_one_encoder_renders_once_and_an_ensemble_renders_each():
@@ -151,6 +181,16 @@ def test_turbo_decode_is_pils():
     Image.open(io.BytesIO(data)).convert("L").save(buf, "JPEG")
     grey, _ = open_pixels(buf.getvalue(), lambda opened: None)
     assert grey.shape == (480, 640, 3) and np.abs(grey.astype(int) - np.asarray(open_image(buf.getvalue()))).max() <= 1
+
+
+def test_turbo_scale_is_pils_when_the_size_is_not_a_multiple():
+    """A 1001x751 JPEG decoded at 1/4: the scale is exactly 1/4 (as PIL's draft says), though the decoded size is
+    rounded up (251x188): the region's box maps with 1/4, not 251/1001."""
+    data = natural_jpeg(1001, 751, seed=6)
+    box = (3, 5, 700, 990)
+    pixels, scale = open_pixels(data, lambda opened: box, 100)
+    pil, pil_scale = open_region(data, lambda opened: box, 100)
+    assert scale == pil_scale == 0.25 and pixels.shape[:2] == (188, 251) == (pil.height, pil.width)
 
 
 def test_what_turbo_refuses_pil_decides():

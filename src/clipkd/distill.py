@@ -48,6 +48,7 @@ class Distiller:
             return batch.teacher
         if self.teacher is None:
             raise ValueError("this distiller has no teacher, and the batch carries no stored teacher embeddings")
+        batch = batch.rendered()
         return self.teacher(batch.teacher_images, batch.teacher_text)
 
     def teacher_for(self, batch: DistillBatch) -> Optional[Embeddings]:
@@ -66,6 +67,7 @@ class Distiller:
         ``student``: what runs the student forward (e.g. its DDP wrapper; default ``self.student``).
         ``teacher``: the teacher's embeddings when already computed for this batch.
         """
+        batch = batch.rendered()  # views to be made on the device (data.preprocess: device): made here
         t = teacher if teacher is not None else self.teacher_for(batch)
         s = (student or self.student)(batch.student_images, batch.student_text, t, self.mask_ratio, generator)
         return s, t

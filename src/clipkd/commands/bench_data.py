@@ -36,11 +36,13 @@ def measure_step(distiller, batch, device, precision: str, steps: int = 3) -> fl
     already on ``device``: the median of ``steps`` timed steps after one warm-up."""
     import statistics
 
+    import torch
+
     from clipkd.engine.step import autocast
 
     student = distiller.student.to(device).train()
-    batch = replace(batch, student_text=student.encoder.trimmed_tokens(batch.student_text.cpu()))
-    batch = batch.to(device)  # the student's tokens cut on the host, as the trainer does
+    if isinstance(batch.student_text, torch.Tensor):  # the student's tokens cut on the host, as the trainer does
+        batch = replace(batch, student_text=student.encoder.trimmed_tokens(batch.student_text.cpu())).to(device)
     if distiller.teacher is not None:
         distiller.teacher.to(device)
     times = []
@@ -54,8 +56,6 @@ def measure_step(distiller, batch, device, precision: str, steps: int = 3) -> fl
         loss.backward()
         student.zero_grad(set_to_none=True)
         if device.type == "cuda":
-            import torch
-
             torch.cuda.synchronize(device)
         if i:
             times.append(time.perf_counter() - start)
@@ -105,7 +105,8 @@ def run_bench_data(args: argparse.Namespace) -> int:
 
         stream.start(DataPosition())
         batch, _ = next(iter(make_loader(stream, 0, cfg.seed)))
-        rate, source = measure_step(distiller, batch.to(device).rendered(), device, cfg.precision), f"measured on {device}"
+        rate = measure_step(distiller, batch.to(device).rendered(), device, cfg.precision)
+        source = f"measured on {device}"
     figures.update(step_rate=rate, step_rate_source=source, cores_per_gpu=rate * figures["cpu_s_per_sample"],
                    config=_describe(cfg, stored))
     print(_report(figures, figures["config"]))

@@ -35,7 +35,14 @@ class DistillBatch:
 
     def to(self, device: Union[str, torch.device], non_blocking: bool = False) -> "DistillBatch":
         """The batch on ``device``; images shared by both sides (or regions shared by their views) stay shared."""
-        move = lambda x: x.to(device, non_blocking=non_blocking)  # noqa: E731
+        return self._each_tensor(lambda x: x.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "DistillBatch":
+        """The batch in page-locked host memory (the loader's ``pin_memory``: copies to a GPU that overlap)."""
+        return self._each_tensor(lambda x: x.pin_memory())
+
+    def _each_tensor(self, move) -> "DistillBatch":
+        """``move`` applied to every tensor (and packed regions) once; what was shared stays shared."""
         regions: dict[int, object] = {}
 
         def move_images(x):

@@ -27,8 +27,8 @@ class DataPathFigures:
     batches; ``stages``: CPU seconds per sample of each stage (``other``: the rest of the producing processes'
     time; ``device``: this process's CPU moving each batch to the device and making the views there
     (``data.preprocess: device``); ``consumer``: the rest of this process's own CPU outside the producers'
-    clocks, such as receiving batches); ``first_batch_s`` / ``median_batch_s``: wall seconds of the first batch of each epoch and of
-    the median batch."""
+    clocks, such as receiving batches); ``first_batch_s`` / ``median_batch_s``: wall seconds of the first batch
+    of each epoch and of the median batch."""
 
     batches: int
     samples: int
@@ -44,11 +44,12 @@ class DataPathFigures:
         return asdict(self)
 
 
-def _epochs(stream: DistillStream, workers: int, seed: int) -> Iterator[tuple[bool, DistillBatch, BatchInfo]]:
+def _epochs(stream: DistillStream, workers: int, seed: int,
+            pin: bool) -> Iterator[tuple[bool, DistillBatch, BatchInfo]]:
     """(first batch of its epoch, batch, info), epoch after epoch, as the trainer reads them (one loader)."""
     stream.start(DataPosition(), endless=True)
     epoch = None
-    for batch, info in make_loader(stream, workers, seed):
+    for batch, info in make_loader(stream, workers, seed, pin_memory=pin):
         yield info.epoch != epoch, batch, info
         epoch = info.epoch
 
@@ -62,7 +63,7 @@ def measure_stream(stream: DistillStream, workers: int, seed: int, batches: int,
     cpu0, start = time.process_time(), time.perf_counter()
     tick = start
     steady_from, steady_samples = start, 0
-    for n, (first, batch, info) in enumerate(_epochs(stream, workers, seed)):
+    for n, (first, batch, info) in enumerate(_epochs(stream, workers, seed, device.type == "cuda")):
         c0 = time.process_time()
         batch.to(device, non_blocking=True).rendered()  # views made on the device (data.preprocess: device)
         if device.type == "cuda":

@@ -172,7 +172,9 @@ def _turbo_region(data: bytes, pick: Callable[[Any], Optional[CropBox]], min_sid
         factor *= 2
     pixels = simplejpeg.decode_jpeg(data, "rgb", min_height=math.ceil(height / factor),
                                     min_width=math.ceil(width / factor), min_factor=factor)
-    return pixels, pixels.shape[1] / width
+    if pixels.shape[:2] != (math.ceil(height / factor), math.ceil(width / factor)):
+        raise ValueError(f"decoded at {pixels.shape[:2]}, not 1/{factor} of {height}x{width}")
+    return pixels, 1.0 / factor  # exactly, as PIL's draft: the last DCT block may be partial (ceil), the scale not
 
 
 def open_pixels(image: Union[bytes, Path], pick: Callable[[Any], Optional[CropBox]], min_side: Optional[int] = None,

@@ -295,11 +295,11 @@ class DistillLoader(DataLoader):
     """The stream's DataLoader: workers die with their parent, worker errors reach the user as one clear
     message (without the worker's traceback pasted in), and an epoch without any batch is an error."""
 
-    def __init__(self, stream: DistillStream, workers: int, seed: int = 0):
+    def __init__(self, stream: DistillStream, workers: int, seed: int = 0, pin_memory: bool = False):
         init = functools.partial(worker_init, os.getpid()) if workers else None
         super().__init__(stream, batch_size=None, num_workers=workers, persistent_workers=False,
                          prefetch_factor=4 if workers else None, generator=torch.Generator().manual_seed(seed),
-                         worker_init_fn=init)
+                         worker_init_fn=init, pin_memory=pin_memory)
 
     def __iter__(self):
         stream: DistillStream = self.dataset  # type: ignore[assignment]
@@ -331,6 +331,6 @@ def _without_worker_traceback(exc: BaseException) -> BaseException:
         return exc
 
 
-def make_loader(stream: DistillStream, workers: int, seed: int = 0) -> DistillLoader:
-    """A DataLoader over the stream (batches are built inside the workers)."""
-    return DistillLoader(stream, workers, seed)
+def make_loader(stream: DistillStream, workers: int, seed: int = 0, pin_memory: bool = False) -> DistillLoader:
+    """A DataLoader over the stream (batches are built inside the workers); ``pin_memory`` for a CUDA device."""
+    return DistillLoader(stream, workers, seed, pin_memory)

@@ -33,10 +33,14 @@ class TensorPreprocess:
     std: tuple[float, ...]
 
 
-def _int_size(size) -> Optional[int]:
+def _int_size(size, square_pair: bool) -> Optional[int]:
+    """An int size or a one-element sequence; with ``square_pair`` also (s, s) (a crop, not a resize: torchvision's
+    ``Resize((s, s))`` squashes the image to s x s, unlike ``Resize(s)``)."""
     if isinstance(size, int):
         return size
-    return int(size[0]) if len(size) == 1 or (len(size) == 2 and size[0] == size[1]) else None
+    if len(size) == 1 or (square_pair and len(size) == 2 and size[0] == size[1]):
+        return int(size[0])
+    return None
 
 
 def tensor_preprocess(preprocess) -> Optional[TensorPreprocess]:
@@ -49,7 +53,7 @@ def tensor_preprocess(preprocess) -> Optional[TensorPreprocess]:
         return None
     resize, crop, rest = steps[0], steps[1], steps[2:]
     modes = {InterpolationMode.BICUBIC: "bicubic", InterpolationMode.BILINEAR: "bilinear"}
-    size, side = _int_size(resize.size), _int_size(crop.size)
+    size, side = _int_size(resize.size, False), _int_size(crop.size, True)
     if resize.max_size is not None or resize.interpolation not in modes or not size or not side or side > size:
         return None
     if not isinstance(rest[-1], Normalize) or rest[-1].inplace:

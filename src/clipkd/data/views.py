@@ -144,7 +144,8 @@ class PairedViews:
         sides = [max(*e.image_size, *((r[0],) if r else ())) for e, r in
                  zip([student, *teachers], [self.student_resize, *self.teacher_resizes])]
         # a JPEG view needs this many pixels on its region's shorter side: decoded at a reduced scale down to it
-        self.decode_side: Optional[int] = max(sides) if reduced_decode else None
+        self.view_side = max(sides)  # the most pixels a side needs on the region's shorter side
+        self.decode_side: Optional[int] = self.view_side if reduced_decode else None
         self.device_sides = (_device_sides(student, teachers, self.same_image, self.ensemble is not None)
                              if on_device else None)
 
@@ -202,12 +203,26 @@ class PairedViews:
             height, width = pixels.shape[:2]
             box = crop if crop is not None else (0, 0, round(height / scale), round(width / scale))
             top, left, h, w = _snapped(box, scale)
-            region = pixels[top:top + h, left:left + w]
+            region = _bounded(pixels[top:top + h, left:left + w], self.view_side)
             if not (region.flags.c_contiguous and region.flags.writeable):
                 region = region.copy()
             region = torch.from_numpy(region)
         s_txt, t_txt = self._tokens(caption)
         return SampleViews(region, region, s_txt, t_txt, crop, deferred=self.device_sides, aspect=(box[2], box[3]))
+
+
+MAX_SHIPPED = 4  # a region ships with at most this many times the view's pixels on its shorter side
+
+
+def _bounded(region: np.ndarray, side: int) -> np.ndarray:
+    """``region`` [H, W, 3], box-filtered by an integer factor (PIL's ``reduce``) when its shorter side is at least
+    ``MAX_SHIPPED`` x ``side``: to between 2x and 4x the view's side. A PNG, a full decode or more than 1/8 of a
+    JPEG would otherwise ship every pixel (memory in the loader's queue, bytes to copy, and a GPU's antialiased
+    filter has a limit on its ratio)."""
+    factor = min(region.shape[:2]) // (MAX_SHIPPED // 2 * side)
+    if factor < 2:
+        return region
+    return np.asarray(Image.fromarray(region).reduce(factor))
 
 
 def _snapped(box: CropBox, scale: float) -> CropBox:

@@ -297,7 +297,8 @@ class Trainer:
         loader whose workers live as long as the run."""
         group: list[DistillBatch] = []
         self.stream.start(self.rank_state.position, endless=True)
-        for batch, info in make_loader(self.stream, self.cfg.data.workers, self.cfg.seed):
+        for batch, info in make_loader(self.stream, self.cfg.data.workers, self.cfg.seed,
+                                       pin_memory=self.device.type == "cuda"):
             self.rank_state.account(info)
             group.append(batch)
             if len(group) == self.accum:
