@@ -68,7 +68,8 @@ def random_batch(student, teacher, n: int = 8, seed: int = 0):
 # generic `default` kernels). A node ID or a file: every test in it.
 KERNEL_TESTS = (
     "test_retrieval_metrics.py", "test_ties.py", "test_functional.py", "test_diagnostics.py",
-    "test_loss_precision.py", "test_masking.py", "test_causal_text.py",
+    "test_loss_precision.py", "test_masking.py", "test_causal_text.py", "test_device_views.py",
+    "test_sigmoid_losses.py", "test_reinforced_training.py::test_views_made_on_the_device_replay_the_stored_crop",
     "test_ensemble.py::test_one_teacher_ensemble_is_exactly_the_single_teacher",
     "test_ensemble.py::test_one_teacher_distill_loss_is_exactly_the_single_teacher_loss",
     "test_ensemble.py::test_ensemble_terms_under_bf16_autocast_equal_float32",

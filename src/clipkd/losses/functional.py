@@ -28,7 +28,7 @@ F_ = TypeVar("F_", bound=Callable[..., object])
 
 __all__ = [
     "clip_loss", "crd_loss", "crd_teacher_log_probs", "crd_loss_from_log_probs", "fd_loss", "icl_loss", "gd_loss",
-    "afd_loss", "contrastive_grads",
+    "afd_loss", "contrastive_grads", "siglip_loss", "sigmoid_crd_loss",
 ]
 
 
@@ -98,6 +98,50 @@ def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: Scale) -> torch.Tenso
     s = _as_scale(scale, img)
     logits = s * img @ txt.T
     return _two_way_ce(logits, logits.T)
+
+
+def _sigmoid_logits(img: torch.Tensor, txt: torch.Tensor, scale: Scale, bias: Scale) -> torch.Tensor:
+    """``s * img @ txt^T + b``: every image-text pair's logit of a sigmoid model."""
+    return _as_scale(scale, img) * img @ txt.T + _as_scale(bias, img)
+
+
+@full_precision
+def siglip_loss(img: torch.Tensor, txt: torch.Tensor, scale: Scale, bias: Scale) -> torch.Tensor:
+    """Sigmoid task loss (SigLIP, Zhai et al. 2023): every image-text pair a binary decision.
+
+    ``l_ij = s * <img_i, txt_j> + b``, ``z_ij = +1 if i = j else -1``;
+    ``L = -1/N sum_{i,j} log sigmoid(z_ij * l_ij)`` over the N x N pairs of the (global) batch.
+    """
+    img, txt = _prep(img, txt)
+    logits = _sigmoid_logits(img, txt, scale, bias)
+    signs = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
+
+
+@full_precision
+def sigmoid_crd_loss(
+    s_img: torch.Tensor,
+    s_txt: torch.Tensor,
+    s_scale: Scale,
+    s_bias: Scale,
+    t_img: torch.Tensor,
+    t_txt: torch.Tensor,
+    t_scale: Scale,
+    t_bias: Scale,
+) -> torch.Tensor:
+    """Relational distillation for sigmoid models: each pair's probability of matching, the student's against
+    the teacher's (binary cross-entropy; the sigmoid counterpart of CRD, as MobileCLIP's ``DistillSigLipLoss``).
+
+    ``S_ij = s_s * <s_img_i, s_txt_j> + b_s``, ``p_ij = sigmoid(s_t * <t_img_i, t_txt_j> + b_t)``;
+    ``L = -1/N sum_{i,j} [ p_ij log sigmoid(S_ij) + (1 - p_ij) log sigmoid(-S_ij) ]``.
+    It is symmetric in images and texts (one matrix), has its minimum where ``sigmoid(S) = p`` and its gradient
+    with respect to ``S_ij`` is ``(sigmoid(S_ij) - p_ij) / N``. No gradient reaches the teacher.
+    """
+    t_scale, t_bias = (v.detach() if isinstance(v, torch.Tensor) else v for v in (t_scale, t_bias))
+    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, *_teacher(t_img, t_txt))
+    p = torch.sigmoid(_sigmoid_logits(t_img, t_txt, t_scale, t_bias))
+    logits = _sigmoid_logits(s_img, s_txt, s_scale, s_bias)
+    return F.binary_cross_entropy_with_logits(logits, p, reduction="sum") / logits.shape[0]
 
 
 def _kl_rows(log_p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
