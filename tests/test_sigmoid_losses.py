@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipkd.losses.functional import sigmoid_crd_loss, siglip_loss
+from clipkd.losses.functional import siglip_loss, sigmoid_crd_loss
 
 
 def _pairs(n: int, d: int, seed: int):
