@@ -41,6 +41,22 @@ class TeacherConfig(ModelConfig):
     weight: float = Field(1.0, gt=0, description="share of this teacher in an ensemble (normalised to sum 1)")
 
 
+class InheritConfig(_Strict):
+    """Initialise the student from its teacher's weights (:mod:`clipkd.models.inherit`): kept layers and the most
+    important channels, heads and MLP units."""
+
+    image_layers: Optional[list[int]] = Field(None, description="the teacher layer each student image layer takes "
+                                              "(default: evenly spaced, every k-th)")
+    text_layers: Optional[list[int]] = Field(None, description="the same for the text tower")
+
+
+class StudentConfig(ModelConfig):
+    """The student; ``inherit``: start from the teacher's weights instead of ``pretrained`` or random ones."""
+
+    inherit: Optional[InheritConfig] = Field(None, description="initialise from the teacher's weights (ViT CLIP "
+                                             "teacher and student; one teacher; not with student.pretrained)")
+
+
 def _one_or_list(value: Any) -> str:
     """Which form a ``teacher`` setting has: one section, or a list (an ensemble); validated as that form only."""
     return "list[TeacherConfig]" if isinstance(value, list) else "TeacherConfig"
@@ -267,7 +283,7 @@ class TrainConfig(_Strict):
                                 Discriminator(_one_or_list)]] = Field(
         None, description="the frozen teacher, or a list of teachers (an ensemble); required when a loss term or "
                           "distill.teacher_cache uses it; not built when none does (baseline)")
-    student: ModelConfig
+    student: StudentConfig
     distill: DistillConfig = DistillConfig()
     data: DataConfig
     optim: OptimConfig
@@ -291,7 +307,22 @@ class TrainConfig(_Strict):
         why = _teacher_required(cfg.distill) if not teacher_list(cfg.teacher) else None
         if why is not None:
             raise ValidationError.from_exception_data(cls.__name__, [_teacher_error(why)])
+        _check_inherit(cfg)
         return cfg
+
+
+def _check_inherit(cfg: "TrainConfig") -> None:
+    """``student.inherit`` takes one teacher's weights, and no other starting weights."""
+    if cfg.student.inherit is None:
+        return
+    teachers = teacher_list(cfg.teacher)
+    why = ("needs one teacher section to inherit from" if not teachers else
+           f"inherits from one teacher, not an ensemble of {len(teachers)}" if len(teachers) > 1 else
+           "and student.pretrained both set the starting weights: keep one" if cfg.student.pretrained else None)
+    if why:
+        raise ValidationError.from_exception_data("TrainConfig", [InitErrorDetails(
+            type=PydanticCustomError("inherit", "student.inherit {why}", {"why": why}), loc=("student", "inherit"),
+            input=cfg.student.inherit.model_dump())])
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], base: Union[str, Path, None] = None

@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from clipkd.config import ModelConfig, TrainConfig, teacher_list, teacher_terms, teacher_weights
+from clipkd.config import InheritConfig, ModelConfig, TrainConfig, teacher_list, teacher_terms, teacher_weights
 from clipkd.distill import Distiller, build_distiller
+from clipkd.errors import ConfigError
 from clipkd.models.encoders import ClipEncoder
 from clipkd.models.factory import create_encoder
 
@@ -50,16 +51,19 @@ def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
     (:func:`global_batch_size`) and the teacher's embedding dim.
     """
     torch.manual_seed(cfg.seed)  # identical initialisation for the same seed (and on every rank)
-    student = build_encoder(cfg.student, role="student")
+    student = build_encoder(cfg.student, role="student" if cfg.student.inherit is None else "inherited")
     teachers = teacher_list(cfg.teacher)
     shares = teacher_weights(teachers) if teachers else None
+    built = [build_encoder(t, role="teacher") for t in teachers] if teacher_in_use(cfg) and stored is None else []
+    if cfg.student.inherit is not None:
+        inherit_student(student, built[0] if built else build_encoder(teachers[0], role="teacher"),
+                        cfg.student.inherit)
     if stored is not None:
         log.info("teacher embeddings from %s (%d stored views per sample, %s order): no teacher is built",
                  stored.folder, stored.choice.views, stored.choice.order)
         weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), _gd_dim(stored.embed_dims,
                                                                                                  shares))
         return build_distiller(student, None, weights, mask_ratio, stored.embed_dims, shares)
-    built = [build_encoder(t, role="teacher") for t in teachers] if teacher_in_use(cfg) else []
     if not built and teachers:
         d = cfg.distill
         source = "distill.weights" if d.weights is not None else f"distill.recipe '{d.recipe}'"
@@ -69,6 +73,26 @@ def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
     dims = [t.embed_dim for t in built] or [student.embed_dim]  # no teacher: GD is not active
     weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), _gd_dim(dims, shares))
     return build_distiller(student, built or None, weights, mask_ratio, teacher_weights=shares)
+
+
+def inherit_student(student: ClipEncoder, teacher: ClipEncoder, ic: InheritConfig) -> None:
+    """``student.inherit``: the student's weights from the teacher's (:func:`clipkd.models.inherit.inherit_from`);
+    ConfigError naming what does not map."""
+    from clipkd.models.inherit import inherit_from
+
+    s_model, t_model = getattr(student, "model", None), getattr(teacher, "model", None)
+    if s_model is None or t_model is None:
+        which = "student" if s_model is None else "teacher"
+        raise ConfigError(f"student.inherit: the {which} ({type(student if s_model is None else teacher).__name__}) "
+                          "is not an open_clip model; inheritance maps a ViT CLIP teacher onto a ViT CLIP student")
+    try:
+        report = inherit_from(s_model, t_model, ic.image_layers, ic.text_layers)
+    except ValueError as exc:
+        raise ConfigError(f"student.inherit: {exc}") from None
+    widths = ", ".join(f"{k} {s}/{t}" for k, (s, t) in report.widths.items())
+    own = f"; the student's own: {', '.join(report.own)}" if report.own else ""
+    log.info("student inherits the teacher's weights: image layers %s, text layers %s, widths %s%s",
+             report.image_layers, report.text_layers, widths, own)
 
 
 def _gd_dim(dims: list[int], shares: Optional[list[float]]) -> int:

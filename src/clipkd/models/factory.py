@@ -12,7 +12,7 @@ from clipkd.models.open_clip_adapter import create_open_clip_encoder, list_model
 log = logging.getLogger(__name__)
 
 COMPOSITE_MODELS = (LIT_NAME,)
-ROLES = ("teacher", "student", "model")
+ROLES = ("teacher", "student", "model", "inherited")
 
 
 def known_model(name: str) -> bool:
@@ -43,7 +43,7 @@ def report_untrained(encoder: ClipEncoder, name: str, role: str = "model") -> No
     weights is almost never meant. Any other model (e.g. one being evaluated): a WARNING.
     """
     what = encoder.untrained
-    if not what:
+    if not what or role == "inherited":  # a student about to take its teacher's weights (student.inherit)
         return
     random = "random weights" if what == "all weights" else f"random weights in {what}"
     if role == "student":
