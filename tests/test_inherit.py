@@ -37,8 +37,18 @@ def _embed(enc, seed=0):
         return enc.encode_image(images), enc.encode_text(text)
 
 
+def _trained_like(model, seed=0):
+    """Every parameter perturbed: a fresh model's norms, biases and scale equal any other fresh model's."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return model
+
+
 def test_every_layer_at_full_width_is_the_teacher():
     teacher, student = make_encoder(TEACHER, seed=1).eval(), make_encoder(TEACHER, seed=2).eval()
+    _trained_like(teacher.model)
     report = inherit_from(student.model, teacher.model)
     assert report.image_layers == report.text_layers == [0, 1, 2, 3] and not report.own
     t_sd, s_sd = teacher.model.state_dict(), student.model.state_dict()
@@ -51,6 +61,7 @@ def test_half_depth_equals_the_hand_built_student(tmp_path):
     """Two layers of four (0 and 2, every other one): every weight the teacher's, its blocks renumbered."""
     name = _variant(tmp_path, "tiny-teacher-half", vision_cfg__layers=2, text_cfg__layers=2)
     teacher, student = make_encoder(TEACHER, seed=1).eval(), make_encoder(name, seed=2).eval()
+    _trained_like(teacher.model)
     inherit_from(student.model, teacher.model)
     want = {}
     for k, v in teacher.model.state_dict().items():
@@ -60,24 +71,12 @@ def test_half_depth_equals_the_hand_built_student(tmp_path):
                 if int(layer) % 2:
                     break
                 k = f"{prefix}{int(layer) // 2}.{rest}"
-        else:
-            want[k] = v
-            continue
-        if int(k[len(prefix):].split(".", 1)[0]) < 2 and not int(layer) % 2:
+        else:  # a kept (even) teacher layer, renumbered, or no layer at all
             want[k] = v
     got = student.model.state_dict()
     assert set(got) == set(want)
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert evenly_spaced(2, 4) == [0, 2] and evenly_spaced(3, 4) == [0, 1, 2]
-
-
-def _distinct_gains(model, seed=0):
-    """LayerNorm gains of a trained model (a fresh one has all ones: every channel ties)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.LayerNorm):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
 
 
 def _top(scores: list[float], k: int) -> list[int]:
@@ -90,7 +89,7 @@ def test_a_narrower_student_keeps_the_most_important_channels_heads_and_units():
     128, 2 heads; 256; 32 px). Every kept index recomputed by a loop over the stated scores."""
     teacher, student = make_encoder(TEACHER, seed=1).eval(), make_encoder(STUDENT, seed=2).eval()
     t, s = teacher.model, student.model
-    _distinct_gains(t)
+    _trained_like(t)
     report = inherit_from(s, t)
     assert report.widths == {"image": (192, 256), "text": (128, 256), "embedding": (256, 384)}
     assert report.own == ["text positional_embedding rows 24..31"]  # the student's context is longer
@@ -110,16 +109,27 @@ def test_a_narrower_student_keeps_the_most_important_channels_heads_and_units():
                         b_t.attn.out_proj.weight[:, h * 64:(h + 1) * 64].abs().sum()) for h in range(4)]
     heads = _top(head_score, 3)
     rows = [p * 256 + h * 64 + i for p in range(3) for h in heads for i in range(64)]
+    cols = [h * 64 + i for h in heads for i in range(64)]
     assert torch.equal(b_s.attn.in_proj_weight, w[rows][:, ch])
+    assert torch.equal(b_s.attn.in_proj_bias, b_t.attn.in_proj_bias[rows])
+    assert torch.equal(b_s.attn.out_proj.weight, b_t.attn.out_proj.weight[ch][:, cols])
+    assert torch.equal(b_s.ln_2.bias, b_t.ln_2.bias[ch])
     unit_score = [float(b_t.mlp.c_fc.weight[u].abs().sum() + b_t.mlp.c_proj.weight[:, u].abs().sum())
                   for u in range(1024)]
     units = _top(unit_score, 768)
+    assert torch.equal(b_s.mlp.c_fc.weight, b_t.mlp.c_fc.weight[units][:, ch])
     assert torch.equal(b_s.mlp.c_proj.weight, b_t.mlp.c_proj.weight[ch][:, units])
-    # the grid (6x6 -> 4x4) resized, the class token's row kept as it is
-    assert torch.equal(s.visual.positional_embedding[0], v.positional_embedding[0, ch])
-    assert torch.equal(s.token_embedding.weight, t.token_embedding.weight[:, _top(
-        [float(t.ln_final.weight[c].abs() + sum(b.ln_1.weight[c].abs() + b.ln_2.weight[c].abs()
-                                               for b in t.transformer.resblocks)) for c in range(256)], 128)])
+    # the grid (6x6 -> 4x4) resized as open_clip's own resize_pos_embed resizes it
+    from open_clip.model import resize_pos_embed
+
+    sd = {"visual.positional_embedding": v.positional_embedding[:, ch].clone()}
+    resize_pos_embed(sd, s)
+    torch.testing.assert_close(s.visual.positional_embedding, sd["visual.positional_embedding"])
+    text_ch = _top([float(t.ln_final.weight[c].abs() + sum(b.ln_1.weight[c].abs() + b.ln_2.weight[c].abs()
+                                                         for b in t.transformer.resblocks)) for c in range(256)], 128)
+    assert torch.equal(s.token_embedding.weight, t.token_embedding.weight[:, text_ch])
+    assert torch.equal(s.text_projection, t.text_projection[text_ch][:, emb])
+    assert torch.equal(s.transformer.resblocks[2].ln_1.weight, t.transformer.resblocks[2].ln_1.weight[text_ch])
     assert torch.equal(s.logit_scale, t.logit_scale)
     img, txt = _embed(student)
     assert img.shape == (3, 256) and torch.isfinite(img).all() and torch.isfinite(txt).all()
@@ -135,6 +145,13 @@ def test_what_cannot_map_is_refused_with_the_reason(tmp_path):
         inherit_from(make_encoder(_variant(tmp_path, "p16", vision_cfg__patch_size=16)).model, teacher.model)
     with pytest.raises(ValueError, match="one teacher layer index"):
         inherit_from(make_encoder(TEACHER).model, teacher.model, image_layers=[0, 1, 2, 9])
+    with pytest.raises(ValueError, match="MLP"):
+        inherit_from(make_encoder(_variant(tmp_path, "mlp8", vision_cfg__mlp_ratio=8.0)).model, teacher.model)
+    with pytest.raises(ValueError, match="layer scale"):
+        inherit_from(make_encoder(_variant(tmp_path, "ls", vision_cfg__ls_init_value=0.1,
+                                           text_cfg__ls_init_value=0.1)).model, teacher.model)
+    with pytest.raises(ValueError, match="text pooling"):
+        inherit_from(make_encoder(_variant(tmp_path, "last", text_cfg__pool_type="last")).model, teacher.model)
 
 
 def _cfg(data_dir, tmp_path, **extra):
@@ -179,3 +196,19 @@ def test_a_cnn_student_cannot_inherit(data_dir, tmp_path):
 
     with pytest.raises(ConfigError, match="student.inherit: .*VisionTransformer"):
         make_trainer(_cfg(data_dir, tmp_path, **{"student.inherit": {}, "student.model": "clipkd-tiny-mobilenet"}))
+
+
+def test_the_teacher_a_student_inherits_from_is_an_input_of_the_run(data_dir, tmp_path, caplog):
+    """With the task loss alone the teacher only gives the student its weights: built for that, not kept, and the
+    run's inputs name it (a student started from other weights is another run)."""
+    import logging
+
+    from clipkd.build.inputs import run_inputs
+    from clipkd.commands.train import make_trainer
+
+    cfg = _cfg(data_dir, tmp_path, **{"student.inherit": {}, "distill.recipe": "baseline"})
+    assert "inherited_from" in run_inputs(cfg) and "inherited_from" not in run_inputs(_cfg(data_dir, tmp_path))
+    with caplog.at_level(logging.INFO):
+        trainer = make_trainer(cfg)
+    assert trainer.distiller.teacher is None
+    assert "only gave the student its starting weights" in caplog.text

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, NonNegativeInt, Tag, ValidationError, field_validator,
+                      model_validator)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from clipkd import config_errors
@@ -45,9 +46,9 @@ class InheritConfig(_Strict):
     """Initialise the student from its teacher's weights (:mod:`clipkd.models.inherit`): kept layers and the most
     important channels, heads and MLP units."""
 
-    image_layers: Optional[list[int]] = Field(None, description="the teacher layer each student image layer takes "
+    image_layers: Optional[list[NonNegativeInt]] = Field(None, description="the teacher layer each student image layer takes "
                                               "(default: evenly spaced, every k-th)")
-    text_layers: Optional[list[int]] = Field(None, description="the same for the text tower")
+    text_layers: Optional[list[NonNegativeInt]] = Field(None, description="the same for the text tower")
 
 
 class StudentConfig(ModelConfig):
@@ -317,11 +318,11 @@ def _check_inherit(cfg: "TrainConfig") -> None:
         return
     teachers = teacher_list(cfg.teacher)
     why = ("needs one teacher section to inherit from" if not teachers else
-           f"inherits from one teacher, not an ensemble of {len(teachers)}" if len(teachers) > 1 else
+           f"takes one teacher's weights, not an ensemble of {len(teachers)}" if len(teachers) > 1 else
            "and student.pretrained both set the starting weights: keep one" if cfg.student.pretrained else None)
     if why:
         raise ValidationError.from_exception_data("TrainConfig", [InitErrorDetails(
-            type=PydanticCustomError("inherit", "student.inherit {why}", {"why": why}), loc=("student", "inherit"),
+            type=PydanticCustomError("inherit", "{why}", {"why": why}), loc=("student", "inherit"),
             input=cfg.student.inherit.model_dump())])
 
 

@@ -33,6 +33,8 @@ def run_inputs(cfg: TrainConfig) -> dict[str, Any]:
     from clipkd.eval.runner import Benchmark
 
     out: dict[str, Any] = {"student": config_identity(cfg.student), "data": _data(cfg.data)}
+    if teacher_list(cfg.teacher) and cfg.student.inherit is not None:  # the weights the student started from
+        out["inherited_from"] = config_identity(teacher_list(cfg.teacher)[0])
     if teacher_list(cfg.teacher) and teacher_terms(cfg.distill):
         if cfg.distill.teacher_cache:
             out["teacher_cache"] = reinforced_identity(cfg.distill.teacher_cache)

@@ -21,7 +21,8 @@ def preflight(cfg: TrainConfig) -> Optional[dict]:
     """
     manifest = None
     problems: list[str] = []
-    teachers = teacher_fields(cfg.teacher) if teacher_in_use(cfg) else []  # one the run does not build: unchecked
+    builds_teacher = teacher_in_use(cfg) or cfg.student.inherit is not None  # inherit: the student's weights
+    teachers = teacher_fields(cfg.teacher) if builds_teacher else []  # one the run does not build: unchecked
     for side, mc in [*teachers, ("student", cfg.student)]:
         problems += check_model(f"{side}.model", mc.model, mc.pretrained, f"{side}.pretrained")
     problems += check_data("data", cfg.data, unique_shards=bool(teachers and cfg.distill.teacher_cache))

@@ -20,7 +20,6 @@ Inheriting every layer at full width reproduces the teacher exactly.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -67,6 +66,42 @@ def _check_vit_clip(model: nn.Module, role: str) -> None:
                          " (a CNN or timm tower has no layer-by-layer counterpart: use student.pretrained instead)")
 
 
+def _structure(model: nn.Module) -> dict[str, object]:
+    """What must agree between teacher and student for their weights to mean the same thing."""
+    from open_clip.transformer import ResidualAttentionBlock
+
+    v = model.visual
+    blocks = [*v.transformer.resblocks, *model.transformer.resblocks]
+    b = blocks[0]
+    return {
+        "block type": sorted({type(x).__name__ for x in blocks}),
+        "plain attention (nn.MultiheadAttention)": all(
+            isinstance(x, ResidualAttentionBlock) and isinstance(x.attn, nn.MultiheadAttention) for x in blocks),
+        "activation": type(b.mlp.gelu).__name__ if hasattr(b.mlp, "gelu") else "?",
+        "layer scale": type(getattr(b, "ls_1", None)).__name__,
+        "image attentional pooling": getattr(v, "attn_pool", None) is not None,
+        "image norm before the blocks": type(v.ln_pre).__name__,
+        "image pooling": (getattr(v, "pool_type", None), getattr(v, "final_ln_after_pool", None)),
+        "text pooling": (getattr(model, "text_pool_type", None), getattr(model, "text_eos_id", None)),
+        "causal text mask": getattr(model, "attn_mask", None) is not None,
+        "text projection": type(getattr(model, "text_projection", None)).__name__,
+        "logit bias": getattr(model, "logit_bias", None) is not None,
+    }
+
+
+_SUPPORTED = {"plain attention (nn.MultiheadAttention)": True, "image attentional pooling": False,
+              "text projection": "Parameter"}
+
+
+def _check_structure(student: nn.Module, teacher: nn.Module) -> None:
+    """ValueError naming every difference between the two models' structures, or an unsupported one."""
+    s, t = _structure(student), _structure(teacher)
+    problems = [f"{k}: student {s[k]!r}, teacher {t[k]!r}" for k in s if s[k] != t[k]]
+    problems += [f"{k}: {t[k]!r} (supported: {v!r})" for k, v in _SUPPORTED.items() if t[k] != v and s[k] == t[k]]
+    if problems:
+        raise ValueError("the teacher's weights would not mean the same in the student: " + "; ".join(problems))
+
+
 def _heads(block: nn.Module) -> tuple[int, int]:
     attn = block.attn
     return attn.num_heads, attn.embed_dim // attn.num_heads
@@ -77,9 +112,9 @@ class _Tower:
 
     def __init__(self, blocks: Sequence[nn.Module], final_norm: nn.LayerNorm, kept: Sequence[int], width: int):
         self.blocks = [blocks[i] for i in kept]
-        score = final_norm.weight.detach().abs().clone()
+        score = final_norm.weight.detach().float().abs()
         for b in self.blocks:
-            score += b.ln_1.weight.detach().abs() + b.ln_2.weight.detach().abs()
+            score = score + b.ln_1.weight.float().abs() + b.ln_2.weight.float().abs()
         self.channels = _top(score, width) if width < score.numel() else torch.arange(score.numel())
 
 
@@ -88,7 +123,7 @@ def _copy_norm(dst: nn.LayerNorm, src: nn.LayerNorm, idx: torch.Tensor) -> None:
     dst.bias.copy_(src.bias[idx])
 
 
-def _copy_block(dst: nn.Module, src: nn.Module, ch: torch.Tensor, name: str, report: InheritReport) -> None:
+def _copy_block(dst: nn.Module, src: nn.Module, ch: torch.Tensor, name: str) -> None:
     """One residual block: channels ``ch`` of the stream, the most important heads and MLP units."""
     h_s, w_s = _heads(dst)
     h_t, w_t = _heads(src)
@@ -99,7 +134,7 @@ def _copy_block(dst: nn.Module, src: nn.Module, ch: torch.Tensor, name: str, rep
     _copy_norm(dst.ln_2, src.ln_2, ch)
     q = src.attn.in_proj_weight.view(3, h_t, w_t, -1)
     out = src.attn.out_proj.weight.view(-1, h_t, w_t)
-    score = q.abs().sum(dim=(0, 2, 3)) + out.abs().sum(dim=(0, 2))
+    score = q.float().abs().sum(dim=(0, 2, 3)) + out.float().abs().sum(dim=(0, 2))
     heads = _top(score, h_s)
     dst.attn.in_proj_weight.copy_(q[:, heads][..., ch].reshape(3 * h_s * w_s, -1))
     dst.attn.in_proj_bias.copy_(src.attn.in_proj_bias.view(3, h_t, w_t)[:, heads].reshape(-1))
@@ -107,7 +142,9 @@ def _copy_block(dst: nn.Module, src: nn.Module, ch: torch.Tensor, name: str, rep
     dst.attn.out_proj.bias.copy_(src.attn.out_proj.bias[ch])
     fc, proj = src.mlp.c_fc, src.mlp.c_proj
     hidden = dst.mlp.c_fc.out_features
-    units = _top(fc.weight.abs().sum(1) + proj.weight.abs().sum(0), hidden)
+    if hidden > fc.out_features:
+        raise ValueError(f"{name}: the student's MLP ({hidden} units) is wider than the teacher's ({fc.out_features})")
+    units = _top(fc.weight.float().abs().sum(1) + proj.weight.float().abs().sum(0), hidden)
     dst.mlp.c_fc.weight.copy_(fc.weight[units][:, ch])
     dst.mlp.c_fc.bias.copy_(fc.bias[units])
     dst.mlp.c_proj.weight.copy_(proj.weight[ch][:, units])
@@ -118,16 +155,16 @@ def _copy_block(dst: nn.Module, src: nn.Module, ch: torch.Tensor, name: str, rep
             d.gamma.copy_(s.gamma[ch])
 
 
-def _grid(pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """A ViT's [1 + g*g, D] positional embedding with its grid resized (bicubic) to ``grid``."""
+def _grid(pos: torch.Tensor, source: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+    """A ViT's [1 + h*w, D] positional embedding (class token first) with its ``source`` grid (h, w) resized to
+    ``grid``: bicubic, antialiased when it shrinks (as open_clip's ``resize_pos_embed``)."""
     cls, rest = pos[:1], pos[1:]
-    side = int(math.isqrt(rest.shape[0]))
-    rest = rest.T.reshape(1, -1, side, side)
-    rest = F.interpolate(rest, size=grid, mode="bicubic", align_corners=False)
+    rest = rest.T.reshape(1, -1, *source)
+    rest = F.interpolate(rest, size=grid, mode="bicubic", antialias=True, align_corners=False)
     return torch.cat([cls, rest.reshape(rest.shape[1], -1).T])
 
 
-def _copy_vision(dst: nn.Module, src: nn.Module, tower: _Tower, emb: torch.Tensor, report: InheritReport) -> None:
+def _copy_vision(dst: nn.Module, src: nn.Module, tower: _Tower, emb: torch.Tensor) -> None:
     ch = tower.channels
     if dst.conv1.weight.shape[2:] != src.conv1.weight.shape[2:]:
         raise ValueError(f"the student's patches ({tuple(dst.conv1.weight.shape[2:])}) differ from the teacher's "
@@ -135,14 +172,15 @@ def _copy_vision(dst: nn.Module, src: nn.Module, tower: _Tower, emb: torch.Tenso
     dst.conv1.weight.copy_(src.conv1.weight[ch])
     dst.class_embedding.copy_(src.class_embedding[ch])
     pos = src.positional_embedding[:, ch]
-    if pos.shape[0] != dst.positional_embedding.shape[0]:
-        pos = _grid(pos, tuple(dst.grid_size))
+    if tuple(src.grid_size) != tuple(dst.grid_size):
+        pos = _grid(pos, tuple(src.grid_size), tuple(dst.grid_size))
     dst.positional_embedding.copy_(pos)
-    _copy_norm(dst.ln_pre, src.ln_pre, ch)
+    if isinstance(src.ln_pre, nn.LayerNorm):
+        _copy_norm(dst.ln_pre, src.ln_pre, ch)
     _copy_norm(dst.ln_post, src.ln_post, ch)
     dst.proj.copy_(src.proj[ch][:, emb])
     for i, (d, s) in enumerate(zip(dst.transformer.resblocks, tower.blocks)):
-        _copy_block(d, s, ch, f"image layer {i}", report)
+        _copy_block(d, s, ch, f"image layer {i}")
 
 
 def _copy_text(dst: nn.Module, src: nn.Module, tower: _Tower, emb: torch.Tensor, report: InheritReport) -> None:
@@ -157,14 +195,14 @@ def _copy_text(dst: nn.Module, src: nn.Module, tower: _Tower, emb: torch.Tensor,
     _copy_norm(dst.ln_final, src.ln_final, ch)
     dst.text_projection.copy_(src.text_projection[ch][:, emb])
     for i, (d, s) in enumerate(zip(dst.transformer.resblocks, tower.blocks)):
-        _copy_block(d, s, ch, f"text layer {i}", report)
+        _copy_block(d, s, ch, f"text layer {i}")
 
 
 def _embedding_dims(student: nn.Module, teacher: nn.Module) -> torch.Tensor:
     e_s, e_t = student.visual.proj.shape[1], teacher.visual.proj.shape[1]
     if e_s > e_t:
         raise ValueError(f"the student's embedding ({e_s}) is wider than the teacher's ({e_t})")
-    score = teacher.visual.proj.abs().sum(0) + teacher.text_projection.abs().sum(0)
+    score = teacher.visual.proj.float().abs().sum(0) + teacher.text_projection.float().abs().sum(0)
     return _top(score, e_s) if e_s < e_t else torch.arange(e_t)
 
 
@@ -184,11 +222,13 @@ def inherit_from(student: nn.Module, teacher: nn.Module, image_layers: Optional[
     """Overwrite the open_clip ViT CLIP ``student``'s weights with the ``teacher``'s (module docstring), in place.
 
     ``image_layers`` / ``text_layers``: the teacher layer each student layer takes (default :func:`evenly_spaced`).
-    Raises ValueError, naming what does not map, for any other pair (a CNN or timm tower, a wider student, other
-    patches, head widths or vocabularies).
+    Raises ValueError, naming what does not map, for any other pair: a CNN or timm tower, a wider student (residual
+    stream, MLP, embedding), other patches, head widths or vocabularies, or structures whose weights would mean
+    something else (block type, activation, layer scale, pooling, causal mask, logit bias, attentional pooling).
     """
     _check_vit_clip(student, "student")
     _check_vit_clip(teacher, "teacher")
+    _check_structure(student, teacher)
     report = InheritReport(widths=_widths(student, teacher))
     towers = {}
     for name, s_blocks, t_blocks in (("image", student.visual.transformer.resblocks,
@@ -203,9 +243,9 @@ def inherit_from(student: nn.Module, teacher: nn.Module, image_layers: Optional[
         towers[name] = _Tower(t_blocks, final, kept, report.widths[name][0])
         setattr(report, f"{name}_layers", kept)
     emb = _embedding_dims(student, teacher)
-    _copy_vision(student.visual, teacher.visual, towers["image"], emb, report)
+    _copy_vision(student.visual, teacher.visual, towers["image"], emb)
     _copy_text(student, teacher, towers["text"], emb, report)
     student.logit_scale.copy_(teacher.logit_scale)
-    if getattr(student, "logit_bias", None) is not None and getattr(teacher, "logit_bias", None) is not None:
+    if getattr(teacher, "logit_bias", None) is not None:  # both have one (checked)
         student.logit_bias.copy_(teacher.logit_bias)
     return report
