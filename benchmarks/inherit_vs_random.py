@@ -7,8 +7,8 @@ the demo's training pairs with the task loss alone (``--teacher-steps``); then f
 ``clipkd-tiny-vit`` (4 layers of width 192 and text width 128, 32 px) distil from it online with the clipkd
 recipe for ``--steps`` steps: one from random weights, one with ``student.inherit: {}`` (every layer, the most
 important channels, heads and units), both normalising images as the teacher does (ImageNet statistics: the
-inherited patch embedding was trained on those). Prints the Fashion-MNIST test zero-shot top-1 of the teacher and of each
-student, mean and std over seeds, and the inherited students' gain.
+inherited patch embedding was trained on those). Prints the Fashion-MNIST test zero-shot top-1 of the teacher
+and of each student, mean and std over seeds, and the inherited students' gain.
 
     python benchmarks/inherit_vs_random.py --base runs/demo/ablation-base.yaml --out runs/inherit
 """
