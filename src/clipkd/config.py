@@ -51,11 +51,31 @@ class InheritConfig(_Strict):
     text_layers: Optional[list[NonNegativeInt]] = Field(None, description="the same for the text tower")
 
 
+class LockConfig(_Strict):
+    """Towers of the student kept frozen while it trains (open_clip's ``lock_image_tower``/``lock_text_tower``)."""
+
+    image: bool = Field(False, description="freeze the image tower")
+    image_unlocked_groups: NonNegativeInt = Field(0, description="... but train its last N layer groups")
+    image_freeze_bn: bool = Field(False, description="... and keep its BatchNorm statistics (CNN towers)")
+    text: bool = Field(False, description="freeze the text tower")
+    text_unlocked_layers: NonNegativeInt = Field(0, description="... but train its last N layers")
+
+    @model_validator(mode="after")
+    def _only_when_locked(self):
+        if not self.image and (self.image_unlocked_groups or self.image_freeze_bn):
+            raise ValueError("image_unlocked_groups and image_freeze_bn apply to a locked image tower (image: true)")
+        if not self.text and self.text_unlocked_layers:
+            raise ValueError("text_unlocked_layers applies to a locked text tower (text: true)")
+        return self
+
+
 class StudentConfig(ModelConfig):
-    """The student; ``inherit``: start from the teacher's weights instead of ``pretrained`` or random ones."""
+    """The student; ``inherit``: start from the teacher's weights instead of ``pretrained`` or random ones;
+    ``lock``: towers kept frozen."""
 
     inherit: Optional[InheritConfig] = Field(None, description="initialise from the teacher's weights (ViT CLIP "
                                              "teacher and student; one teacher; not with student.pretrained)")
+    lock: Optional[LockConfig] = Field(None, description="freeze the image and/or text tower (open_clip's locking)")
 
 
 def _one_or_list(value: Any) -> str:

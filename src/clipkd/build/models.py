@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from clipkd.config import InheritConfig, ModelConfig, TrainConfig, teacher_list, teacher_terms, teacher_weights
+from clipkd.config import (InheritConfig, LockConfig, ModelConfig, TrainConfig, teacher_list, teacher_terms,
+                           teacher_weights)
 from clipkd.distill import Distiller, build_distiller
 from clipkd.errors import ConfigError
 from clipkd.models.encoders import ClipEncoder
@@ -58,6 +59,8 @@ def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
     if cfg.student.inherit is not None:
         inherit_student(student, built[0] if built else build_encoder(teachers[0], role="teacher"),
                         cfg.student.inherit)
+    if cfg.student.lock is not None:
+        lock_student(student, cfg.student.lock)
     if stored is not None:
         log.info("teacher embeddings from %s (%d stored views per sample, %s order): no teacher is built",
                  stored.folder, stored.choice.views, stored.choice.order)
@@ -95,6 +98,22 @@ def inherit_student(student: ClipEncoder, teacher: ClipEncoder, ic: InheritConfi
     own = f"; the student's own: {', '.join(report.own)}" if report.own else ""
     log.info("student inherits the teacher's weights: image layers %s, text layers %s, widths %s%s",
              report.image_layers, report.text_layers, widths, own)
+
+
+def lock_student(student: ClipEncoder, lc: LockConfig) -> None:
+    """``student.lock``: open_clip's tower locking on the student's model; ConfigError where it has none."""
+    model = getattr(student, "model", None)
+    for tower, wanted in (("image", lc.image), ("text", lc.text)):
+        if wanted and not callable(getattr(model, f"lock_{tower}_tower", None)):
+            raise ConfigError(f"student.lock.{tower}: the student ({type(student).__name__}) has no open_clip "
+                              f"{tower} tower to lock")
+    if lc.image:
+        model.lock_image_tower(unlocked_groups=lc.image_unlocked_groups, freeze_bn_stats=lc.image_freeze_bn)
+    if lc.text:
+        model.lock_text_tower(unlocked_layers=lc.text_unlocked_layers, freeze_layer_norm=True)
+    frozen = sum(p.numel() for p in student.parameters() if not p.requires_grad)
+    log.info("student.lock: %.2f M of the student's %.2f M parameters are frozen", frozen / 1e6,
+             sum(p.numel() for p in student.parameters()) / 1e6)
 
 
 def _gd_dim(dims: list[int], shares: Optional[list[float]]) -> int:

@@ -190,4 +190,6 @@ class GlobalBatchStep:
             if scale_grads is not None:
                 outputs += [getattr(student, n) for n in _tensor_fields(student, scales=True)]
                 grads += scale_grads
-            torch.autograd.backward(outputs, grads)
+            live = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]  # a locked tower's give none
+            if live:
+                torch.autograd.backward(*map(list, zip(*live)))
