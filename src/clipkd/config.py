@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, NonNegativeInt, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from clipkd import config_errors
@@ -46,8 +55,8 @@ class InheritConfig(_Strict):
     """Initialise the student from its teacher's weights (:mod:`clipkd.models.inherit`): kept layers and the most
     important channels, heads and MLP units."""
 
-    image_layers: Optional[list[NonNegativeInt]] = Field(None, description="the teacher layer each student image layer takes "
-                                              "(default: evenly spaced, every k-th)")
+    image_layers: Optional[list[NonNegativeInt]] = Field(None, description="the teacher layer each student image "
+                                                         "layer takes (default: evenly spaced, every k-th)")
     text_layers: Optional[list[NonNegativeInt]] = Field(None, description="the same for the text tower")
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -54,6 +54,13 @@ class Distiller:
     def teacher_for(self, batch: DistillBatch) -> Optional[Embeddings]:
         """The teacher's embeddings of ``batch`` when an active term needs them, else None."""
         return self.teacher_embeddings(batch) if self.loss.needs_teacher else None
+
+    def on_device(self, batch: DistillBatch, device: Union[str, torch.device]) -> DistillBatch:
+        """A host batch ready for a training step on ``device``: the student's tokens cut on the host to the width
+        its training forward runs (no read-back of it from the device), moved, the views made there
+        (``data.preprocess: device``)."""
+        batch = replace(batch, student_text=self.student.encoder.trimmed_tokens(batch.student_text))
+        return batch.to(device, non_blocking=True).rendered()
 
     def embed(
         self,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ def _describe(cfg, stored) -> str:
 
 
 def measure_step(distiller, batch, device, precision: str, steps: int = 3) -> float:
-    """Samples/s of the student's training step (forward, every loss term, backward; no optimizer) on ``batch``
-    already on ``device``: the median of ``steps`` timed steps after one warm-up."""
+    """Samples/s of the student's training step (forward, every loss term, backward; no optimizer) on the host
+    ``batch``, made ready on ``device`` as the trainer does: the median of ``steps`` timed steps after one warm-up."""
     import statistics
 
     import torch
@@ -41,8 +40,7 @@ def measure_step(distiller, batch, device, precision: str, steps: int = 3) -> fl
     from clipkd.engine.step import autocast
 
     student = distiller.student.to(device).train()
-    if isinstance(batch.student_text, torch.Tensor):  # the student's tokens cut on the host, as the trainer does
-        batch = replace(batch, student_text=student.encoder.trimmed_tokens(batch.student_text.cpu())).to(device)
+    batch = distiller.on_device(batch, device)
     if distiller.teacher is not None:
         distiller.teacher.to(device)
     times = []
@@ -105,7 +103,7 @@ def run_bench_data(args: argparse.Namespace) -> int:
 
         stream.start(DataPosition())
         batch, _ = next(iter(make_loader(stream, 0, cfg.seed)))
-        rate = measure_step(distiller, batch.to(device).rendered(), device, cfg.precision)
+        rate = measure_step(distiller, batch, device, cfg.precision)
         source = f"measured on {device}"
     figures.update(step_rate=rate, step_rate_source=source, cores_per_gpu=rate * figures["cpu_s_per_sample"],
                    config=_describe(cfg, stored))

@@ -23,7 +23,7 @@ from clipkd.data.tensor_views import DeferredViews, PackedImages
 from clipkd.data.views import CropBox, PairedViews, SampleViews, collate_text
 from clipkd.embeddings import Embeddings
 
-__all__ = ["UnusableImage", "read_image_bytes", "to_rgb", "open_image", "open_region", "open_pixels",
+__all__ = ["UnusableImage", "read_image_bytes", "to_rgb", "open_image", "open_region", "open_pixels", "open_for",
            "unusable_reason", "decode_record",
            "collate_views"]
 
@@ -205,6 +205,14 @@ def open_pixels(image: Union[bytes, Path], pick: Callable[[Any], Optional[CropBo
     return np.asarray(im), scale
 
 
+def open_for(views: PairedViews, image: Union[bytes, Path], pick: Callable[[Any], Optional[CropBox]],
+             max_pixels: Optional[int] = None) -> tuple[Any, float]:
+    """``image`` decoded as ``views`` take it: an array (:func:`open_pixels`) for views made on the device, a PIL
+    image (:func:`open_region`) otherwise; at a reduced scale where they allow it."""
+    opener = open_pixels if views.on_device else open_region
+    return opener(image, pick, views.decode_side, max_pixels)
+
+
 def unusable_reason(raw: RawSample) -> Optional[str]:
     """Why a record cannot be used before decoding, or None."""
     if raw.error:
@@ -230,10 +238,9 @@ def decode_record(raw: RawSample, views: PairedViews, rng: Optional[random.Rando
         drawn[0], drawn[1] = views.draw(opened, rng), opened.size  # the same box at any decoding scale
         return drawn[0]
 
-    opener = open_pixels if views.on_device else open_region
     try:
         with stage("decode"):
-            image, scale = opener(raw.image, pick, views.decode_side, max_pixels)
+            image, scale = open_for(views, raw.image, pick, max_pixels)
     except UnusableImage as exc:
         return exc.reason
     except Exception:  # noqa: BLE001 - any other decoder failure means the same: skip and count

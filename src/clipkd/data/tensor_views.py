@@ -11,7 +11,7 @@ bilinear), ``CenterCrop(C)`` with C <= S, conversion to RGB, to-tensor, ``Normal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,7 +98,7 @@ class PackedImages:
         return [p.view(1, h, w, 3).permute(0, 3, 1, 2) for p, (h, w) in zip(parts, self.shapes)]
 
 
-def _resized_size(size: int, aspect: tuple[int, int]) -> tuple[int, int]:
+def resized_size(size: int, aspect: tuple[int, int]) -> tuple[int, int]:
     """torchvision's ``Resize(size)`` of an image of ``aspect`` (height, width): the shorter side to ``size``."""
     h, w = aspect
     return (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
@@ -127,7 +127,7 @@ def render(images: PackedImages, pre: TensorPreprocess, dtype: torch.dtype = tor
     groups: dict[tuple, list[int]] = {}
     regions = images.regions()
     for i, (shape, aspect) in enumerate(zip(images.shapes, images.aspect)):
-        groups.setdefault((shape, _resized_size(pre.size, aspect)), []).append(i)
+        groups.setdefault((shape, resized_size(pre.size, aspect)), []).append(i)
     out = torch.empty(len(regions), 3, pre.crop, pre.crop, dtype=torch.float32, device=images.data.device)
     for (_, size), idx in groups.items():
         batch = regions[idx[0]] if len(idx) == 1 else torch.cat([regions[i] for i in idx])
@@ -152,5 +152,3 @@ class DeferredViews:
     def render(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return render(self.images, self.pre, dtype)
 
-
-ImagesOrDeferred = Union[torch.Tensor, DeferredViews]

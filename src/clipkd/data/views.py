@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms import Resize as TvResize
 
 from clipkd.data.stages import stage
-from clipkd.data.tensor_views import TensorPreprocess, tensor_preprocess
+from clipkd.data.tensor_views import TensorPreprocess, resized_size, tensor_preprocess
 from clipkd.embeddings import TextBatch
 from clipkd.models.encoders import ClipEncoder
 
@@ -72,9 +72,8 @@ def _scaled_region(image: Image.Image, crop: CropBox, scale: float, resize: Opti
     if resize is None:  # the exact region resampled to its size in the decoded pixels (not snapped to them)
         return image.resize((max(1, round(width)), max(1, round(height))), Image.BICUBIC, box=box)
     size, resample = resize
-    h, w = crop[2], crop[3]  # torchvision's rule for Resize(S) of an h x w image
-    out = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    return image.resize(out, resample, box=box)
+    out_h, out_w = resized_size(size, (crop[2], crop[3]))  # what Resize(S) makes of the full-resolution crop
+    return image.resize((out_w, out_h), resample, box=box)
 
 
 def _signature(enc: ClipEncoder) -> str:

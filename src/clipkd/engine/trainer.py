@@ -20,7 +20,6 @@ import logging
 import random
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import IO, Optional, Sequence
 
@@ -197,7 +196,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         buffers = {k: b.clone() for k, b in self.student.named_buffers()}
         scaler_state = self.scaler.state_dict()
-        batches = [self._on_device(b) for b in micro_batches]
+        batches = [self.distiller.on_device(b, self.device) for b in micro_batches]
         out = self.grad_step(batches, self.mask_gen)
         norm = self._grad_norm()
         finite = torch.isfinite(out["loss"])
@@ -211,12 +210,6 @@ class Trainer:
             clamp_logit_scales(self.student)
             self.nonfinite_streak = 0
         return values
-
-    def _on_device(self, batch: DistillBatch) -> DistillBatch:
-        """A micro-batch on the training device: the student's tokens cut on the host to the width its training
-        forward runs, the views made there (``data.preprocess: device``)."""
-        batch = replace(batch, student_text=self.distiller.student.encoder.trimmed_tokens(batch.student_text))
-        return batch.to(self.device, non_blocking=True).rendered()
 
     def _optimizer_step(self) -> None:
         """AdamW through the grad scaler, then the schedule. Under fp16 the scaler skips the update when the

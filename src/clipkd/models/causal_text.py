@@ -69,8 +69,9 @@ class CausalTextTower:
         CPU the width is found here; on an accelerator reading it would wait for the device's queue, so ``text`` is
         run at the width it has (exact either way): the trainer cuts it on the host first (:meth:`trimmed`)."""
         tower = self.module
-        index = self.pooled_index(text)
-        length = int(index.max()) + 1 if text.shape[0] and text.device.type == "cpu" else text.shape[1]
+        if text.device.type == "cpu":
+            text = self.trimmed(text)
+        index, length = self.pooled_index(text), text.shape[1]
         cast_dtype = tower.transformer.get_cast_dtype()
         x = tower.token_embedding(text[:, :length]).to(cast_dtype)
         x = x + tower.positional_embedding[:length].to(cast_dtype)

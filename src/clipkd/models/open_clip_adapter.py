@@ -114,9 +114,13 @@ class OpenClipEncoder(ClipEncoder):
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.model.encode_image(images, normalize=normalize)
 
-    def encode_text(self, text: TextBatch, normalize: bool = True) -> torch.Tensor:
+    def _trimming(self, text: TextBatch) -> Optional[CausalTextTower]:
+        """The causal tower that runs ``text`` trimmed (``trim_text``, training mode, a token tensor), or None."""
         trim = self.trim_text and self.training and isinstance(text, torch.Tensor)
-        tower = CausalTextTower.of(self.model) if trim else None
+        return CausalTextTower.of(self.model) if trim else None
+
+    def encode_text(self, text: TextBatch, normalize: bool = True) -> torch.Tensor:
+        tower = self._trimming(text)
         if tower is None:
             return self.model.encode_text(text, normalize=normalize)
         x = tower.encode(text)
@@ -125,8 +129,7 @@ class OpenClipEncoder(ClipEncoder):
     def trimmed_tokens(self, text: TextBatch) -> TextBatch:
         """While trimming (``trim_text``, training mode): ``text`` cut after its last pooled position, so the tower
         on an accelerator runs the width it is given without reading the longest caption back from the device."""
-        trim = self.trim_text and self.training and isinstance(text, torch.Tensor)
-        tower = CausalTextTower.of(self.model) if trim else None
+        tower = self._trimming(text)
         return text if tower is None else tower.trimmed(text)
 
     def encode_image_masked(self, images, ratio, generator=None):

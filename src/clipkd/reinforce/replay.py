@@ -17,7 +17,7 @@ from typing import Any, Literal, Optional, Union
 
 import torch
 
-from clipkd.data.decode import UnusableImage, open_pixels, open_region, unusable_reason
+from clipkd.data.decode import UnusableImage, open_for, unusable_reason
 from clipkd.data.sources import RawSample
 from clipkd.data.stages import stage
 from clipkd.data.views import CachedTeacher, PairedViews, SampleViews
@@ -96,8 +96,7 @@ class ReinforcedViews:
             teacher = self._teacher(sidecar, row, view)
         try:
             with stage("decode"):  # the stored box is in the source's pixels: a reduced decode maps it
-                opener = open_pixels if views.on_device else open_region
-                image, scale = opener(data, lambda opened: crop, views.decode_side, max_pixels)
+                image, scale = open_for(views, data, lambda opened: crop, max_pixels)
         except UnusableImage as exc:
             return exc.reason
         except Exception:  # noqa: BLE001 - any other decoder failure: skipped and counted, as without a cache

@@ -57,9 +57,7 @@ class DistEnv:
         """Element-wise sum of ``values`` over all ranks."""
         if not self.active:
             return [float(v) for v in values]
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(t)
-        return t.tolist()
+        return self.all_reduce(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over all ranks, in place (itself in one process); no host sync."""
