@@ -23,14 +23,17 @@ from test_train import base_overrides
 
 GLOBAL = 16
 ALL_TERMS = {"task": 1.0, "crd": 1.0, "fd": 2000.0, "icl": 1.0, "gd": 1000.0, "afd": 1.0}
+SIGMOID_TERMS = {"siglip": 1.0, "sigmoid_crd": 1.0, "fd": 2000.0, "icl": 1.0, "afd": 1.0}
+SIGMOID = {"student": "clipkd-tiny-siglip", "teacher": "clipkd-tiny-siglip", "distill.weights": SIGMOID_TERMS}
+"""A sigmoid student distilled from a sigmoid teacher, with every term that applies to it."""
 WORDS = ["red", "blue", "green", "circle", "square", "small", "large", "a", "photo", "of", "two", "left"]
 
 
 def config(run_dir, data_dir, accum: int = 1, teacher: str = "clipkd-tiny-teacher", mask_ratio: float = 0.0,
            student: str = "clipkd-tiny-vit", **extra):
     """A one-step run with every term active; ``data_dir`` as the ``data_dir`` test fixture lays it out."""
-    items = {"teacher.model": teacher, "student.model": student, "distill.weights": ALL_TERMS,
-             "distill.mask_ratio": mask_ratio, "data.batch_size": 4, "optim.warmup_steps": 0, "optim.steps": 1,
+    items = {"teacher.model": teacher, "student.model": student, "distill.weights": extra.pop("distill.weights",
+             ALL_TERMS), "distill.mask_ratio": mask_ratio, "data.batch_size": 4, "optim.warmup_steps": 0, "optim.steps": 1,
              "optim.accum_steps": accum, **extra}
     return load_config(None, base_overrides(run_dir, Path(data_dir), **items))
 
@@ -76,6 +79,8 @@ def main(out: str, data_dir: str) -> None:
     for accum in (1, 2):
         cfg = config(Path(out) / f"run-{accum}", data_dir, accum=accum)
         results[accum] = one_step(make_trainer(cfg, env=env), env)
+        cfg = config(Path(out) / f"sigmoid-{accum}", data_dir, accum=accum, **SIGMOID)
+        results[f"sigmoid-{accum}"] = one_step(make_trainer(cfg, env=env), env)
     if env.is_main:
         torch.save(results, Path(out) / "dist.pt")
     shutdown()

@@ -21,8 +21,14 @@ def test_losses_lists_every_term_and_recipe(capsys):
 
 def test_models_filter(capsys):
     assert main(["models", "clipkd-tiny"]) == 0
-    names = set(capsys.readouterr().out.split())
-    assert names == {"clipkd-tiny-mobilenet", "clipkd-tiny-teacher", "clipkd-tiny-vit", "clipkd-tiny-vit-64"}
+    lines = set(capsys.readouterr().out.splitlines())
+    assert lines == {"clipkd-tiny-mobilenet", "clipkd-tiny-teacher", "clipkd-tiny-vit", "clipkd-tiny-vit-64",
+                     "clipkd-tiny-siglip  (sigmoid)"}
+
+
+def test_models_marks_sigmoid_models_and_hub_tokenizers(capsys):
+    assert main(["models", "ViT-B-16-SigLIP2"]) == 0
+    assert "ViT-B-16-SigLIP2  (sigmoid; tokenizer from the hub: timm/ViT-B-16-SigLIP2)" in capsys.readouterr().out
 
 
 def test_bad_recipe_is_a_clear_error(capsys):

@@ -17,7 +17,7 @@ from clipkd.engine.logger import read_metrics
 from clipkd.engine.trainer import Trainer
 from clipkd.commands.train import make_trainer
 from clipkd.errors import DataQualityError
-from dist_worker import config, global_batch, one_step, rows
+from dist_worker import SIGMOID, SIGMOID_TERMS, config, global_batch, one_step, rows
 from test_train import base_overrides
 
 TESTS = Path(__file__).parent
@@ -53,6 +53,28 @@ def reference(data_dir, tmp_path_factory):
     return one_step(trainer, DistEnv()), init
 
 
+@pytest.fixture(scope="module")
+def sigmoid_reference(data_dir, tmp_path_factory):
+    """The same for a sigmoid student and teacher (SigLIP terms): one process, one batch of all GLOBAL samples."""
+    trainer = make_trainer(config(tmp_path_factory.mktemp("sigmoid-ref"), data_dir, **SIGMOID))
+    init = {k: v.detach().clone() for k, v in trainer.student.state_dict().items()}
+    return one_step(trainer, DistEnv()), init
+
+
+def test_sigmoid_reference_step_trains_the_logit_bias(sigmoid_reference):
+    ref, init = sigmoid_reference
+    assert set(ref["values"]) == {"loss", *SIGMOID_TERMS}
+    assert float(ref["grads"]["encoder.model.logit_bias"].abs()) > 1e-3
+    assert not torch.allclose(init["encoder.model.logit_bias"], ref["params"]["encoder.model.logit_bias"])
+
+
+@pytest.mark.parametrize("accum", [2, 4])
+def test_sigmoid_accumulation_equals_one_big_batch(accum, sigmoid_reference, data_dir, tmp_path):
+    """The sigmoid terms on the global batch: scale and bias get their full gradient once, whatever the split."""
+    trainer = make_trainer(config(tmp_path, data_dir, accum=accum, **SIGMOID))
+    _assert_same(one_step(trainer, DistEnv()), sigmoid_reference[0])
+
+
 def test_reference_step_changes_every_trained_tensor(reference):
     ref, init = reference
     assert set(ref["values"]) == {"loss", "task", "crd", "fd", "icl", "gd", "afd"}
@@ -66,12 +88,14 @@ def test_accumulation_equals_one_big_batch(accum, reference, data_dir, tmp_path)
     _assert_same(one_step(trainer, DistEnv()), reference[0])
 
 
-def test_two_processes_equal_one_process(reference, data_dir, tmp_path):
-    """2 ranks x batch 8, and 2 ranks x 2 micro-batches of 4, each equal one process with batch 16."""
+def test_two_processes_equal_one_process(reference, sigmoid_reference, data_dir, tmp_path):
+    """2 ranks x batch 8, and 2 ranks x 2 micro-batches of 4, each equal one process with batch 16; also with the
+    sigmoid terms (SigLIP student and teacher: gathered embeddings, the N x N sigmoid loss on every rank)."""
     _torchrun(str(TESTS / "dist_worker.py"), str(tmp_path), str(data_dir))
     results = torch.load(tmp_path / "dist.pt", weights_only=True)
     for accum in (1, 2):
         _assert_same(results[accum], reference[0])
+        _assert_same(results[f"sigmoid-{accum}"], sigmoid_reference[0])
 
 
 def _grads(trainer: Trainer) -> dict[str, torch.Tensor]:

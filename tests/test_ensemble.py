@@ -361,10 +361,11 @@ def test_a_term_without_ensemble_rule_is_refused_for_several_teachers(monkeypatc
 
 
 def test_distill_loss_sets_the_ensemble_on_every_term():
-    loss = DistillLoss(ALL_WEIGHTS, DIMS, W)
+    every = {**ALL_WEIGHTS, "siglip": 1.0, "sigmoid_crd": 1.0}  # the sigmoid terms: tests/test_sigmoid_losses.py
+    loss = DistillLoss(every, DIMS, W)
     assert loss.teacher_dims == DIMS and all(t.ensemble is loss.ensemble for t in loss.terms.values())
     assert DistillLoss({"fd": 1.0}).teacher_dims is None
-    assert set(ALL_WEIGHTS) == set(TERMS)
+    assert set(every) == set(TERMS)
 
 
 # ---------------------------------------------------------------- the student's per-teacher heads

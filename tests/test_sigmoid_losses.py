@@ -84,3 +84,97 @@ def test_low_precision_inputs_are_computed_in_float32():
         low = siglip_loss(img.detach().bfloat16(), txt.detach().bfloat16(), 10.0, -10.0)
     assert low.dtype == torch.float32
     assert float(low) == pytest.approx(float(siglip_loss(img.detach(), txt.detach(), 10.0, -10.0)), rel=2e-2)
+
+
+# --- a softmax teacher's match probabilities, and ensembles mixing both kinds -----------------------------------
+
+def _loop_softmax_probs(t_img, t_txt, scale):
+    """p_ij = 1/2 [exp(T_ij) / sum_k exp(T_ik) + exp(T_ij) / sum_k exp(T_kj)], T = scale * <t_img_i, t_txt_j>."""
+    n = len(t_img)
+    logits = [[scale * float(t_img[i] @ t_txt[j]) for j in range(n)] for i in range(n)]
+    rows = [sum(math.exp(v) for v in logits[i]) for i in range(n)]
+    cols = [sum(math.exp(logits[k][j]) for k in range(n)) for j in range(n)]
+    return [[0.5 * (math.exp(logits[i][j]) / rows[i] + math.exp(logits[i][j]) / cols[j]) for j in range(n)]
+            for i in range(n)]
+
+
+def _loop_bce(s_img, s_txt, scale, bias, p):
+    n = len(s_img)
+    total = 0.0
+    for i in range(n):
+        for j in range(n):
+            q = _sigmoid(scale * float(s_img[i] @ s_txt[j]) + bias)
+            total -= p[i][j] * math.log(q) + (1 - p[i][j]) * math.log(1 - q)
+    return total / n
+
+
+def test_a_softmax_teacher_gives_the_mean_of_its_two_directions():
+    """No bias (None, or NaN as in an ensemble's bias vector): the pair's probability is the mean of the teacher's
+    image->text and text->image softmax probabilities, by a loop in Python floats; a bias: the sigmoid."""
+    from clipkd.losses.functional import sigmoid_teacher_probs
+
+    t_img, t_txt = (x.detach() for x in _pairs(5, 8, 6))
+    want = torch.tensor(_loop_softmax_probs(t_img, t_txt, 6.0), dtype=torch.float64)
+    torch.testing.assert_close(sigmoid_teacher_probs(t_img, t_txt, 6.0, None), want, rtol=1e-12, atol=1e-14)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    torch.testing.assert_close(sigmoid_teacher_probs(t_img, t_txt, 6.0, nan), want, rtol=1e-12, atol=1e-14)
+    sig = sigmoid_teacher_probs(t_img, t_txt, 6.0, torch.tensor(-2.0, dtype=torch.float64))
+    assert float(sig[1, 3]) == pytest.approx(_sigmoid(6.0 * float(t_img[1] @ t_txt[3]) - 2.0), rel=1e-12)
+    s_img, s_txt = _pairs(5, 8, 7)
+    got = sigmoid_crd_loss(s_img, s_txt, 4.0, -1.0, t_img, t_txt, 6.0, None)
+    assert float(got.detach()) == pytest.approx(_loop_bce(s_img.detach(), s_txt.detach(), 4.0, -1.0,
+                                                          want.tolist()), rel=1e-12)
+
+
+def _mixed_teachers(n=5):
+    """A softmax teacher (size 8, scale 6, no bias) and a sigmoid teacher (size 12, scale 9, bias -4), joined."""
+    from clipkd.embeddings import Embeddings, join_teachers
+
+    soft = Embeddings(*(x.detach() for x in _pairs(n, 8, 8)), torch.tensor(6.0, dtype=torch.float64))
+    sig = Embeddings(*(x.detach() for x in _pairs(n, 12, 9)), torch.tensor(9.0, dtype=torch.float64),
+                     torch.tensor(-4.0, dtype=torch.float64))
+    return soft, sig, join_teachers([soft, sig])
+
+
+def test_an_ensemble_mixes_a_softmax_and_a_sigmoid_teachers_probabilities():
+    """Sigmoid CRD of an ensemble: BCE to p = w_0 p_softmax + w_1 p_sigmoid (loop in Python floats); the joined
+    bias holds NaN for the softmax teacher; a one-teacher ensemble is the single-teacher formula."""
+    from clipkd.losses import ensemble as LE
+
+    soft, sig, joined = _mixed_teachers()
+    assert math.isnan(float(joined.bias[0])) and float(joined.bias[1]) == -4.0
+    p0 = _loop_softmax_probs(soft.img, soft.txt, 6.0)
+    p1 = [[_sigmoid(9.0 * float(sig.img[i] @ sig.txt[j]) - 4.0) for j in range(5)] for i in range(5)]
+    p = [[0.3 * p0[i][j] + 0.7 * p1[i][j] for j in range(5)] for i in range(5)]
+    s_img, s_txt = _pairs(5, 8, 10)
+    ens = LE.Ensemble.create([8, 12], [0.3, 0.7])
+    got = LE.sigmoid_crd_loss(ens, s_img, s_txt, 3.0, -2.0, joined.img, joined.txt, joined.scale, joined.bias)
+    assert float(got.detach()) == pytest.approx(_loop_bce(s_img.detach(), s_txt.detach(), 3.0, -2.0, p), rel=1e-12)
+    one = LE.sigmoid_crd_loss(LE.SINGLE, s_img, s_txt, 3.0, -2.0, sig.img, sig.txt, sig.scale, sig.bias)
+    alone = sigmoid_crd_loss(s_img, s_txt, 3.0, -2.0, sig.img, sig.txt, 9.0, sig.bias)
+    assert float(one.detach()) == pytest.approx(float(alone.detach()), rel=1e-12)
+
+
+def test_each_teachers_own_sigmoid_crd_is_logged_with_its_own_kind():
+    """``sigmoid_crd/t<i>``: the single-teacher formula with teacher i alone, the softmax one without a bias."""
+    from clipkd.embeddings import StudentOutput
+    from clipkd.losses import ensemble as LE
+    from clipkd.losses.combine import DistillLoss
+
+    soft, sig, joined = _mixed_teachers()
+    s_img, s_txt = (x.detach() for x in _pairs(5, 8, 11))
+    student = StudentOutput(s_img, s_txt, torch.tensor(3.0, dtype=torch.float64),
+                            torch.tensor(-2.0, dtype=torch.float64))
+    loss = DistillLoss({"sigmoid_crd": 1.0}, [8, 12], [0.5, 0.5])
+    got = LE.per_teacher_terms(loss.ensemble, loss.terms, student, joined)
+    assert float(got["sigmoid_crd/t0"]) == pytest.approx(
+        float(sigmoid_crd_loss(s_img, s_txt, 3.0, -2.0, soft.img, soft.txt, 6.0, None)), rel=1e-12)
+    assert float(got["sigmoid_crd/t1"]) == pytest.approx(
+        float(sigmoid_crd_loss(s_img, s_txt, 3.0, -2.0, sig.img, sig.txt, 9.0, -4.0)), rel=1e-12)
+
+
+def test_joined_biases_are_none_without_a_sigmoid_teacher():
+    from clipkd.embeddings import Embeddings, join_teachers
+
+    a = Embeddings(torch.zeros(2, 3), torch.zeros(2, 3), torch.tensor(5.0))
+    assert join_teachers([a, a]).bias is None

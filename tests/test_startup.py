@@ -65,7 +65,7 @@ def test_losses_prints_the_table_without_torch(tmp_path):
     rc, heavy, out, _ = run_clipkd(tmp_path, "losses")
     assert rc == 0 and heavy == []
     for name, term in TERMS.items():
-        assert f"  {name:<5} {term.equation}\n" in out
+        assert f"  {name:<11} {term.equation}\n" in out
     for name in RECIPES:
         assert f"  {name} " in out
     assert "lambda_GD = gd_weight_for(N, D) = 5e+06" in out

@@ -18,7 +18,16 @@ HEADS = {  # which student parameters each term must train (besides the encoder)
     "icl": ["proj_img", "proj_txt", "icl_logit_scale"],
     "gd": ["proj_img", "proj_txt"],
     "afd": ["proj_img", "proj_txt", "afd_fuse_img", "afd_fuse_txt", "afd_logit_scale"],
+    "siglip": [],
+    "sigmoid_crd": [],
 }
+SIGMOID_TERMS = {"siglip", "sigmoid_crd"}  # read the student's logit bias: a sigmoid student
+SIGLIP = "clipkd-tiny-siglip"
+
+
+def _student_for(weights, student_encoder):
+    """The fixture's softmax student, or a sigmoid one (same sizes) when a term needs its logit bias."""
+    return make_encoder(SIGLIP, seed=1) if SIGMOID_TERMS & set(weights) else student_encoder
 
 
 def test_every_registered_term_is_covered_here():
@@ -31,6 +40,7 @@ def _params(module, prefix):
 
 @pytest.mark.parametrize("name", sorted(TERMS))
 def test_term_trains_student_and_its_heads_only(name, student_encoder, teacher_encoder):
+    student_encoder = _student_for({name}, student_encoder)
     d = build_distiller(student_encoder, teacher_encoder, {name: 1.0})
     batch = random_batch(student_encoder, teacher_encoder)
     out = d(batch)
@@ -45,10 +55,13 @@ def test_term_trains_student_and_its_heads_only(name, student_encoder, teacher_e
     enc_grads = [p.grad for p in d.student.encoder.parameters() if p.grad is not None]
     assert enc_grads and any(g.abs().sum() > 0 for g in enc_grads)
     assert all(p.grad is None for p in d.teacher.parameters())
+    bias = d.student.encoder.bias()
+    assert (bias is not None and bias.grad is not None and float(bias.grad.abs()) > 0) == (name in SIGMOID_TERMS)
 
 
 @pytest.mark.parametrize("name", sorted(TERMS))
 def test_teacher_unchanged_after_optimizer_steps(name, student_encoder, teacher_encoder):
+    student_encoder = _student_for({name}, student_encoder)
     d = build_distiller(student_encoder, teacher_encoder, {"task": 1.0, name: 1.0})
     before = copy.deepcopy(d.teacher.state_dict())
     opt = torch.optim.AdamW(d.student.parameters(), lr=1e-2)
@@ -97,13 +110,21 @@ def test_recipes_match_the_paper():
     assert RECIPES["clipkd"].weights == {"task": 1.0, "crd": 1.0, "icl": 1.0, "fd": 2000.0}
     assert RECIPES["mfd"].weights == RECIPES["fd"].weights and RECIPES["mfd"].mask_ratio == 0.75
     assert RECIPES["baseline"].weights == {"task": 1.0}
-    assert set(RECIPES) == {"baseline", "crd", "fd", "mfd", "gd", "icl", "afd", "clipkd"}
+    assert {n: r.weights for n, r in RECIPES.items() if n.startswith("siglip")} == {
+        "siglip": {"siglip": 1.0}, "siglip-crd": {"siglip": 1.0, "sigmoid_crd": 1.0},
+        "siglip-fd": {"siglip": 1.0, "fd": 2000.0}, "siglip-mfd": {"siglip": 1.0, "fd": 2000.0},
+        "siglip-icl": {"siglip": 1.0, "icl": 1.0}, "siglip-afd": {"siglip": 1.0, "afd": 1.0},
+        "siglip-clipkd": {"siglip": 1.0, "sigmoid_crd": 1.0, "icl": 1.0, "fd": 2000.0}}
+    assert RECIPES["siglip-mfd"].mask_ratio == 0.75
+    assert set(RECIPES) == {"baseline", "crd", "fd", "mfd", "gd", "icl", "afd", "clipkd", "siglip", "siglip-crd",
+                            "siglip-fd", "siglip-mfd", "siglip-icl", "siglip-afd", "siglip-clipkd"}
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
-@pytest.mark.parametrize("student_name", [STUDENT, "clipkd-tiny-mobilenet"])
+@pytest.mark.parametrize("recipe, student_name", [
+    (r, s) for r in sorted(RECIPES) for s in ([SIGLIP] if r.startswith("siglip") else [STUDENT, "clipkd-tiny-mobilenet"])])
 def test_every_recipe_one_step_heterogeneous(recipe, student_name, teacher_encoder):
-    """Teacher and student differ in embedding size, tokenizer context, resolution and normalisation."""
+    """Teacher and student differ in embedding size, tokenizer context, resolution and normalisation (a sigmoid
+    recipe: the tiny ViT's sigmoid twin as the student)."""
     student = make_encoder(student_name, seed=3)
     assert student.embed_dim != teacher_encoder.embed_dim and student.image_size != teacher_encoder.image_size
     r = get_recipe(recipe)

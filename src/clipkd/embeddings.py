@@ -17,11 +17,17 @@ TextBatch = Union[torch.Tensor, Mapping[str, torch.Tensor]]
 
 @dataclass
 class Embeddings:
-    """Normalised image and text embeddings of one batch, with the model's scale multiplier."""
+    """Normalised image and text embeddings of one batch, with the model's scale multiplier and, for a sigmoid
+    model (SigLIP), its logit bias (None for a softmax CLIP model).
+
+    An ensemble's joined embeddings (:func:`join_teachers`) have one scale per teacher and, when any teacher has a
+    bias, one bias per teacher, NaN for a teacher without one.
+    """
 
     img: torch.Tensor
     txt: torch.Tensor
     scale: torch.Tensor
+    bias: Optional[torch.Tensor] = None
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Embeddings":
         """Apply ``fn`` to every per-sample tensor (e.g. a cross-process gather); scales are kept."""
@@ -29,8 +35,9 @@ class Embeddings:
 
 
 def is_batched_field(name: str) -> bool:
-    """Whether an embeddings field holds one row per sample (everything but the ``*scale`` multipliers)."""
-    return not name.endswith("scale")
+    """Whether an embeddings field holds one row per sample (everything but the ``*scale`` multipliers and the
+    logit ``bias``)."""
+    return not name.endswith(("scale", "bias"))
 
 
 # What a loss term may need from the student besides its own embeddings.
@@ -38,7 +45,9 @@ NEEDS_TEACHER = "teacher"
 NEEDS_PROJECTION = "projection"
 NEEDS_ICL_SCALE = "icl_scale"
 NEEDS_AFD = "afd"
-REQUIREMENTS = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION, NEEDS_ICL_SCALE, NEEDS_AFD})
+NEEDS_BIAS = "logit_bias"
+"""The term reads the student's logit bias: the student must be a sigmoid model (its encoder has one)."""
+REQUIREMENTS = frozenset({NEEDS_TEACHER, NEEDS_PROJECTION, NEEDS_ICL_SCALE, NEEDS_AFD, NEEDS_BIAS})
 
 
 @dataclass
@@ -68,11 +77,22 @@ class StudentOutput(Embeddings):
 
 
 def join_teachers(teachers: Sequence[Embeddings]) -> Embeddings:
-    """The ensemble layout of several teachers' embeddings (one teacher: returned unchanged)."""
+    """The ensemble layout of several teachers' embeddings (one teacher: returned unchanged).
+
+    ``bias`` is None when no teacher has one, else ``[T]`` with NaN for each teacher without a bias."""
     if len(teachers) == 1:
         return teachers[0]
+    scale = torch.stack([torch.as_tensor(t.scale).reshape(()) for t in teachers])
     return Embeddings(
         img=torch.cat([t.img for t in teachers], dim=1),
         txt=torch.cat([t.txt for t in teachers], dim=1),
-        scale=torch.stack([torch.as_tensor(t.scale).reshape(()) for t in teachers]),
+        scale=scale,
+        bias=join_biases([t.bias for t in teachers], like=scale),
     )
+
+
+def join_biases(biases: Sequence[Optional[torch.Tensor | float]], like: torch.Tensor) -> Optional[torch.Tensor]:
+    """Several models' logit biases as one ``[T]`` tensor (NaN: the model has none), or None when none has one."""
+    if all(b is None for b in biases):
+        return None
+    return torch.stack([torch.as_tensor(float("nan") if b is None else b).to(like).reshape(()) for b in biases])

@@ -12,12 +12,12 @@ def run_losses(args: argparse.Namespace) -> int:
 
     print("Loss terms (embeddings L2-normalised, y = arange(N), P(.) = projection to the teacher's size):")
     for name, equation in EQUATIONS.items():
-        print(f"  {name:<5} {equation}")
+        print(f"  {name:<11} {equation}")
     print("\nRecipes (total = sum of weight x term):")
     for r in RECIPES.values():
         weights = " + ".join(f"{'lambda_GD' if k == 'gd' else format(w, 'g')}*{k}" for k, w in r.weights.items())
         mask = f", mask_ratio {r.mask_ratio:g}" if r.mask_ratio else ""
-        print(f"  {r.name:<8} {weights}{mask}  - {r.summary}")
+        print(f"  {r.name:<13} {weights}{mask}  - {r.summary}")
     print(f"\nlambda_GD = gd_weight_for(N, D) = {GD_WEIGHT:g} * (N/1024)^2 * (D/512) * ln(N)/ln(1024)  "
           f"({GD_WEIGHT:g} at N=1024, D=512)")
     print("  N = global batch = data.batch_size x optim.accum_steps x processes, D = the teacher's embedding dim;")
@@ -26,9 +26,19 @@ def run_losses(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    """The model names open_clip and clipkd know, filtered by ``args.filter``."""
+    """The model names open_clip and clipkd know, filtered by ``args.filter``; sigmoid models (a logit bias: SigLIP,
+    train them with the siglip recipes) marked, and what a model needs from the hub besides weights."""
     from clipkd.models import list_models
+    from clipkd.models.open_clip_adapter import model_config
 
-    names = [m for m in list_models() if args.filter is None or args.filter.lower() in m.lower()]
-    print("\n".join(names))
+    lines = []
+    for name in list_models():
+        if args.filter is None or args.filter.lower() in name.lower():
+            cfg = model_config(name)
+            notes = ["sigmoid"] if cfg.get("init_logit_bias") is not None else []
+            hf_tokenizer = cfg.get("text_cfg", {}).get("hf_tokenizer_name")
+            if hf_tokenizer:
+                notes.append(f"tokenizer from the hub: {hf_tokenizer}")
+            lines.append(name + (f"  ({'; '.join(notes)})" if notes else ""))
+    print("\n".join(lines))
     return 0

@@ -17,7 +17,7 @@ from clipkd.data.decode import collate_views
 from clipkd.data.synthetic import shape_samples
 from clipkd.data.views import PairedViews
 from clipkd.distill import build_distiller
-from clipkd.losses.functional import clip_loss
+from clipkd.losses.functional import own_loss
 from clipkd.losses.recipes import get_recipe
 from clipkd.models.encoders import ClipEncoder
 from clipkd.models.open_clip_adapter import create_open_clip_encoder
@@ -30,12 +30,14 @@ def make_batch(samples: list, views: PairedViews, rng: random.Random) -> Distill
 
 
 def fit_teacher(teacher: ClipEncoder, batches: list[DistillBatch], steps: int, lr: float = 1e-3) -> list[float]:
-    """A few steps of plain CLIP training, so the smoke run's teacher is better than random."""
+    """A few steps of the teacher's own loss (CLIP's, or SigLIP's for a sigmoid teacher), so the smoke run's teacher
+    is better than random."""
     opt = torch.optim.AdamW(teacher.parameters(), lr=lr, weight_decay=0.1)
     losses = []
     for step in tqdm(range(steps), desc="teacher", leave=False):
         b = batches[step % len(batches)]
-        loss = clip_loss(teacher.encode_image(b.teacher_images), teacher.encode_text(b.teacher_text), teacher.scale())
+        loss = own_loss(teacher.encode_image(b.teacher_images), teacher.encode_text(b.teacher_text), teacher.scale(),
+                        teacher.bias())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -75,7 +77,7 @@ def run_smoke(
         history.append({k: v.detach().item() for k, v in out.items()})
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
     if log:
-        log(f"teacher CLIP loss {t_losses[0]:.3f} -> {t_losses[-1]:.3f}")
+        log(f"teacher loss {t_losses[0]:.3f} -> {t_losses[-1]:.3f}")
         terms = ", ".join(f"{k} {history[0][k]:.4g} -> {history[-1][k]:.4g}" for k in history[0])
         log(f"student ({recipe}, {student_model} <- {teacher_model}): {terms}")
     return history

@@ -54,8 +54,9 @@ class DistillBatch:
 
         s_img = move_images(self.student_images)
         t_img = s_img if self.teacher_images is self.student_images else _map_images(self.teacher_images, move_images)
-        cached = None if self.teacher is None else Embeddings(move(self.teacher.img), move(self.teacher.txt),
-                                                              move(self.teacher.scale))
+        t = self.teacher
+        cached = None if t is None else Embeddings(move(t.img), move(t.txt), move(t.scale),
+                                                   None if t.bias is None else move(t.bias))
         return DistillBatch(s_img, _map_text(self.student_text, move), t_img, _map_text(self.teacher_text, move),
                             self.keys, cached)
 

@@ -288,4 +288,4 @@ def _stored_teacher(views: Sequence[SampleViews]) -> Optional[Embeddings]:
     if views[0].teacher is None:
         return None
     return Embeddings(torch.stack([v.teacher.img for v in views]), torch.stack([v.teacher.txt for v in views]),
-                      views[0].teacher.scale)
+                      views[0].teacher.scale, views[0].teacher.bias)

@@ -105,11 +105,13 @@ class DeviceSides:
 @dataclass
 class CachedTeacher:
     """A view's teacher embeddings read from reinforced data: ``img``/``txt`` [D] (ensembles: the teachers'
-    embeddings concatenated) and the teachers' scale multipliers ``scale`` (0-d, or [T] for T > 1 teachers)."""
+    embeddings concatenated), the teachers' scale multipliers ``scale`` (0-d, or [T] for T > 1 teachers) and their
+    logit biases ``bias`` (None when no teacher has one; [T] with NaN for a teacher without one)."""
 
     img: torch.Tensor
     txt: torch.Tensor
     scale: torch.Tensor
+    bias: Optional[torch.Tensor] = None
 
 
 def _first(tokens):

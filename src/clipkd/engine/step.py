@@ -44,6 +44,8 @@ def logged_scalars(student: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     ensemble) and, under fp16, the loss scale and the overflowed steps."""
     s = student
     out = {"lr": optimizer.param_groups[0]["lr"], "logit_scale": s.encoder.scale().item()}
+    if s.encoder.bias() is not None:
+        out["logit_bias"] = s.encoder.bias().item()
     for name in ("icl_logit_scale", "afd_logit_scale"):
         for prefix in ("", "ensemble_"):  # an ensemble: one scale per teacher
             p = getattr(s, prefix + name, None)

@@ -42,7 +42,7 @@ def _student_and_losses(distiller: Distiller, batch, t) -> tuple[StudentOutput, 
         return s, {**distiller.loss(s, t), **distiller.per_teacher(s, t)}  # an ensemble: each teacher's terms too
     enc = distiller.student.encoder
     s = StudentOutput(img=enc.encode_image(batch.student_images), txt=enc.encode_text(batch.student_text),
-                      scale=enc.scale())
+                      scale=enc.scale(), bias=enc.bias())
     return s, {n: term(s, None) for n, term in distiller.loss.terms.items() if NEEDS_TEACHER not in term.needs}
 
 

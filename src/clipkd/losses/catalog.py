@@ -16,6 +16,10 @@ EQUATIONS: dict[str, str] = {
     "task": "1/2 [CE(s*I_s T_s^T, y) + CE(s*T_s I_s^T, y)]  (student's own CLIP loss)",
     "crd": "1/2 [KL(softmax(T) || softmax(S)) + KL(softmax(T^T) || softmax(S^T))], S = s_s I_s T_s^T, "
            "T = s_t I_t T_t^T",
+    "siglip": "-1/N sum_ij log sigmoid(z_ij (s*<I_s_i, T_s_j> + b)), z_ij = 1 if i = j else -1  (student's own "
+              "sigmoid loss; needs a student with a logit bias)",
+    "sigmoid_crd": "1/N sum_ij BCE(S_ij, p_ij), S = s_s I_s T_s^T + b_s, p = sigmoid(s_t I_t T_t^T + b_t) "
+                   "(softmax teacher: p = 1/2 [softmax(T) + softmax(T^T)^T])",
     "fd": "mean((P(I_s) - I_t)^2) + mean((P(T_s) - T_t)^2)",
     "icl": "1/2 [CE(c*P(I_s) T_t^T, y) + CE(c*P(T_s) I_t^T, y)], c = exp(learned log-scale) <= 100",
     "gd": "sum_k mean((G_k(student) - G_k(teacher))^2), G = closed-form dL/d(embeddings) of both loss halves",
@@ -28,6 +32,9 @@ ENSEMBLE_RULES: dict[str, str] = {
     "task": "unchanged: the student's own CLIP loss, no teacher",
     "crd": "KL to the weighted mixture of the teachers' distributions: p = sum_t w_t softmax(s_t I_t T_t^T) "
            "(and of T_t I_t^T), student's own S",
+    "siglip": "unchanged: the student's own sigmoid loss, no teacher",
+    "sigmoid_crd": "BCE to the weighted mixture of the teachers' pairwise match probabilities: p = sum_t w_t p_t "
+                   "(softmax and sigmoid teachers mix), student's own S and bias",
     "fd": "sum_t w_t FD(P_t(student), teacher_t), one projection head P_t per teacher",
     "icl": "sum_t w_t ICL(P_t(student), teacher_t, c_t), one projection head P_t and learned scale c_t per teacher",
     "gd": "sum_t w_t GD(P_t(student) with the student's scale s, teacher_t with its scale s_t)",

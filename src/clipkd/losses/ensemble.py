@@ -13,6 +13,11 @@ With ``S = s * I_s T_s^T`` (the student's own embeddings and scale), ``P_t`` the
 teacher t's size and ``I_t, T_t, s_t`` teacher t's embeddings and multiplier, the terms are:
 
 * task: unchanged (student only);
+* siglip: unchanged (student only);
+* sigmoid CRD: ``p = sum_t w_t p_t`` with ``p_t`` teacher t's pairwise match probabilities
+  (:func:`~clipkd.losses.functional.sigmoid_teacher_probs`: ``sigmoid(s_t I_t T_t^T + b_t)`` for a sigmoid
+  teacher, the mean of its two softmax directions for a softmax one), ``L = BCE(S + b, p)`` with the student's own
+  ``S`` and bias ``b`` (a mixture of Bernoulli probabilities is one; a softmax and a sigmoid teacher mix);
 * CRD: ``p = sum_t w_t softmax(s_t I_t T_t^T)``, ``p' = sum_t w_t softmax(s_t T_t I_t^T)`` (row-wise);
   ``L = 1/2 [KL(p || softmax(S)) + KL(p' || softmax(S^T))]`` (the mixture of the teachers' distributions
   replaces the single teacher's; computed in log space, ``log p = logsumexp_t(log w_t + log softmax_t)``);
@@ -44,7 +49,7 @@ from clipkd.embeddings import NEEDS_TEACHER, Embeddings
 from clipkd.losses import functional as LF
 from clipkd.losses.functional import Scale, full_precision
 
-__all__ = ["Ensemble", "SINGLE", "teacher_slices", "per_teacher_terms", "crd_loss", "fd_loss",
+__all__ = ["Ensemble", "SINGLE", "teacher_slices", "per_teacher_terms", "crd_loss", "sigmoid_crd_loss", "fd_loss",
            "icl_loss", "gd_loss", "afd_loss"]
 
 WEIGHT_SUM_TOL = 1e-6
@@ -103,6 +108,12 @@ class Ensemble:
                              f"{tuple(scale.shape) if isinstance(scale, torch.Tensor) else 'a number'}")
         return [scale] if self.size == 1 else list(scale.unbind(0))
 
+    def biases(self, bias: Optional[torch.Tensor]) -> list[Optional[torch.Tensor]]:
+        """Per-teacher logit biases of a ``[T]`` tensor (NaN: a teacher without one), or ``[None] * T`` for None."""
+        if bias is None:
+            return [None] * self.size
+        return self.scales(bias)
+
     def combine(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
         """``sum_t w_t * values[t]`` (one teacher: ``values[0]`` unchanged)."""
         if self.size == 1:
@@ -160,8 +171,9 @@ def teacher_slices(ens: Ensemble, student: Any, teacher: Embeddings) -> list[tup
         if value is not None:
             parts[name] = ens.split(value) if name in STUDENT_BLOCKS else ens.scales(value)
     img, txt, scale = ens.split(teacher.img), ens.split(teacher.txt), ens.scales(teacher.scale)
-    return [(replace(student, **{k: v[i] for k, v in parts.items()}), replace(teacher, img=img[i], txt=txt[i],
-                                                                             scale=scale[i]))
+    bias = ens.biases(teacher.bias)
+    return [(replace(student, **{k: v[i] for k, v in parts.items()}),
+             replace(teacher, img=img[i], txt=txt[i], scale=scale[i], bias=bias[i]))
             for i in range(ens.size)]
 
 
@@ -205,6 +217,26 @@ def crd_loss(
     log_p_i2t = ens.mix_log_probs([p[0] for p in per_teacher])
     log_p_t2i = ens.mix_log_probs([p[1] for p in per_teacher])
     return LF.crd_loss_from_log_probs(s_img, s_txt, s_scale, log_p_i2t, log_p_t2i)
+
+
+@full_precision
+def sigmoid_crd_loss(
+    ens: Ensemble,
+    s_img: torch.Tensor,
+    s_txt: torch.Tensor,
+    s_scale: Scale,
+    s_bias: Scale,
+    t_img: torch.Tensor,
+    t_txt: torch.Tensor,
+    t_scale: Scale,
+    t_bias: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """Sigmoid CRD against the weighted mixture of the teachers' pairwise match probabilities (module docstring)."""
+    s_img, s_txt, t_img, t_txt = LF._prep(s_img, s_txt, *LF._teacher(t_img, t_txt))  # one dtype for all
+    blocks = _blocks(ens, t_img, t_txt)
+    p = ens.combine([LF.sigmoid_teacher_probs(ti, tt, sc, b)
+                     for (ti, tt), sc, b in zip(blocks, ens.scales(t_scale), ens.biases(t_bias))])
+    return LF.sigmoid_crd_loss_from_probs(s_img, s_txt, s_scale, s_bias, p)
 
 
 @full_precision

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, TypeVar, Union
+from typing import Callable, Optional, TypeVar, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +28,8 @@ F_ = TypeVar("F_", bound=Callable[..., object])
 
 __all__ = [
     "clip_loss", "crd_loss", "crd_teacher_log_probs", "crd_loss_from_log_probs", "fd_loss", "icl_loss", "gd_loss",
-    "afd_loss", "contrastive_grads", "siglip_loss", "sigmoid_crd_loss",
+    "afd_loss", "contrastive_grads", "siglip_loss", "sigmoid_crd_loss", "sigmoid_crd_loss_from_probs",
+    "sigmoid_teacher_probs", "own_loss",
 ]
 
 
@@ -118,6 +119,53 @@ def siglip_loss(img: torch.Tensor, txt: torch.Tensor, scale: Scale, bias: Scale)
     return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
 
 
+def own_loss(img: torch.Tensor, txt: torch.Tensor, scale: Scale, bias: Optional[Scale] = None) -> torch.Tensor:
+    """A model's own training loss: :func:`siglip_loss` for a sigmoid model (a logit ``bias``), else
+    :func:`clip_loss`."""
+    return clip_loss(img, txt, scale) if bias is None else siglip_loss(img, txt, scale, bias)
+
+
+@full_precision
+def sigmoid_teacher_probs(
+    t_img: torch.Tensor, t_txt: torch.Tensor, t_scale: Scale, t_bias: Optional[Scale]
+) -> torch.Tensor:
+    """A teacher's probability that each image-text pair of the batch matches, ``[N, N]``; no gradient.
+
+    ``T = s_t * t_img @ t_txt^T``. A sigmoid teacher (logit bias ``b_t``): ``p_ij = sigmoid(T_ij + b_t)``, its own
+    pairwise decision. A softmax teacher (no bias: None, or NaN in an ensemble's bias vector):
+    ``p_ij = 1/2 [softmax(T)_ij + softmax(T^T)_ji]``, the mean of its image->text and text->image probabilities that
+    ``j`` is ``i``'s match (a softmax model has no pairwise bias: its logits are fixed only up to a row constant).
+    """
+    t_img, t_txt = _prep(*_teacher(t_img, t_txt))
+    logits = _as_scale(_detached(t_scale), t_img) * t_img @ t_txt.T
+    if t_bias is None:
+        return _softmax_pair_probs(logits)
+    b = _as_scale(_detached(t_bias), t_img)
+    return torch.where(torch.isnan(b), _softmax_pair_probs(logits), torch.sigmoid(logits + b))
+
+
+def _softmax_pair_probs(logits: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (torch.softmax(logits, dim=1) + torch.softmax(logits, dim=0))
+
+
+def _detached(value: Scale) -> Scale:
+    return value.detach() if isinstance(value, torch.Tensor) else value
+
+
+@full_precision
+def sigmoid_crd_loss_from_probs(
+    s_img: torch.Tensor, s_txt: torch.Tensor, s_scale: Scale, s_bias: Scale, p: torch.Tensor
+) -> torch.Tensor:
+    """Binary cross-entropy of the student's pairwise match probabilities to given targets ``p`` ``[N, N]``.
+
+    ``S = s_s * s_img @ s_txt^T + b_s``; ``L = -1/N sum_{i,j} [p_ij log sigmoid(S_ij) + (1 - p_ij) log
+    sigmoid(-S_ij)]``. :func:`sigmoid_crd_loss` passes one teacher's probabilities, an ensemble their mixture.
+    """
+    s_img, s_txt, p = _prep(s_img, s_txt, p.detach())
+    logits = _sigmoid_logits(s_img, s_txt, s_scale, s_bias)
+    return F.binary_cross_entropy_with_logits(logits, p, reduction="sum") / logits.shape[0]
+
+
 @full_precision
 def sigmoid_crd_loss(
     s_img: torch.Tensor,
@@ -127,21 +175,21 @@ def sigmoid_crd_loss(
     t_img: torch.Tensor,
     t_txt: torch.Tensor,
     t_scale: Scale,
-    t_bias: Scale,
+    t_bias: Optional[Scale],
 ) -> torch.Tensor:
     """Relational distillation for sigmoid models: each pair's probability of matching, the student's against
     the teacher's (binary cross-entropy; the sigmoid counterpart of CRD, as MobileCLIP's ``DistillSigLipLoss``).
 
-    ``S_ij = s_s * <s_img_i, s_txt_j> + b_s``, ``p_ij = sigmoid(s_t * <t_img_i, t_txt_j> + b_t)``;
+    ``S_ij = s_s * <s_img_i, s_txt_j> + b_s``, ``p_ij`` the teacher's match probability
+    (:func:`sigmoid_teacher_probs`: ``sigmoid(s_t * <t_img_i, t_txt_j> + b_t)`` for a sigmoid teacher, the mean of
+    its two softmax directions for a softmax teacher, ``t_bias`` None);
     ``L = -1/N sum_{i,j} [ p_ij log sigmoid(S_ij) + (1 - p_ij) log sigmoid(-S_ij) ]``.
     It is symmetric in images and texts (one matrix), has its minimum where ``sigmoid(S) = p`` and its gradient
     with respect to ``S_ij`` is ``(sigmoid(S_ij) - p_ij) / N``. No gradient reaches the teacher.
     """
-    t_scale, t_bias = (v.detach() if isinstance(v, torch.Tensor) else v for v in (t_scale, t_bias))
-    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, *_teacher(t_img, t_txt))
-    p = torch.sigmoid(_sigmoid_logits(t_img, t_txt, t_scale, t_bias))
-    logits = _sigmoid_logits(s_img, s_txt, s_scale, s_bias)
-    return F.binary_cross_entropy_with_logits(logits, p, reduction="sum") / logits.shape[0]
+    s_img, s_txt, t_img, t_txt = _prep(s_img, s_txt, *_teacher(t_img, t_txt))  # one dtype for both sides
+    p = sigmoid_teacher_probs(t_img, t_txt, t_scale, t_bias)
+    return sigmoid_crd_loss_from_probs(s_img, s_txt, s_scale, s_bias, p)
 
 
 def _kl_rows(log_p: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

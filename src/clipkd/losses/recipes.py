@@ -60,6 +60,19 @@ RECIPES: dict[str, Recipe] = {
         Recipe("icl", {"task": 1.0, "icl": 1.0}, "task + interactive contrastive learning"),
         Recipe("afd", {"task": 1.0, "afd": 1.0}, "task + augmented feature distillation"),
         Recipe("clipkd", {"task": 1.0, "crd": 1.0, "icl": 1.0, "fd": 2000.0}, "the paper's unified CLIP-KD method"),
+        # Sigmoid students (SigLIP): the task loss is the sigmoid one, CRD becomes sigmoid CRD; FD, ICL and AFD work
+        # on embeddings with their own scales and need no bias. GD has no counterpart: it matches the softmax loss's
+        # gradients, which a sigmoid student does not follow.
+        Recipe("siglip", {"siglip": 1.0}, "sigmoid student trained alone with the SigLIP loss (no teacher)"),
+        Recipe("siglip-crd", {"siglip": 1.0, "sigmoid_crd": 1.0},
+               "SigLIP loss + sigmoid CRD (pairwise match probabilities)"),
+        Recipe("siglip-fd", {"siglip": 1.0, "fd": 2000.0}, "SigLIP loss + feature distillation"),
+        Recipe("siglip-mfd", {"siglip": 1.0, "fd": 2000.0}, "SigLIP FD with 75% of the student's image masked",
+               mask_ratio=0.75),
+        Recipe("siglip-icl", {"siglip": 1.0, "icl": 1.0}, "SigLIP loss + interactive contrastive learning"),
+        Recipe("siglip-afd", {"siglip": 1.0, "afd": 1.0}, "SigLIP loss + augmented feature distillation"),
+        Recipe("siglip-clipkd", {"siglip": 1.0, "sigmoid_crd": 1.0, "icl": 1.0, "fd": 2000.0},
+               "the unified CLIP-KD method for a sigmoid student (sigmoid CRD in place of CRD)"),
     ]
 }
 

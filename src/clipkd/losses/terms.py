@@ -1,6 +1,7 @@
 """Loss terms: small modules, registered by name, that feed the right embeddings to one formula each.
 
-Which embeddings a term uses: ``task`` and ``crd`` use the student's own embeddings; ``fd``, ``icl``, ``gd``
+Which embeddings a term uses: ``task``, ``crd``, ``siglip`` and ``sigmoid_crd`` use the student's own embeddings
+(the last two with its logit bias: a sigmoid student); ``fd``, ``icl``, ``gd``
 and ``afd`` use the student's embeddings projected to the teacher's size and re-normalised (identity when
 the sizes match). The learnable ICL/AFD scales and the AFD fusion heads live in the student module.
 
@@ -16,7 +17,15 @@ from typing import ClassVar, Optional
 import torch
 from torch import nn
 
-from clipkd.embeddings import NEEDS_AFD, NEEDS_ICL_SCALE, NEEDS_PROJECTION, NEEDS_TEACHER, Embeddings, StudentOutput
+from clipkd.embeddings import (
+    NEEDS_AFD,
+    NEEDS_BIAS,
+    NEEDS_ICL_SCALE,
+    NEEDS_PROJECTION,
+    NEEDS_TEACHER,
+    Embeddings,
+    StudentOutput,
+)
 from clipkd.losses import catalog
 from clipkd.losses import ensemble as LE
 from clipkd.losses import functional as LF
@@ -85,6 +94,24 @@ class CRDTerm(LossTerm):
 
     def compute(self, s, t):
         return LE.crd_loss(self.ensemble, s.img, s.txt, s.scale, t.img, t.txt, t.scale)
+
+
+@register_term
+class SigLIPTerm(LossTerm):
+    name = "siglip"
+    needs = frozenset({NEEDS_BIAS})
+
+    def compute(self, s, t):
+        return LF.siglip_loss(s.img, s.txt, s.scale, s.bias)
+
+
+@register_term
+class SigmoidCRDTerm(LossTerm):
+    name = "sigmoid_crd"
+    needs = frozenset({NEEDS_TEACHER, NEEDS_BIAS})
+
+    def compute(self, s, t):
+        return LE.sigmoid_crd_loss(self.ensemble, s.img, s.txt, s.scale, s.bias, t.img, t.txt, t.scale, t.bias)
 
 
 @register_term

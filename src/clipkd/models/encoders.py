@@ -48,7 +48,8 @@ class ClipEncoder(nn.Module, abc.ABC):
     """Base class of every CLIP-like encoder used as teacher or student.
 
     Subclasses set ``embed_dim``, ``image_size`` (H, W), ``preprocess_train``, ``preprocess_val``,
-    ``tokenizer`` and a ``logit_scale`` parameter (log of the multiplier), and implement the two towers.
+    ``tokenizer`` and a ``logit_scale`` parameter (log of the multiplier), a sigmoid model also a ``logit_bias``
+    parameter, and implement the two towers.
     The factories set ``untrained``: which part kept its random initialisation ("all weights", "the image
     and text heads", ...), or None when every weight was loaded.
     """
@@ -93,9 +94,14 @@ class ClipEncoder(nn.Module, abc.ABC):
         """The logit-scale multiplier ``exp(logit_scale)``, clamped to at most 100."""
         return clamped_scale(self.logit_scale)
 
+    def bias(self) -> Optional[torch.Tensor]:
+        """The logit bias ``b`` of a sigmoid model (SigLIP: pair logit ``s * <x, y> + b``), None for a softmax CLIP
+        model. An encoder has one when it holds a ``logit_bias`` parameter."""
+        return getattr(self, "logit_bias", None)
+
     def embed(self, images: torch.Tensor, text: TextBatch) -> Embeddings:
-        """Both towers at once, normalised, with the scale."""
-        return Embeddings(self.encode_image(images), self.encode_text(text), self.scale())
+        """Both towers at once, normalised, with the scale (and the logit bias of a sigmoid model)."""
+        return Embeddings(self.encode_image(images), self.encode_text(text), self.scale(), self.bias())
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -111,6 +111,11 @@ class OpenClipEncoder(ClipEncoder):
     def logit_scale(self) -> torch.nn.Parameter:  # type: ignore[override]
         return self.model.logit_scale
 
+    @property
+    def logit_bias(self) -> Optional[torch.nn.Parameter]:
+        """open_clip's ``logit_bias`` (a SigLIP model, ``init_logit_bias`` in its config), None for a CLIP model."""
+        return getattr(self.model, "logit_bias", None)
+
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.model.encode_image(images, normalize=normalize)
 
@@ -240,6 +245,18 @@ def _hub_unreachable(model: str, tag: Optional[str], cause: BaseException) -> Hu
         "architecture's name or config file with pretrained: /path/to/weights.safetensors)")
 
 
+def _tokenizer(name: str):
+    """open_clip's tokenizer of model ``name``. For a config registered here (clipkd's own, or a JSON file) the
+    config decides, never the name: without ``hf_tokenizer_name`` it is CLIP's BPE tokenizer, also for a name with
+    "siglip" in it, which open_clip would otherwise give SigLIP's hub-only tokenizer."""
+    text_cfg = open_clip.get_model_config(name).get("text_cfg", {}) if name in _PREPROCESS else {}
+    if name in _PREPROCESS and not text_cfg.get("hf_tokenizer_name"):
+        return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", open_clip.tokenizer.
+                                                                     DEFAULT_CONTEXT_LENGTH),
+                                         **text_cfg.get("tokenizer_kwargs", {}))
+    return open_clip.get_tokenizer(name)
+
+
 def create_open_clip_encoder(
     model: str,
     pretrained: Optional[str] = None,
@@ -287,7 +304,7 @@ def create_open_clip_encoder(
         raise _hub_unreachable(model, tag, cause) from exc
     if checkpoint:
         load_weights(oc_model, checkpoint)
-    encoder = OpenClipEncoder(oc_model, train_tf, val_tf, open_clip.get_tokenizer(name), name=model)
+    encoder = OpenClipEncoder(oc_model, train_tf, val_tf, _tokenizer(name), name=model)
     # Random when nothing was loaded: no checkpoint, no tag, and no weights from an hf-hub:/local-dir: source
     # (open_clip says so for those; without a schema the decision needs no message).
     from_source = name.startswith(("hf-hub:", "local-dir:"))

@@ -14,6 +14,7 @@ from torch import nn
 
 from clipkd.embeddings import (
     NEEDS_AFD,
+    NEEDS_BIAS,
     NEEDS_ICL_SCALE,
     NEEDS_PROJECTION,
     REQUIREMENTS,
@@ -78,6 +79,10 @@ class DistillStudent(nn.Module):
         unknown = set(needs) - REQUIREMENTS
         if unknown:
             raise ValueError(f"unknown student requirements: {sorted(unknown)}")
+        if NEEDS_BIAS in needs and encoder.bias() is None:
+            raise ValueError(f"the sigmoid loss terms (siglip, sigmoid_crd) need a sigmoid student, one with a logit "
+                             f"bias; {getattr(encoder, 'name', type(encoder).__name__)} has none (an open_clip model "
+                             "config gets one with \"init_logit_bias\", as clipkd-tiny-siglip and the SigLIP models)")
         self.encoder = encoder
         if hasattr(encoder, "trim_text"):  # causal text towers run up to their pooled token while training only
             encoder.trim_text = True
@@ -126,7 +131,7 @@ class DistillStudent(nn.Module):
         """
         enc = self.encoder
         img = enc.encode_image_masked(images, mask_ratio, generator) if mask_ratio > 0 else enc.encode_image(images)
-        out = StudentOutput(img=img, txt=enc.encode_text(text), scale=enc.scale())
+        out = StudentOutput(img=img, txt=enc.encode_text(text), scale=enc.scale(), bias=enc.bias())
         img_parts = [self._project(out.img, h) for h in self._per_teacher("proj_img")]
         txt_parts = [self._project(out.txt, h) for h in self._per_teacher("proj_txt")]
         if len(img_parts) == 1 or self.needs & {NEEDS_PROJECTION, NEEDS_AFD}:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from clipkd.data.views import collate_text
 from clipkd.models.encoders import ClipEncoder
 from clipkd.reinforce.fingerprint import FINGERPRINT_BYTES
-from clipkd.reinforce.format import image_field, scale_field, text_field
+from clipkd.reinforce.format import bias_field, image_field, scale_field, text_field
 from clipkd.reinforce.rows import PreparedRow
 
 
@@ -64,8 +64,9 @@ class SidecarArrays:
         """A problem that is not a row (e.g. a broken shard's ``shard_error``)."""
         self.reasons[reason] += 1
 
-    def tensors(self, scales: Sequence[float]) -> dict[str, torch.Tensor]:
-        """All fields of the sidecar, rows in the order they were added."""
+    def tensors(self, scales: Sequence[float], biases: Sequence[Optional[float]] = ()) -> dict[str, torch.Tensor]:
+        """All fields of the sidecar, rows in the order they were added; each teacher's scale and, for a sigmoid
+        teacher (a bias that is not None), its logit bias."""
         empty = {"fingerprint": torch.zeros(0, FINGERPRINT_BYTES, dtype=torch.uint8),
                  "usable": torch.zeros(0, dtype=torch.uint8), "crop": torch.zeros(0, self.views, 4, dtype=torch.int32)}
         for t, d in enumerate(self.dims):
@@ -73,4 +74,6 @@ class SidecarArrays:
             empty[text_field(t)] = torch.zeros(0, d, dtype=self.dtype)
         out = {k: torch.cat([v, *(p[k] for p in self.parts)]) for k, v in empty.items()}
         out.update({scale_field(t): torch.tensor([s], dtype=torch.float32) for t, s in enumerate(scales)})
+        out.update({bias_field(t): torch.tensor([b], dtype=torch.float32)
+                    for t, b in enumerate(biases) if b is not None})
         return out

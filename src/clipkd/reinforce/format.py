@@ -6,7 +6,8 @@ Tensors (n records, K views, D the teacher's embedding size, ``t`` the teacher's
 * ``usable`` uint8 [n] - 1, or 0 for a record training skips (its other rows are zero);
 * ``crop`` int32 [n, K, 4] - each view's crop box ``(top, left, height, width)``;
 * ``teacher<t>.image`` [n, K, D], ``teacher<t>.text`` [n, D] - normalised embeddings (bf16, fp16 or fp32);
-* ``teacher<t>.scale`` float32 [1] - the teacher's logit-scale multiplier.
+* ``teacher<t>.scale`` float32 [1] - the teacher's logit-scale multiplier;
+* ``teacher<t>.bias`` float32 [1] - the logit bias of a sigmoid teacher (SigLIP); absent for a softmax one.
 
 Metadata: one key, ``clipkd``, holding JSON: format version, index, the data shard it mirrors (``source``:
 URL, or the CSV rows ``start``-``stop``), ``records``, ``views``, ``dtype``, ``usable`` and the ``unusable``
@@ -45,6 +46,10 @@ def scale_field(teacher: int) -> str:
     return f"teacher{teacher}.scale"
 
 
+def bias_field(teacher: int) -> str:
+    return f"teacher{teacher}.bias"
+
+
 def sidecar_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
     """The safetensors bytes of a sidecar (deterministic: equal tensors and metadata give equal bytes)."""
     from safetensors.torch import save
@@ -63,6 +68,7 @@ class SidecarRecord:
     images: list[torch.Tensor]
     texts: list[torch.Tensor]
     scales: list[float]
+    biases: list[Optional[float]]
 
 
 _SAFETENSORS_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "U8": torch.uint8,
@@ -154,4 +160,6 @@ class SidecarReader:
             fingerprint=bytes(row("fingerprint").tolist()), usable=bool(row("usable").item()),
             crops=[tuple(box) for box in row("crop").tolist()],
             images=[row(image_field(t)) for t in teachers], texts=[row(text_field(t)) for t in teachers],
-            scales=[float(self.row(sidecar, scale_field(t), 0)) for t in teachers])
+            scales=[float(self.row(sidecar, scale_field(t), 0)) for t in teachers],
+            biases=[float(self.row(sidecar, bias_field(t), 0)) if bias_field(t) in self._map(sidecar).tensors
+                    else None for t in teachers])

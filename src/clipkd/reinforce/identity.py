@@ -34,4 +34,5 @@ def describe_teacher(mc: ModelConfig, encoder: Any) -> dict[str, Any]:
     """:func:`config_identity` plus the built encoder's preprocessing, tokenizer, sizes and logit scale."""
     return {**config_identity(mc), "name": mc.model, "pretrained": mc.pretrained,
             "image_size": list(encoder.image_size), "preprocess": repr(encoder.preprocess_val), "tokenizer": tokenizer_description(encoder.tokenizer),
-            "embed_dim": int(encoder.embed_dim), "logit_scale": float(encoder.scale())}
+            "embed_dim": int(encoder.embed_dim), "logit_scale": float(encoder.scale()),
+            "logit_bias": None if encoder.bias() is None else float(encoder.bias())}

@@ -21,6 +21,7 @@ from clipkd.data.decode import UnusableImage, open_for, unusable_reason
 from clipkd.data.sources import RawSample
 from clipkd.data.stages import stage
 from clipkd.data.views import CachedTeacher, PairedViews, SampleViews
+from clipkd.embeddings import join_biases
 from clipkd.errors import CacheMismatch
 from clipkd.reinforce.check import fingerprint_problem
 from clipkd.reinforce.fingerprint import fingerprint
@@ -60,6 +61,8 @@ class ReinforcedViews:
         self.embed_dims = [int(t["embed_dim"]) for t in manifest["teachers"]]
         scales = torch.tensor([t["logit_scale"] for t in manifest["teachers"]])  # as each sidecar stores them
         self.scale = scales[0] if len(scales) == 1 else scales
+        biases = join_biases([t.get("logit_bias") for t in manifest["teachers"]], like=scales)  # None: softmax
+        self.bias = biases if biases is None or len(biases) > 1 else biases[0]
         self._reader: Optional[SidecarReader] = None
 
     def __getstate__(self) -> dict[str, Any]:  # loader workers open their own memory maps
@@ -119,4 +122,4 @@ class ReinforcedViews:
         r, teachers = self.reader, range(len(self.embed_dims))
         img = [r.row(sidecar, image_field(t), row, view).float() for t in teachers]
         txt = [r.row(sidecar, text_field(t), row).float() for t in teachers]
-        return CachedTeacher(torch.cat(img), torch.cat(txt), self.scale)
+        return CachedTeacher(torch.cat(img), torch.cat(txt), self.scale, self.bias)

@@ -57,7 +57,8 @@ class SidecarWriter:
             if len(batch) == self.batch_size:
                 self._flush(arrays, batch)
         self._flush(arrays, batch)
-        tensors = arrays.tensors([float(t.scale()) for t in self.teachers])
+        tensors = arrays.tensors([float(t.scale()) for t in self.teachers],
+                                 [None if t.bias() is None else float(t.bias()) for t in self.teachers])
         rows, usable = int(tensors["usable"].shape[0]), int(tensors["usable"].sum())
         reasons = dict(sorted(arrays.reasons.items()))
         meta = {"format_version": FORMAT_VERSION, "index": sidecar.index, **sidecar.describe(), "records": rows,

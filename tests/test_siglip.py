@@ -1,0 +1,160 @@
+"""Sigmoid (SigLIP) students and teachers end to end: the model's own bias feeds the terms (against open_clip's
+SigLipLoss on the model's outputs), softmax students are refused for sigmoid terms, and a sigmoid student trains
+from a softmax teacher, a sigmoid teacher, a mixed ensemble and reinforced data holding a sigmoid teacher."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipkd.commands.train import make_trainer
+from clipkd.config import load_config
+from clipkd.distill import build_distiller
+from clipkd.engine.logger import read_metrics
+from clipkd.models.teacher import FrozenTeacher
+from clipkd.reinforce.format import SidecarReader
+from conftest import TEACHER, make_encoder, random_batch
+from test_reinforce import data, one_thread  # noqa: F401
+from test_train import base_overrides
+
+SIGLIP = "clipkd-tiny-siglip"
+SIGMOID_TERMS = {"siglip": 1.0, "sigmoid_crd": 1.0, "fd": 50.0, "icl": 1.0, "afd": 1.0}
+
+
+def test_the_tiny_siglip_config_is_a_sigmoid_model_with_clips_tokenizer():
+    import open_clip
+
+    enc = make_encoder(SIGLIP)
+    assert float(enc.bias().detach()) == -10.0 and float(enc.scale()) == pytest.approx(10.0)
+    assert isinstance(enc.tokenizer, open_clip.SimpleTokenizer)  # runs offline, though "siglip" is in its name
+    assert make_encoder(TEACHER).bias() is None
+
+
+def test_the_siglip_term_is_open_clips_loss_on_the_models_own_outputs():
+    """A sigmoid student's ``siglip`` term (its own scale and bias) equals open_clip's SigLipLoss on what the
+    open_clip model's forward returns."""
+    from open_clip.loss import SigLipLoss
+
+    student = make_encoder(SIGLIP, seed=3)
+    with torch.no_grad():
+        student.model.logit_bias.fill_(-3.0)  # not the initial value: the term reads the model's parameter
+    distiller = build_distiller(student, None, {"siglip": 1.0})
+    batch = random_batch(student, student, n=6)
+    distiller.student.eval()
+    out = distiller.student(batch.student_images, batch.student_text)
+    ours = distiller.loss(out)["siglip"]
+    ref = SigLipLoss()(*student.model(batch.student_images, batch.student_text))
+    assert float(ours) == pytest.approx(float(ref), rel=1e-5)
+
+
+@pytest.mark.parametrize("weights", [{"siglip": 1.0}, {"task": 1.0, "sigmoid_crd": 1.0}])
+def test_sigmoid_terms_refuse_a_student_without_a_bias(weights):
+    with pytest.raises(ValueError, match="need a sigmoid student.*clipkd-tiny-vit has none.*init_logit_bias"):
+        build_distiller(make_encoder("clipkd-tiny-vit"), make_encoder(SIGLIP), weights)
+
+
+def test_a_teachers_embeddings_carry_its_bias():
+    siglip, clip = make_encoder(SIGLIP, seed=1), make_encoder(TEACHER, seed=2)
+    batch = random_batch(siglip, siglip, n=4)
+    assert float(FrozenTeacher(siglip)(batch.teacher_images, batch.teacher_text).bias) == -10.0
+    batch = random_batch(siglip, clip, n=4)
+    assert FrozenTeacher(clip)(batch.teacher_images, batch.teacher_text).bias is None
+
+
+def _train(tmp_path, data_dir, teacher, steps=4, **extra):
+    items = {"student.model": SIGLIP, "teacher": teacher, "distill.weights": SIGMOID_TERMS,
+             "optim.steps": steps, "data.batch_size": 8, "optim.lr": 5e-3, **extra}
+    cfg = load_config(None, base_overrides(tmp_path / "run", data_dir, **items))
+    result = make_trainer(cfg).fit()
+    return result, read_metrics(tmp_path / "run", "train")
+
+
+@pytest.mark.parametrize("teacher", [{"model": TEACHER}, {"model": SIGLIP}])
+def test_a_sigmoid_student_trains_from_a_softmax_or_a_sigmoid_teacher(teacher, data_dir, tmp_path):
+    result, rows = _train(tmp_path, data_dir, teacher)
+    assert result.step == 4 and set(SIGMOID_TERMS) <= set(result.history[0])
+    biases = [r["train/logit_bias"] for r in rows]
+    assert biases[0] != pytest.approx(-10.0, abs=1e-4)  # the bias trains (a step of lr 5e-3 moves it)
+    assert all(math.isfinite(r["train/loss"]) for r in rows)
+
+
+def test_a_mixed_ensemble_teaches_a_sigmoid_student(data_dir, tmp_path):
+    """A softmax and a sigmoid teacher together: each one's sigmoid CRD logged beside the mixture's."""
+    result, _ = _train(tmp_path, data_dir, [{"model": TEACHER}, {"model": SIGLIP}], steps=2)
+    first = result.history[0]
+    assert {"sigmoid_crd/t0", "sigmoid_crd/t1"} <= set(first)
+    assert first["sigmoid_crd/t0"] != pytest.approx(first["sigmoid_crd/t1"], rel=1e-3)
+
+
+# --- reinforced data with a sigmoid teacher ----------------------------------------------------------------------
+
+BIAS, SCALE_LOG = -7.5, math.log(12.0)
+
+
+@pytest.fixture(scope="module")
+def sigmoid_cache(data, tmp_path_factory):  # noqa: F811
+    """A reinforced build of a sigmoid teacher whose bias and scale are not the initial ones (from its weights)."""
+    from clipkd.build.reinforce import run_build
+    from clipkd.reinforce.settings import BuildOptions
+
+    root = tmp_path_factory.mktemp("sigmoid-cache")
+    enc = make_encoder(SIGLIP, seed=4)
+    with torch.no_grad():
+        enc.model.logit_bias.fill_(BIAS)
+        enc.model.logit_scale.fill_(SCALE_LOG)
+    weights = root / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, str(weights))
+    cfg = load_config(None, _overrides(data, weights, "unused"))
+    with one_thread():
+        run_build(cfg, BuildOptions(out=root / "cache", views=2, dtype="fp32", batch_size=8, rows_per_shard=16))
+    return root / "cache", weights
+
+
+def _overrides(data, weights, run_dir, **extra):  # noqa: F811
+    from test_reinforce import overrides
+
+    items = {"teacher.model": SIGLIP, "student.model": SIGLIP, "distill.weights": SIGMOID_TERMS,
+             "run_dir": str(run_dir), **extra}
+    return overrides(data, weights, "csv", **items)
+
+
+def test_reinforced_data_stores_the_sigmoid_teachers_bias(sigmoid_cache):
+    cache, _ = sigmoid_cache
+    manifest = json.loads((cache / "manifest.json").read_text())
+    teacher = manifest["teachers"][0]
+    assert teacher["logit_bias"] == pytest.approx(BIAS) and teacher["logit_scale"] == pytest.approx(12.0, rel=1e-6)
+    files = [e["file"] for e in manifest["data"]["sidecars"]]
+    record = SidecarReader(cache, files).record(0, 0)
+    assert record.biases == [pytest.approx(BIAS)] and record.scales == [pytest.approx(12.0, rel=1e-6)]
+
+
+def test_training_from_a_sigmoid_teachers_cache_equals_the_online_teacher(sigmoid_cache, data, tmp_path):  # noqa: F811
+    """The stored bias reaches the terms: the cached batch's losses and gradients equal those with the online
+    teacher's embeddings of the same views."""
+    from test_reinforced_training import FP32, first_batch, loss_and_grads, online_batch
+
+    cache, weights = sigmoid_cache
+    cfg = load_config(None, _overrides(data, weights, tmp_path / "run", **{
+        "distill.teacher_cache": str(cache), "data.batch_size": 8, "data.workers": 0, "data.preprocess": "host",
+        "data.max_skip_fraction": 1.0}))
+    distiller, batch = first_batch(cfg)
+    assert distiller.teacher is None and float(batch.teacher.bias) == pytest.approx(BIAS)
+    teacher = make_encoder(SIGLIP, pretrained=str(weights)).eval()
+    online = online_batch(distiller.student.encoder, teacher, data, batch.keys, view=0)
+    with torch.no_grad():
+        t_online = teacher.embed(online.teacher_images, online.teacher_text)
+    cached_values, cached_grads = loss_and_grads(distiller, batch.student_images, batch.student_text, batch.teacher)
+    online_values, online_grads = loss_and_grads(distiller, online.student_images, online.student_text, t_online)
+    assert set(cached_values) == {"loss", *SIGMOID_TERMS}
+    for name in cached_values:
+        torch.testing.assert_close(cached_values[name], online_values[name], **FP32, msg=name)
+    for name, g in online_grads.items():
+        worst = float((cached_grads[name] - g).abs().max() / g.abs().max().clamp_min(1e-12))
+        assert worst <= 1e-4, (name, worst)
+    # the bias matters: a softmax reading of the same teacher gives another sigmoid CRD
+    from dataclasses import replace
+
+    no_bias, _ = loss_and_grads(distiller, batch.student_images, batch.student_text, replace(batch.teacher, bias=None))
+    assert float(no_bias["sigmoid_crd"]) != pytest.approx(float(cached_values["sigmoid_crd"]), rel=1e-3)
