@@ -368,9 +368,10 @@ def test_card_measures_student_beside_teacher(vit_run, vit_export, cnn_export, t
     assert re.search(r"\| int8 \| [0-9.]+ \| [0-9.]+ / [0-9.]+ \| [-+0-9.]+ \| accepted \|", md), md
 
 
-def test_deploy_page_runtime_snippet_runs_without_torch(vit_run, vit_export, colours, tmp_path):
+def run_deploy_snippet(run, export, colours, tmp_path):
     """The "Using the ONNX folder without PyTorch" script of the manual's deploy page (docs/deploy.md), as printed,
-    with torch made unimportable: its probabilities equal the student's in PyTorch."""
+    run with torch made unimportable on a green image and three captions: ``(printed probabilities, the student,
+    the image, the captions)``."""
     import subprocess
     import sys
     from pathlib import Path
@@ -381,13 +382,18 @@ def test_deploy_page_runtime_snippet_runs_without_torch(vit_run, vit_export, col
     script.write_text("import sys\nsys.modules['torch'] = None\n" + re.search(r"```python\n(.*?)```", section, re.S)
                       .group(1))
     image, captions = colours / "green" / "1.png", ["a red thing", "a green thing", "a blue thing"]
-    out = subprocess.run([sys.executable, str(script), str(vit_export / "onnx"), str(image), *captions],
+    out = subprocess.run([sys.executable, str(script), str(export / "onnx"), str(image), *captions],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    printed = eval(out.stdout.strip().splitlines()[-1])
-    student = _student(vit_run)
+    return eval(out.stdout.strip().splitlines()[-1]), _student(run), Image.open(image), captions
+
+
+def test_deploy_page_runtime_snippet_runs_without_torch(vit_run, vit_export, colours, tmp_path):
+    """The deploy page's runtime script: its probabilities equal the student's in PyTorch (a softmax over the
+    captions; a sigmoid student: tests/test_siglip_export.py)."""
+    printed, student, image, captions = run_deploy_snippet(vit_run, vit_export, colours, tmp_path)
     with torch.no_grad():
-        img = student.encode_image(student.preprocess_val(Image.open(image)).unsqueeze(0))
+        img = student.encode_image(student.preprocess_val(image).unsqueeze(0))
         scale = student.model.logit_scale.exp().clamp(max=100)  # the student's learned temperature, not 100
         probs = (scale * img @ student.encode_text(student.tokenize(captions)).T).softmax(-1)[0]
     assert list(printed) == captions

@@ -158,3 +158,18 @@ def test_training_from_a_sigmoid_teachers_cache_equals_the_online_teacher(sigmoi
 
     no_bias, _ = loss_and_grads(distiller, batch.student_images, batch.student_text, replace(batch.teacher, bias=None))
     assert float(no_bias["sigmoid_crd"]) != pytest.approx(float(cached_values["sigmoid_crd"]), rel=1e-3)
+
+
+def test_a_hub_only_tokenizer_is_a_clear_error_offline_before_the_model_is_built(monkeypatch):
+    """SigLIP 2 models take their (Gemma) tokenizer from the hub: offline and uncached, the error says so, before
+    hundreds of millions of random weights are built."""
+    import open_clip
+
+    from clipkd.errors import HubUnreachable
+    from clipkd.models.open_clip_adapter import create_open_clip_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", lambda *a, **k: pytest.fail("model built"))
+    with pytest.raises(HubUnreachable, match=r"tokenizer of ViT-B-16-SigLIP2: it comes from the model hub "
+                                             r"\(timm/ViT-B-16-SigLIP2\).*HF_HUB_OFFLINE is set.*local-dir:"):
+        create_open_clip_encoder("ViT-B-16-SigLIP2")

@@ -51,6 +51,8 @@ class OnnxEncoder(ClipEncoder):
         self.preprocess_train = self.preprocess_val = like.preprocess_val
         self.tokenizer = like.tokenizer
         self.logit_scale = torch.nn.Parameter(like.logit_scale.detach().clone(), requires_grad=False)
+        if like.bias() is not None:  # a sigmoid model keeps its bias (the logits, not the ranking, depend on it)
+            self.logit_bias = torch.nn.Parameter(like.bias().detach().clone(), requires_grad=False)
         self.per_input = per_input
 
     def _run(self, sess, feed: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -79,6 +81,8 @@ class DriftRecorder(ClipEncoder):
         for key in ("name", "embed_dim", "image_size", "preprocess_train", "preprocess_val", "tokenizer"):
             setattr(self, key, getattr(variant, key))
         self.logit_scale = variant.logit_scale
+        if variant.bias() is not None:
+            self.logit_bias = variant.bias()
         self.cosines: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
 
     def _compare(self, side: str, encode: Callable[[ClipEncoder, TextBatch], torch.Tensor],

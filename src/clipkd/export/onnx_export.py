@@ -149,12 +149,18 @@ def probe_captions(n: int) -> list[str]:
 
 
 def model_info(encoder: ClipEncoder) -> dict:
-    """What a runtime needs to turn the two encoders' outputs into CLIP's logits: the embedding size and the
-    learned ``logit_scale`` as the multiplier ``exp(logit_scale)`` clamped to 100 (:meth:`ClipEncoder.scale`).
-    A model with a logit bias (SigLIP) would add ``logit_bias`` beside it and say so in ``logits``."""
-    return {"embed_dim": int(encoder.embed_dim), "logit_scale": float(encoder.scale().detach()),
+    """What a runtime needs to turn the two encoders' outputs into the model's logits: the embedding size, the
+    learned ``logit_scale`` as the multiplier ``exp(logit_scale)`` clamped to 100 (:meth:`ClipEncoder.scale`) and,
+    for a sigmoid model (SigLIP), its ``logit_bias``; ``logits`` says how they combine."""
+    info = {"embed_dim": int(encoder.embed_dim), "logit_scale": float(encoder.scale().detach()),
             "logits": "logit_scale * image_embeds @ text_embeds.T (the embeddings are L2-normalised); a softmax "
                       "over the captions gives CLIP's probabilities"}
+    if encoder.bias() is not None:
+        info["logit_bias"] = float(encoder.bias().detach())
+        info["logits"] = ("logit_scale * image_embeds @ text_embeds.T + logit_bias (the embeddings are "
+                          "L2-normalised); a sigmoid of each logit gives the probability that the pair matches "
+                          "(a sigmoid model, SigLIP: no softmax over the captions)")
+    return info
 
 
 def write_model_info(encoder: ClipEncoder, path: Path) -> Path:

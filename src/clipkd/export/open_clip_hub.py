@@ -74,6 +74,18 @@ def load_open_clip(folder: Path):
     return model.eval(), preprocess, open_clip.get_tokenizer(name)
 
 
+def _check_logit_parameters(model: torch.nn.Module, encoder: ClipEncoder, folder: Path) -> None:
+    """open_clip's load has the student's logit scale and, for a sigmoid model, its logit bias (none otherwise)."""
+    loaded = getattr(model, "logit_bias", None)
+    ours = encoder.bias()
+    if (loaded is None) != (ours is None):
+        raise ExportError(f"{folder}: open_clip's load {'has no' if loaded is None else 'has a'} logit bias, the "
+                          f"student {'has one' if ours is not None else 'has none'}")
+    pairs = [(model.logit_scale, encoder.logit_scale)] + ([(loaded, ours)] if ours is not None else [])
+    if any(not torch.equal(a.detach().reshape(-1), b.detach().reshape(-1)) for a, b in pairs):
+        raise ExportError(f"{folder}: open_clip's load has another logit scale or bias than the student")
+
+
 def check_open_clip(encoder: ClipEncoder, folder: Path, captions: list[str], images: torch.Tensor) -> float:
     """Max abs difference between open_clip's load of ``folder`` and ``encoder`` (images and captions);
     raises :class:`ExportError` above :data:`MAX_DIFF` or when open_clip tokenises differently."""
@@ -81,6 +93,7 @@ def check_open_clip(encoder: ClipEncoder, folder: Path, captions: list[str], ima
     ids = tokenizer(captions)
     if not torch.equal(torch.as_tensor(ids), torch.as_tensor(encoder.tokenize(captions))):
         raise ExportError(f"{folder}: open_clip's tokenizer from the folder gives other token ids than the student's")
+    _check_logit_parameters(model, encoder, folder)
     with torch.no_grad(), eval_mode(encoder):
         diffs = [(model.encode_image(images, normalize=True) - encoder.encode_image(images)).abs().max(),
                  (model.encode_text(ids, normalize=True) - encoder.encode_text(ids)).abs().max()]

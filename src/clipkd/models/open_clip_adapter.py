@@ -257,6 +257,26 @@ def _tokenizer(name: str):
     return open_clip.get_tokenizer(name)
 
 
+def _hub_tokenizer(model: str, name: str):
+    """:func:`_tokenizer`, or :class:`~clipkd.errors.HubUnreachable` saying so when it must come from an unreachable
+    hub (e.g. SigLIP 2's Gemma tokenizer) and is not cached."""
+    try:
+        return _tokenizer(name)
+    except Exception as exc:
+        cause = _unreachable(exc)
+        if cause is None:
+            raise
+        from clipkd.models.shapes import _first_line, hub_offline
+
+        source = open_clip.get_model_config(name) or {}
+        source = source.get("text_cfg", {}).get("hf_tokenizer_name") or "the hub"
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else _first_line(cause)
+        raise HubUnreachable(
+            f"cannot load the tokenizer of {model}: it comes from the model hub ({source}), which is unreachable "
+            f"({why}), and it is not in the local cache; download it once with network access, or use a local copy "
+            "of the model with its tokenizer files (local-dir:/path/to/folder)") from exc
+
+
 def create_open_clip_encoder(
     model: str,
     pretrained: Optional[str] = None,
@@ -284,6 +304,7 @@ def create_open_clip_encoder(
     if tag and not open_clip.get_pretrained_cfg(name, tag):
         known = open_clip.list_pretrained_tags_by_model(name)
         raise ValueError(f"'{tag}' is neither a checkpoint file nor a pretrained tag of {name} (tags: {known})")
+    tokenizer = _hub_tokenizer(model, name)  # before the model: a hub-only tokenizer fails fast offline
     try:
         with _open_clip_messages_held() as held:
             oc_model, train_tf, val_tf = open_clip.create_model_and_transforms(
@@ -304,7 +325,7 @@ def create_open_clip_encoder(
         raise _hub_unreachable(model, tag, cause) from exc
     if checkpoint:
         load_weights(oc_model, checkpoint)
-    encoder = OpenClipEncoder(oc_model, train_tf, val_tf, _tokenizer(name), name=model)
+    encoder = OpenClipEncoder(oc_model, train_tf, val_tf, tokenizer, name=model)
     # Random when nothing was loaded: no checkpoint, no tag, and no weights from an hf-hub:/local-dir: source
     # (open_clip says so for those; without a schema the decision needs no message).
     from_source = name.startswith(("hf-hub:", "local-dir:"))
