@@ -173,3 +173,17 @@ def test_a_hub_only_tokenizer_is_a_clear_error_offline_before_the_model_is_built
     with pytest.raises(HubUnreachable, match=r"tokenizer of ViT-B-16-SigLIP2: it comes from the model hub "
                                              r"\(timm/ViT-B-16-SigLIP2\).*HF_HUB_OFFLINE is set.*local-dir:"):
         create_open_clip_encoder("ViT-B-16-SigLIP2")
+
+
+def test_the_readmes_sigmoid_smoke_command_distils_with_the_sigmoid_terms(monkeypatch):
+    """`clipkd smoke --student clipkd-tiny-siglip --teacher clipkd-tiny-siglip --recipe siglip-clipkd`, shortened:
+    the teacher is fitted with its own (sigmoid) loss, about 10 at SigLIP's initial bias -10, where CLIP's loss on 8
+    pairs is about ln 8."""
+    from clipkd.commands import smoke
+
+    seen = []
+    real = smoke.fit_teacher
+    monkeypatch.setattr(smoke, "fit_teacher", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    history = smoke.run_smoke("siglip-clipkd", SIGLIP, SIGLIP, steps=2, teacher_steps=2, batch_size=8, log=None)
+    assert set(history[0]) == {"loss", "siglip", "sigmoid_crd", "icl", "fd"}
+    assert seen[0][0] > 5
