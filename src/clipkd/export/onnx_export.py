@@ -179,7 +179,7 @@ def export_onnx(encoder: ClipEncoder, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        image = _export(_ImageTower(encoder), {IMAGE_INPUT: probe_images(encoder, 2)}, IMAGE_OUTPUT,
+        image = _export(_ImageTower(inference_form(encoder)), {IMAGE_INPUT: probe_images(encoder, 2)}, IMAGE_OUTPUT,
                         out / IMAGE_FILE, tower_name(encoder, "image"))
         feed = text_feed(encoder, probe_captions(2))
         tower = _TextIds(encoder) if list(feed) == ["text"] else _TextMasked(encoder)
@@ -187,6 +187,23 @@ def export_onnx(encoder: ClipEncoder, out: Path) -> list[Path]:
                        tower_name(encoder, "text"))
     return [image, text, write_preprocess(encoder, out / PREPROCESS_FILE), write_model_info(encoder, out / MODEL_FILE),
             *write_tokenizer_files(encoder.tokenizer, out)]
+
+
+def inference_form(encoder: ClipEncoder) -> ClipEncoder:
+    """The encoder as it is deployed: a re-parameterisable image tower (MobileOne / FastViT blocks, as in
+    MobileCLIP; RepVGG) with its training-time branches fused into single convolutions by timm's
+    ``reparameterize_model``, on a copy (same function, fewer kernels); any other encoder itself. The ONNX check
+    compares the result with the unfused student."""
+    visual = getattr(getattr(encoder, "model", None), "visual", None)
+    if visual is None or not any(hasattr(m, "reparameterize") for m in visual.modules()):
+        return encoder
+    import copy
+
+    from timm.utils.model import reparameterize_model
+
+    fused = copy.deepcopy(encoder).eval()
+    fused.model.visual = reparameterize_model(fused.model.visual)
+    return fused
 
 
 def session(path: Path, threads: int | None = None):
