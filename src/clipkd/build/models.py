@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from clipkd.config import (InheritConfig, LockConfig, ModelConfig, TrainConfig, teacher_list, teacher_terms,
-                           teacher_weights)
+from clipkd.config import (InheritConfig, LockConfig, ModelConfig, TowersConfig, TrainConfig, teacher_list,
+                           teacher_terms, teacher_weights)
 from clipkd.distill import Distiller, build_distiller
 from clipkd.errors import ConfigError
 from clipkd.models.encoders import ClipEncoder
@@ -59,6 +59,8 @@ def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
     if cfg.student.inherit is not None:
         inherit_student(student, built[0] if built else build_encoder(teachers[0], role="teacher"),
                         cfg.student.inherit)
+    if cfg.student.towers is not None:
+        load_student_towers(student, cfg.student.towers)
     if cfg.student.lock is not None:
         lock_student(student, cfg.student.lock)
     if stored is not None:
@@ -98,6 +100,34 @@ def inherit_student(student: ClipEncoder, teacher: ClipEncoder, ic: InheritConfi
     own = f"; the student's own: {', '.join(report.own)}" if report.own else ""
     log.info("student inherits the teacher's weights: image layers %s, text layers %s, widths %s%s",
              report.image_layers, report.text_layers, widths, own)
+
+
+def load_student_towers(student: ClipEncoder, tc: TowersConfig) -> None:
+    """``student.towers``: pretrained weights into the student's image and/or text tower
+    (:mod:`clipkd.models.towers`); ConfigError naming what does not fit, HubUnreachable for hub weights offline."""
+    from clipkd.models.open_clip_adapter import _unreachable
+    from clipkd.models.towers import load_image_tower, load_text_tower
+
+    model = getattr(student, "model", None)
+    if model is None:
+        raise ConfigError(f"student.towers: the student ({type(student).__name__}) is not an open_clip model")
+    for field, source, load in (("image", tc.image, load_image_tower), ("text", tc.text, load_text_tower)):
+        if source is None:
+            continue
+        try:
+            note = load(model, source)
+        except Exception as exc:
+            if _unreachable(exc) is not None:  # a missing cache entry is a FileNotFoundError too: asked first
+                from clipkd.errors import HubUnreachable
+
+                raise HubUnreachable(f"student.towers.{field}: timm's pretrained weights come from the model hub, "
+                                     "which is unreachable, and are not cached; download them once with network "
+                                     "access, or give a weights file") from exc
+            if not isinstance(exc, (ValueError, FileNotFoundError)):
+                raise
+            raise ConfigError(f"student.towers.{field}: {exc}") from None
+        log.info("student.towers.%s: %s loaded%s", field, source, f" ({note})" if field == "image" else
+                 f"; {note}" if note else "")
 
 
 def lock_student(student: ClipEncoder, lc: LockConfig) -> None:
