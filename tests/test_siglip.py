@@ -187,3 +187,21 @@ def test_the_readmes_sigmoid_smoke_command_distils_with_the_sigmoid_terms(monkey
     history = smoke.run_smoke("siglip-clipkd", SIGLIP, SIGLIP, steps=2, teacher_steps=2, batch_size=8, log=None)
     assert set(history[0]) == {"loss", "siglip", "sigmoid_crd", "icl", "fd"}
     assert seen[0][0] > 5
+
+
+def test_a_sigmoid_student_trains_from_a_softmax_teachers_reinforced_data(data, tmp_path):  # noqa: F811
+    """Reinforced data of a softmax teacher (no bias stored): its batches carry no bias, sigmoid CRD reads the
+    teacher's softmax directions, and a sigmoid student trains from them."""
+    from test_reinforce import build, overrides
+
+    weights = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in make_encoder(TEACHER, seed=2).model.state_dict().items()}, str(weights))
+    build(tmp_path / "cache", data, weights)
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert manifest["teachers"][0]["logit_bias"] is None
+    cfg = load_config(None, overrides(data, weights, "csv", **{
+        "run_dir": str(tmp_path / "run"), "student.model": SIGLIP, "distill.weights": SIGMOID_TERMS,
+        "distill.teacher_cache": str(tmp_path / "cache"), "data.batch_size": 8, "data.workers": 0,
+        "data.max_skip_fraction": 1.0, "optim.steps": 2, "optim.warmup_steps": 1}))
+    result = make_trainer(cfg).fit()
+    assert result.step == 2 and result.history[0]["sigmoid_crd"] > 0 and set(SIGMOID_TERMS) <= set(result.history[0])
