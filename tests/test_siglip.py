@@ -205,3 +205,18 @@ def test_a_sigmoid_student_trains_from_a_softmax_teachers_reinforced_data(data, 
         "data.max_skip_fraction": 1.0, "optim.steps": 2, "optim.warmup_steps": 1}))
     result = make_trainer(cfg).fit()
     assert result.step == 2 and result.history[0]["sigmoid_crd"] > 0 and set(SIGMOID_TERMS) <= set(result.history[0])
+
+
+def test_a_cache_of_a_sigmoid_teacher_built_before_biases_were_stored_is_refused(sigmoid_cache, data):  # noqa: F811
+    """A manifest without ``logit_bias`` cannot tell a softmax teacher from a sigmoid one built by an older clipkd:
+    for a sigmoid teacher it is a problem naming the fix; a softmax teacher's old cache stays usable."""
+    from clipkd.reinforce.check import manifest_problems
+
+    cache, weights = sigmoid_cache
+    manifest = json.loads((cache / "manifest.json").read_text())
+    cfg = load_config(None, _overrides(data, weights, "unused"))
+    assert manifest_problems(manifest, [cfg.teacher], cfg.data, 2) == []
+    del manifest["teachers"][0]["logit_bias"]
+    problems = manifest_problems(manifest, [cfg.teacher], cfg.data, 2)
+    assert problems == ["teacher 0 (clipkd-tiny-siglip): a sigmoid model, but the cache was built before clipkd "
+                        "stored a teacher's logit bias; rebuild it with `clipkd reinforce`"]

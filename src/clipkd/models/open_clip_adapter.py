@@ -245,12 +245,19 @@ def _hub_unreachable(model: str, tag: Optional[str], cause: BaseException) -> Hu
         "architecture's name or config file with pretrained: /path/to/weights.safetensors)")
 
 
+BPE_VOCAB = 49408  # CLIP's BPE tokenizer: the vocabulary a text tower without hf_tokenizer_name must hold
+
+
 def _tokenizer(name: str):
     """open_clip's tokenizer of model ``name``. For a config registered here (clipkd's own, or a JSON file) the
     config decides, never the name: without ``hf_tokenizer_name`` it is CLIP's BPE tokenizer, also for a name with
     "siglip" in it, which open_clip would otherwise give SigLIP's hub-only tokenizer."""
     text_cfg = open_clip.get_model_config(name).get("text_cfg", {}) if name in _PREPROCESS else {}
     if name in _PREPROCESS and not text_cfg.get("hf_tokenizer_name"):
+        vocab = text_cfg.get("vocab_size", BPE_VOCAB)
+        if vocab < BPE_VOCAB:
+            raise ValueError(f"model config {name}: a text tower of {vocab} tokens needs its own tokenizer "
+                             f"(text_cfg.hf_tokenizer_name); CLIP's BPE tokenizer has {BPE_VOCAB}")
         return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", open_clip.tokenizer.
                                                                      DEFAULT_CONTEXT_LENGTH),
                                          **text_cfg.get("tokenizer_kwargs", {}))
@@ -269,10 +276,11 @@ def _hub_tokenizer(model: str, name: str):
         from clipkd.models.shapes import _first_line, hub_offline
 
         source = open_clip.get_model_config(name) or {}
-        source = source.get("text_cfg", {}).get("hf_tokenizer_name") or "the hub"
+        source = source.get("text_cfg", {}).get("hf_tokenizer_name")
         why = "HF_HUB_OFFLINE is set" if hub_offline() else _first_line(cause)
         raise HubUnreachable(
-            f"cannot load the tokenizer of {model}: it comes from the model hub ({source}), which is unreachable "
+            f"cannot load the tokenizer of {model}: it comes from the model hub{f' ({source})' if source else ''}, "
+            "which is unreachable "
             f"({why}), and it is not in the local cache; download it once with network access, or use a local copy "
             "of the model with its tokenizer files (local-dir:/path/to/folder)") from exc
 

