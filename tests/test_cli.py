@@ -23,7 +23,7 @@ def test_models_filter(capsys):
     assert main(["models", "clipkd-tiny"]) == 0
     lines = set(capsys.readouterr().out.splitlines())
     assert lines == {"clipkd-tiny-mobilenet", "clipkd-tiny-teacher", "clipkd-tiny-vit", "clipkd-tiny-vit-64",
-                     "clipkd-tiny-siglip  (sigmoid)"}
+                     "clipkd-tiny-siglip  (sigmoid)", "clipkd-tiny-effnetlite0"}
 
 
 def test_models_marks_sigmoid_models_and_hub_tokenizers(capsys):
