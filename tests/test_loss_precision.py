@@ -28,6 +28,11 @@ def _formulas() -> dict:
         "icl": lambda: LF.icl_loss(s_img, s_txt, t_img, t_txt, s_scale),
         "gd": lambda: LF.gd_loss(s_img, s_txt, s_scale, t_img, t_txt, t_scale),
         "afd": lambda: LF.afd_loss(s_img, s_txt, s_scale),
+        "siglip": lambda: LF.siglip_loss(s_img, s_txt, torch.tensor(10.0), torch.tensor(-10.0)),
+        "sigmoid_crd": lambda: LF.sigmoid_crd_loss(s_img, s_txt, torch.tensor(10.0), torch.tensor(-10.0), t_img,
+                                                   t_txt, t_scale, torch.tensor(-5.0)),
+        "sigmoid_crd_softmax_teacher": lambda: LF.sigmoid_crd_loss(s_img, s_txt, torch.tensor(10.0),
+                                                                   torch.tensor(-10.0), t_img, t_txt, t_scale, None),
         "grads": lambda: torch.stack([g.abs().sum() for g in LF.contrastive_grads(s_img, s_txt, s_scale)]),
     }
 
@@ -55,8 +60,12 @@ def test_float64_stays_float64_under_autocast():
     assert got.dtype == torch.float64 and got.item() == pytest.approx(expected.item(), rel=1e-12)
 
 
-def test_distill_loss_with_every_term_under_autocast(student_encoder, teacher_encoder):
-    """The trainer's path: DistillLoss called inside torch.autocast on float32 embeddings."""
+def test_distill_loss_with_every_term_under_autocast(teacher_encoder):
+    """The trainer's path: DistillLoss called inside torch.autocast on float32 embeddings (a sigmoid student: every
+    term applies to it)."""
+    from conftest import make_encoder
+
+    student_encoder = make_encoder("clipkd-tiny-siglip", seed=1)
     weights = {name: 1.0 for name in TERMS}
     d = build_distiller(student_encoder, teacher_encoder, weights)
     s, t = d.embed(random_batch(student_encoder, teacher_encoder, n=16), torch.Generator().manual_seed(0))

@@ -220,3 +220,12 @@ def test_a_cache_of_a_sigmoid_teacher_built_before_biases_were_stored_is_refused
     problems = manifest_problems(manifest, [cfg.teacher], cfg.data, 2)
     assert problems == ["teacher 0 (clipkd-tiny-siglip): a sigmoid model, but the cache was built before clipkd "
                         "stored a teacher's logit bias; rebuild it with `clipkd reinforce`"]
+
+
+def test_the_siglip_recipe_trains_a_student_alone(data_dir, tmp_path):
+    """``siglip`` needs no teacher (like ``baseline``): a config without one is valid and nothing is built for it."""
+    cfg = load_config(None, base_overrides(tmp_path / "run", data_dir, **{
+        "student.model": SIGLIP, "distill.recipe": "siglip", "optim.steps": 2, "data.batch_size": 8}) + ["teacher=null"])
+    trainer = make_trainer(cfg)
+    assert trainer.distiller.teacher is None
+    assert set(trainer.fit().history[0]) >= {"loss", "siglip"}

@@ -273,7 +273,7 @@ class EvalConfig(_Strict):
     benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="zero-shot / retrieval benchmarks")
 
 
-TEACHERLESS_TERMS = frozenset({"task"})
+TEACHERLESS_TERMS = frozenset({"task", "siglip"})
 """Loss terms computed from the student alone; every other term compares the student with the teacher."""
 
 

@@ -312,7 +312,8 @@ def create_open_clip_encoder(
     if tag and not open_clip.get_pretrained_cfg(name, tag):
         known = open_clip.list_pretrained_tags_by_model(name)
         raise ValueError(f"'{tag}' is neither a checkpoint file nor a pretrained tag of {name} (tags: {known})")
-    tokenizer = _hub_tokenizer(model, name)  # before the model: a hub-only tokenizer fails fast offline
+    from_source = name.startswith(("hf-hub:", "local-dir:"))  # its tokenizer comes with the model: loaded after it
+    tokenizer = None if from_source else _hub_tokenizer(model, name)  # first: a hub-only one fails fast offline
     try:
         with _open_clip_messages_held() as held:
             oc_model, train_tf, val_tf = open_clip.create_model_and_transforms(
@@ -333,10 +334,9 @@ def create_open_clip_encoder(
         raise _hub_unreachable(model, tag, cause) from exc
     if checkpoint:
         load_weights(oc_model, checkpoint)
-    encoder = OpenClipEncoder(oc_model, train_tf, val_tf, tokenizer, name=model)
+    encoder = OpenClipEncoder(oc_model, train_tf, val_tf, tokenizer or _hub_tokenizer(model, name), name=model)
     # Random when nothing was loaded: no checkpoint, no tag, and no weights from an hf-hub:/local-dir: source
     # (open_clip says so for those; without a schema the decision needs no message).
-    from_source = name.startswith(("hf-hub:", "local-dir:"))
     said_random = any(m.startswith(RANDOM_INIT_MESSAGE) for m in held)
     if not checkpoint and (said_random or not (tag or from_source)):
         encoder.untrained = "all weights"
