@@ -229,3 +229,16 @@ def test_the_siglip_recipe_trains_a_student_alone(data_dir, tmp_path):
     trainer = make_trainer(cfg)
     assert trainer.distiller.teacher is None
     assert set(trainer.fit().history[0]) >= {"loss", "siglip"}
+
+
+def test_preflight_refuses_sigmoid_terms_for_a_softmax_student_before_building_anything(data_dir, tmp_path):
+    from clipkd.build.preflight import preflight
+    from clipkd.errors import ConfigError
+
+    cfg = load_config(None, base_overrides(tmp_path / "run", data_dir, **{"distill.recipe": "siglip-crd"}))
+    with pytest.raises(ConfigError, match=r"student.model: clipkd-tiny-vit is a softmax model \(no logit bias\), but "
+                                          r"siglip, sigmoid_crd of distill.recipe 'siglip-crd' need a sigmoid student"):
+        preflight(cfg)
+    ok = load_config(None, base_overrides(tmp_path / "run", data_dir, **{"distill.recipe": "siglip-crd",
+                                                                         "student.model": SIGLIP}))
+    assert preflight(ok) is None
