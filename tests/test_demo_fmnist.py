@@ -133,10 +133,12 @@ def test_make_split_draws_without_replacement_from_start():
 
 @needs_source
 def test_build_splits_hold_out_templates_and_ranges():
-    splits = build_splits(None, train=64, val=16, test=32, seed=0)
-    assert {k: len(v) for k, v in splits.items()} == {"train": 64, "val": 16, "val_zeroshot": 16, "test": 32,
-                                                      "test_zeroshot": 32}
+    splits = build_splits(None, train=64, val=16, test=32, seed=0, teacher=200, test_zeroshot=40)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 64, "teacher": 200, "val": 16, "val_zeroshot": 16,
+                                                      "test": 32, "test_zeroshot": 40}
     seen = train_captions()
+    assert all(s.caption in seen for s in splits["teacher"]) and any(s.scene for s in splits["teacher"])
+    assert {s.key for s in splits["teacher"]}.isdisjoint(s.key for s in splits["train"])
     for name in ("val", "val_zeroshot", "test", "test_zeroshot"):
         assert not {s.caption for s in splits[name]} & seen, name
     assert all(s.caption in seen for s in splits["train"])
@@ -157,8 +159,9 @@ def read_members(shard: str) -> dict[str, set[str]]:
 @needs_source
 def test_prepare_dataset_writes_readable_shards_and_caches(tmp_path, monkeypatch):
     out = tmp_path / "fmnist"
-    shards = prepare_dataset(out, None, train=64, val=16, test=32, seed=0)
-    assert set(shards) == {"train", "val", "val_zeroshot", "test", "test_zeroshot"}
+    shards = prepare_dataset(out, None, train=64, val=16, test=32, seed=0, teacher=100)
+    assert set(shards) == {"train", "teacher", "val", "val_zeroshot", "test", "test_zeroshot"}
+    assert len(ShardSource(shards["teacher"], shuffle_buffer=1)) == 100
     source = ShardSource(shards["train"], shuffle_buffer=1)
     assert len(source) == 64
     for record in itertools.islice(source.passes(0, 0, 1, 0), 5):
@@ -176,7 +179,19 @@ def test_prepare_dataset_writes_readable_shards_and_caches(tmp_path, monkeypatch
         raise AssertionError("rebuilt")
 
     monkeypatch.setattr(fmnist, "build_splits", fail)
-    assert prepare_dataset(out, None, train=64, val=16, test=32, seed=0) == shards
+    assert prepare_dataset(out, None, train=64, val=16, test=32, seed=0, teacher=100) == shards
     with pytest.raises(AssertionError, match="rebuilt"):
-        prepare_dataset(out, None, train=64, val=16, test=32, seed=1)  # other parameters: rebuild
+        prepare_dataset(out, None, train=64, val=16, test=32, seed=1, teacher=100)  # other parameters: rebuild
     assert not (out / "manifest.json").exists()  # the failed build left no manifest behind
+
+
+@needs_source
+def test_the_teacher_split_covers_every_training_item_but_vals_and_the_zero_shot_test_all_of_t10k():
+    """The defaults the full demo uses: teacher pairs = every training item not held out for val (each once as a
+    single item or in a scene, over the pool), the zero-shot test = each of the 10,000 t10k items once."""
+    splits = build_splits(None, train=8, val=500, test=8, seed=0, test_zeroshot=10000)
+    assert len(splits["teacher"]) == 60000 - 500
+    assert len(splits["test_zeroshot"]) == 10000
+    _, labels = load_split(None, "test")
+    counts = np.bincount([s.label for s in splits["test_zeroshot"]], minlength=10)
+    assert counts.tolist() == np.bincount(labels, minlength=10).tolist()  # every item once: 1000 per class

@@ -30,9 +30,12 @@ from clipkd.models.open_clip_adapter import create_open_clip_encoder
 from clipkd.offline import set_offline
 
 STUDENT = "clipkd-tiny-vit"
-SIZES = {
-    "quick": {"train": 512, "val": 128, "test": 256, "steps": 40, "teacher_steps": 150, "batch": 64, "views": 2},
-    "full": {"train": 2000, "val": 500, "test": 1000, "steps": 400, "teacher_steps": 400, "batch": 128, "views": 4},
+SIZES = {  # teacher: the pairs its heads learn from: 0 the students' own (today's demo), N a split of N other pairs,
+    # None every training item but val's (59,500 pairs); test_zeroshot: the zero-shot test's images (10,000: all)
+    "quick": {"train": 512, "val": 128, "test": 256, "test_zeroshot": 256, "teacher": 0, "steps": 40,
+              "teacher_steps": 150, "batch": 64, "views": 2},
+    "full": {"train": 2000, "val": 500, "test": 1000, "test_zeroshot": 1000, "teacher": 0, "steps": 400,
+             "teacher_steps": 400, "batch": 128, "views": 4},
 }
 CROP_SCALE = (0.8, 1.0)  # the students' augmentation: a random resized crop, replayed from the stored views
 METRICS = {"zeroshot_top1": "acc1", "zeroshot_top5": "acc5", "mean_per_class_recall": "mean_per_class_recall",
@@ -165,10 +168,14 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
     work = Path(work) if work is not None else out
     started = time.perf_counter()
     data_dir = work / "data" / ("quick" if quick else "full")
-    data = prepare_dataset(data_dir, source, train=size["train"], val=size["val"], test=size["test"], seed=0)
-    log(f"data: {size['train']} train / {size['val']} val / {size['test']} test pairs in {data_dir}")
+    data = prepare_dataset(data_dir, source, train=size["train"], val=size["val"], test=size["test"], seed=0,
+                           teacher=size["teacher"], test_zeroshot=size["test_zeroshot"])
+    own = size["teacher"] == 0
+    teacher_pairs = "the students'" if own else size["teacher"] or "every other training item's"
+    log(f"data: {size['train']} student train / {size['val']} val / {size['test']} test pairs, {teacher_pairs} "
+        f"teacher pairs, {size['test_zeroshot']} zero-shot test images in {data_dir}")
     teacher_dir = work / "teacher" / ("quick" if quick else "full")
-    teacher, heads = build_teacher(teacher_dir, data["train"], size["teacher_steps"])
+    teacher, heads = build_teacher(teacher_dir, data["train" if own else "teacher"], size["teacher_steps"])
     cache = teacher_dir / f"reinforced-k{size['views']}"
     base = student_config(out, "clipkd", data, heads, cache, size, 0)
     reinforce(validate_config(base), cache, size["views"])

@@ -190,22 +190,30 @@ def _seed(seed: int, split: int) -> int:
     return int(np.random.SeedSequence([seed, split]).generate_state(1)[0])
 
 
-SPLITS = ("train", "val", "val_zeroshot", "test", "test_zeroshot")
+SPLITS = ("train", "teacher", "val", "val_zeroshot", "test", "test_zeroshot")
 
 
 def build_splits(source: Optional[Path], *, train: int, val: int, test: int, scene_fraction: float = 0.3,
-                 seed: int = 0) -> dict[str, list[Sample]]:
-    """train/val/val_zeroshot from the idx train split (the val splits from its last ``val`` items), test and
-    test_zeroshot from t10k. The ``*_zeroshot`` splits hold single items only (a class each)."""
+                 seed: int = 0, teacher: Optional[int] = None, test_zeroshot: Optional[int] = None
+                 ) -> dict[str, list[Sample]]:
+    """train/teacher/val/val_zeroshot from the idx train split (the val splits from its last ``val`` items), test
+    and test_zeroshot from t10k. The ``*_zeroshot`` splits hold single items only (a class each).
+
+    ``teacher``: the pairs the demo teacher learns from, drawn (with other captions and scenes than ``train``'s)
+    from every training item but val's: by default as many pairs as there are such items, far more than the
+    students' ``train``; 0: none. ``test_zeroshot``: its size (default ``test``; 10,000 is every t10k item once).
+    """
     images, labels = load_split(source, "train")
     if not 0 <= val < len(images):
         raise ValueError(f"val must be in [0, {len(images)}), got {val}")
     cut = len(images) - val
     held = dict(templates=TEST_TEMPLATES, pair_templates=TEST_PAIR_TEMPLATES)
+    known = dict(templates=TRAIN_TEMPLATES, pair_templates=TRAIN_PAIR_TEMPLATES, scene_fraction=scene_fraction)
     splits = {
-        "train": make_split(images[:cut], labels[:cut], count=train, scene_fraction=scene_fraction,
-                            templates=TRAIN_TEMPLATES, pair_templates=TRAIN_PAIR_TEMPLATES,
-                            seed=_seed(seed, 0), key_prefix="train"),
+        "train": make_split(images[:cut], labels[:cut], count=train, seed=_seed(seed, 0), key_prefix="train",
+                            **known),
+        "teacher": make_split(images[:cut], labels[:cut], count=cut if teacher is None else teacher,
+                              seed=_seed(seed, 5), key_prefix="teacher", **known),
         "val": make_split(images, labels, count=val, scene_fraction=scene_fraction, seed=_seed(seed, 1),
                           key_prefix="val", start=cut, **held),
         "val_zeroshot": make_split(images, labels, count=val, scene_fraction=0.0, seed=_seed(seed, 4),
@@ -214,8 +222,8 @@ def build_splits(source: Optional[Path], *, train: int, val: int, test: int, sce
     images, labels = load_split(source, "test")
     splits["test"] = make_split(images, labels, count=test, scene_fraction=scene_fraction, seed=_seed(seed, 2),
                                 key_prefix="test", **held)
-    splits["test_zeroshot"] = make_split(images, labels, count=test, scene_fraction=0.0, seed=_seed(seed, 3),
-                                         key_prefix="test_zeroshot", **held)
+    splits["test_zeroshot"] = make_split(images, labels, count=test if test_zeroshot is None else test_zeroshot,
+                                         scene_fraction=0.0, seed=_seed(seed, 3), key_prefix="test_zeroshot", **held)
     return splits
 
 
@@ -245,8 +253,10 @@ def write_shards(samples: list[Sample], out_dir: Path, per_shard: int = 1000) ->
     return sorted(str(p) for p in out_dir.glob("shard-*.tar"))
 
 
-def _params(source: Path, train: int, val: int, test: int, seed: int, scene_fraction: float) -> dict:
-    return {"splits": list(SPLITS), "train": train, "val": val, "test": test, "seed": seed,
+def _params(source: Path, train: int, val: int, test: int, seed: int, scene_fraction: float,
+            teacher: Optional[int], test_zeroshot: Optional[int]) -> dict:
+    return {"splits": list(SPLITS), "train": train, "val": val, "test": test, "seed": seed, "teacher": teacher,
+            "test_zeroshot": test_zeroshot,
             "scene_fraction": scene_fraction,
             "source": str(source), "classnames": CLASSNAMES, "templates": TRAIN_TEMPLATES,
             "test_templates": TEST_TEMPLATES, "pair_templates": TRAIN_PAIR_TEMPLATES,
@@ -266,17 +276,20 @@ def _cached(out_dir: Path, params: dict) -> Optional[dict[str, list[str]]]:
 
 
 def prepare_dataset(out_dir: Path, source: Optional[Path], *, train: int, val: int, test: int, seed: int = 0,
-                    scene_fraction: float = 0.3) -> dict[str, list[str]]:
-    """Build (or reuse, when the manifest matches) shards for every split under ``out_dir/<split>/``."""
+                    scene_fraction: float = 0.3, teacher: Optional[int] = None,
+                    test_zeroshot: Optional[int] = None) -> dict[str, list[str]]:
+    """Build (or reuse, when the manifest matches) shards for every split under ``out_dir/<split>/``
+    (:func:`build_splits` says what each holds)."""
     out_dir = Path(out_dir)
     params = _params(Path(source) if source is not None else DEFAULT_SOURCE, train, val, test, seed,
-                     scene_fraction)
+                     scene_fraction, teacher, test_zeroshot)
     cached = _cached(out_dir, params)
     if cached is not None:
         return cached
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "manifest.json").unlink(missing_ok=True)  # an interrupted build must not look finished
-    splits = build_splits(source, train=train, val=val, test=test, scene_fraction=scene_fraction, seed=seed)
+    splits = build_splits(source, train=train, val=val, test=test, scene_fraction=scene_fraction, seed=seed,
+                          teacher=teacher, test_zeroshot=test_zeroshot)
     shards = {name: write_shards(samples, out_dir / name) for name, samples in splits.items()}
     (out_dir / "classnames.txt").write_text("\n".join(CLASSNAMES) + "\n", encoding="utf-8")
     (out_dir / "prompts.txt").write_text("\n".join(PROMPT_TEMPLATES) + "\n", encoding="utf-8")

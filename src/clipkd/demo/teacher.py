@@ -31,14 +31,17 @@ def read_records(shards: Sequence[str]) -> list[RawSample]:
 
 @torch.inference_mode()
 def tower_features(enc: CompositeEncoder, records: Sequence[RawSample], batch: int = 128):
-    """Frozen-tower features of every (image, caption): ``[N, 1280]``, ``[N, 384]``."""
-    img, txt = [], []
+    """Frozen-tower features of every (image, caption): ``[N, 1280]``, ``[N, 384]``. Captions repeat (templates
+    over classes), so each distinct caption goes through the text tower once."""
+    img = []
     for i in tqdm(range(0, len(records), batch), desc="teacher features", leave=False):
-        chunk = records[i : i + batch]
-        images = torch.stack([enc.preprocess_val(open_image(r.image)) for r in chunk])
+        images = torch.stack([enc.preprocess_val(open_image(r.image)) for r in records[i : i + batch]])
         img.append(enc.image_features(images))
-        txt.append(enc.text_features(enc.tokenize([r.caption for r in chunk])))
-    return torch.cat(img), torch.cat(txt)
+    captions = sorted({r.caption for r in records})
+    row = {c: i for i, c in enumerate(captions)}
+    unique = torch.cat([enc.text_features(enc.tokenize(captions[i : i + batch]))
+                        for i in range(0, len(captions), batch)])
+    return torch.cat(img), unique[torch.tensor([row[r.caption] for r in records], dtype=torch.long)]
 
 
 def fit_heads(enc: CompositeEncoder, img_f: torch.Tensor, txt_f: torch.Tensor, steps: int, batch: int = 256,
