@@ -159,6 +159,16 @@ class DistillConfig(_Strict):
         mask = self.mask_ratio if self.mask_ratio is not None else recipe.mask_ratio
         return weights, float(mask)
 
+    def active_terms(self) -> list[str]:
+        """The loss terms with a weight > 0: of ``weights`` when set, else of the recipe (GD rule aside)."""
+        weights = self.weights if self.weights is not None else get_recipe(self.recipe).weights
+        return [t for t, w in weights.items() if w > 0]
+
+    @property
+    def weights_source(self) -> str:
+        """Where the weights come from, as messages name it: ``distill.weights`` or ``distill.recipe '<name>'``."""
+        return "distill.weights" if self.weights is not None else f"distill.recipe '{self.recipe}'"
+
 
 class DataConfig(_Strict):
     format: Literal["webdataset", "csv"]
@@ -279,16 +289,14 @@ TEACHERLESS_TERMS = frozenset({"task", "siglip"})
 
 def teacher_terms(distill: DistillConfig) -> list[str]:
     """The active (weight > 0) loss terms of ``distill`` that use the teacher; empty for ``baseline``."""
-    weights = distill.weights if distill.weights is not None else get_recipe(distill.recipe).weights
-    return [t for t, w in weights.items() if w > 0 and t not in TEACHERLESS_TERMS]
+    return [t for t in distill.active_terms() if t not in TEACHERLESS_TERMS]
 
 
 def _teacher_required(distill: DistillConfig) -> Optional[str]:
     """Why a run with ``distill`` needs a teacher section (the message), or None when the student trains alone."""
     terms = teacher_terms(distill)
     if terms:
-        source = "distill.weights" if distill.weights is not None else f"distill.recipe '{distill.recipe}'"
-        why = (f"the loss term{'s' * (len(terms) > 1)} {', '.join(terms)} of {source} "
+        why = (f"the loss term{'s' * (len(terms) > 1)} {', '.join(terms)} of {distill.weights_source} "
                f"need{'s' * (len(terms) == 1)} a teacher")
         other = "train the student alone with distill.recipe: baseline"
     elif distill.teacher_cache:

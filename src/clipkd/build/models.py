@@ -71,12 +71,11 @@ def build_distiller_from_config(cfg: TrainConfig, world_size: int = 1,
         return build_distiller(student, None, weights, mask_ratio, stored.embed_dims, shares)
     if not built and teachers:
         d = cfg.distill
-        source = "distill.weights" if d.weights is not None else f"distill.recipe '{d.recipe}'"
         ignored = " and distill.teacher_cache" if d.teacher_cache else ""
         use = ("only gave the student its starting weights and is not kept" if cfg.student.inherit is not None
                else "is ignored and no teacher is built")
         log.info("%s has no loss term that uses a teacher: the student trains alone, the teacher section%s "
-                 "(%s) %s", source, ignored, ", ".join(t.model for t in teachers), use)
+                 "(%s) %s", d.weights_source, ignored, ", ".join(t.model for t in teachers), use)
     dims = [t.embed_dim for t in built] or [student.embed_dim]  # no teacher: GD is not active
     weights, mask_ratio = cfg.distill.resolved(global_batch_size(cfg, world_size), _gd_dim(dims, shares))
     return build_distiller(student, built or None, weights, mask_ratio, teacher_weights=shares)

