@@ -128,6 +128,24 @@ def test_a_weight_sweep_on_a_recipe_keeps_the_recipes_other_terms(study_dir):
     assert points["g"]["points"] == [(10.0, "g=10")]  # no teacher cache: the GD weight's teacher dim is not known
 
 
+def test_an_arm_that_names_a_recipe_trains_that_recipe_even_when_the_base_sets_weights(study_dir):
+    """The demo's base trains its chosen weights (``distill.weights``): the ``baseline`` arm must still train the
+    task loss alone and the ``crd`` arm CRD's own weights, not the base's; a variant's own weights are kept."""
+    from clipkd.ablate.runs import plan, run_config
+    from clipkd.ablate.study import StudyConfig
+
+    base = yaml.safe_load((study_dir / "base.yaml").read_text())
+    base["distill"] = {"recipe": "clipkd", "weights": {"task": 1.0, "fd": 500.0}}
+    study = StudyConfig.model_validate({"base": "b.yaml", "out": "o", "recipes": ["baseline", "crd"], "variants": {
+        "mine": {"distill.recipe": "fd", "distill.weights": {"task": 1.0, "fd": 250.0}},
+        "seed-only": {"optim.lr": 0.002}}, "select": {"val": "v", "test": "t"}})
+    cfgs = {spec.arm.name: run_config(study, base, spec) for spec in plan(study)}
+    assert cfgs["baseline"].distill.active_terms() == ["task"]
+    assert cfgs["crd"].distill.weights is None and cfgs["crd"].distill.recipe == "crd"
+    assert cfgs["mine"].distill.weights == {"task": 1.0, "fd": 250.0}
+    assert cfgs["seed-only"].distill.weights == {"task": 1.0, "fd": 500.0}  # no recipe named: the base's run
+
+
 def test_paths_in_variants_and_sweeps_are_relative_to_the_study_file(tmp_path, monkeypatch):
     from clipkd.ablate.study import arms, load_study
 
@@ -192,6 +210,29 @@ def test_a_stopped_run_is_not_a_result_and_the_study_continues_from_it(study_dir
     assert main(["ablate", "-c", str(path)]) == 0
     result = json.loads((out / "runs" / "baseline-seed0" / "result.json").read_text())
     assert result["curve"][-1]["step"] == 4
+
+
+def test_a_signal_during_a_runs_final_evaluation_stops_the_study(study_dir, monkeypatch, capsys):
+    """SIGTERM while the first run's final evaluation runs: the trainer's handler heard it, so the run (complete)
+    must still report it, and the study stops instead of training the next run (it went on to it)."""
+    import os
+    import signal
+
+    from clipkd.engine.trainer import Trainer
+
+    real = Trainer._maybe_eval
+
+    def signalled(self, logger, final=False):
+        if final:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, logger, final=final)
+
+    monkeypatch.setattr(Trainer, "_maybe_eval", signalled)
+    path = _study(study_dir, out="signalled", runs=str(study_dir / "signalled-runs"))
+    assert main(["ablate", "-c", str(path)]) == 0
+    assert "SIGTERM during baseline-seed0" in capsys.readouterr().out
+    assert (study_dir / "signalled-runs" / "baseline-seed0").is_dir()
+    assert not (study_dir / "signalled-runs" / "fd-seed0").exists()
 
 
 def test_a_run_trained_with_another_config_is_trained_again_and_studies_share_runs(study_dir, monkeypatch, capsys):

@@ -47,6 +47,8 @@ def run_dir(study: StudyConfig, spec: RunSpec) -> Path:
 def run_config(study: StudyConfig, base: dict[str, Any], spec: RunSpec) -> TrainConfig:
     """The base config with the arm's overrides, the seed, the run folder and evaluations along the run."""
     raw = copy.deepcopy(base)
+    if "distill.recipe" in spec.arm.overrides and "distill.weights" not in spec.arm.overrides:
+        raw.get("distill", {}).pop("weights", None)  # an arm that names a recipe trains its weights, not the base's
     steps = int(raw.get("optim", {}).get("steps", 1))
     items = {**spec.arm.overrides, "seed": spec.seed, "run_dir": str(run_dir(study, spec)),
              "eval.every_steps": max(1, steps // study.curve_points)}

@@ -341,9 +341,11 @@ class Trainer:
         return result
 
     def _stopped_by(self) -> Optional[str]:
-        if not self.agreed.stop:
-            return None
-        return self.stop_request.signal_name or "a signal to another process"
+        """The signal that asked this run to stop, also when it came during the final evaluation (the run is then
+        complete, but whoever runs it, e.g. a study, must stop too), or None."""
+        if self.stop_request.requested:
+            return self.stop_request.signal_name
+        return "a signal to another process" if self.agreed.stop else None
 
     def _loop(self, logger, bar, result: TrainResult) -> None:
         groups = self._micro_batches()
