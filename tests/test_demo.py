@@ -1,10 +1,10 @@
 """The embedded demo: the LiT teacher, and the quick demo end to end (reinforced data, augmented students)."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from clipkd.demo.fmnist import DEFAULT_SOURCE
 
@@ -26,6 +26,26 @@ def test_lit_teacher_is_heterogeneous_and_frozen():
     assert not enc.image_tower.training and not enc.text_tower.training  # frozen BatchNorm / dropout
     out = FrozenTeacher(enc)(torch.randn(2, 3, 96, 96), tokens)
     assert out.img.shape == (2, 256) and torch.allclose(out.txt.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_heads_file_records_the_resolution_the_teacher_was_trained_at(tmp_path):
+    """Heads trained at 64 px load at 64 px (the file's metadata), not at the default 96: the reinforced views and
+    the evaluation must see the teacher as it was trained. Files without it are the 96 px heads of earlier demos."""
+    from safetensors.torch import load_file, save_file
+
+    from clipkd.models.composite import create_lit_encoder, heads_image_size, save_heads
+
+    enc = create_lit_encoder(image_size=64)
+    assert enc.image_size == (64, 64)
+    save_heads(enc, tmp_path / "heads.safetensors")
+    loaded = create_lit_encoder(heads=tmp_path / "heads.safetensors")
+    assert loaded.image_size == (64, 64) and loaded.preprocess_val(Image.new("RGB", (56, 56))).shape == (3, 64, 64)
+    save_file(load_file(str(tmp_path / "heads.safetensors")), str(tmp_path / "old.safetensors"))  # no metadata
+    assert heads_image_size(tmp_path / "old.safetensors") == 96
+    save_file(load_file(str(tmp_path / "heads.safetensors")), str(tmp_path / "bad.safetensors"),
+              metadata={"image_size": "big"})
+    with pytest.raises(ValueError, match="image_size metadata"):
+        create_lit_encoder(heads=tmp_path / "bad.safetensors")
 
 
 @needs_fmnist

@@ -1,10 +1,11 @@
 """`clipkd demo`: a real pretrained teacher makes a tiny student better, offline, on 2 CPU cores.
 
 1. Fashion-MNIST (Debian's dataset-fashion-mnist) -> webdataset shards with varied, composed captions.
-2. A LiT teacher (frozen EfficientNet-Lite0 + all-MiniLM-L6-v2, trained heads), run once over K augmented views
-   of every training pair (`clipkd reinforce`: reinforced data).
+2. A LiT teacher (frozen EfficientNet-Lite0 + all-MiniLM-L6-v2) whose heads learn from far more pairs than the
+   students see (big teacher, small data), run once over K augmented views of every student training pair
+   (`clipkd reinforce`: reinforced data).
 3. The same tiny open_clip ViT student trained twice, same budget, seed and augmentation: `baseline` (online random
-   crops, no teacher) and `clipkd` (the stored views replayed, no teacher forward).
+   crops, no teacher) and `clipkd` (:data:`DISTILL`, chosen on val; the stored views replayed, no teacher forward).
 4. Zero-shot and retrieval on the test split for all three, parameters and latency -> report.md/.json/PNGs.
 5. The clipkd student exported (`clipkd export`: open_clip folder, ONNX encoders, int8 variant judged on the test
    split) and its model card written (`clipkd card`: student beside teacher).
@@ -30,13 +31,16 @@ from clipkd.models.open_clip_adapter import create_open_clip_encoder
 from clipkd.offline import set_offline
 
 STUDENT = "clipkd-tiny-vit"
-SIZES = {  # teacher: the pairs its heads learn from: 0 the students' own (today's demo), N a split of N other pairs,
-    # None every training item but val's (59,500 pairs); test_zeroshot: the zero-shot test's images (10,000: all)
-    "quick": {"train": 512, "val": 128, "test": 256, "test_zeroshot": 256, "teacher": 0, "steps": 40,
-              "teacher_steps": 150, "batch": 64, "views": 2},
-    "full": {"train": 2000, "val": 500, "test": 1000, "test_zeroshot": 1000, "teacher": 0, "steps": 400,
-             "teacher_steps": 400, "batch": 128, "views": 4},
+SIZES = {  # teacher: the pairs its heads learn from: None every training item but val's (58,000 pairs), 0 the
+    # students' own, N a split of N other pairs; teacher_px: its towers' resolution; test_zeroshot: the zero-shot
+    # test's images (10,000: all of t10k)
+    "quick": {"train": 512, "val": 128, "test": 256, "test_zeroshot": 256, "teacher": 2000, "teacher_px": 64,
+              "steps": 40, "teacher_steps": 150, "batch": 64, "views": 2},
+    "full": {"train": 2000, "val": 2000, "test": 1000, "test_zeroshot": 10000, "teacher": None, "teacher_px": 64,
+             "steps": 600, "teacher_steps": 3000, "batch": 128, "views": 16},
 }
+# the distilled student's recipe, chosen on the val split (configs/ablation-tuned.yaml, benchmarks/RESULTS.md §19)
+DISTILL = {"recipe": "clipkd", "weights": {"task": 1.0, "crd": 1.0, "fd": 500.0}}
 CROP_SCALE = (0.8, 1.0)  # the students' augmentation: a random resized crop, replayed from the stored views
 METRICS = {"zeroshot_top1": "acc1", "zeroshot_top5": "acc5", "mean_per_class_recall": "mean_per_class_recall",
            "t2i_r1": "image_retrieval_recall@1", "t2i_r5": "image_retrieval_recall@5",
@@ -44,16 +48,24 @@ METRICS = {"zeroshot_top1": "acc1", "zeroshot_top5": "acc5", "mean_per_class_rec
 
 
 def student_config(out: Path, recipe: str, data: dict, heads: Path, cache: Path, size: dict, seed: int) -> dict:
+    """The config of a demo student: ``baseline`` (the task loss alone) or ``clipkd`` (:data:`DISTILL`)."""
+    distill = {"recipe": "baseline"} if recipe == "baseline" else dict(DISTILL)
     return {
         "run_dir": str(out / "runs" / f"{recipe}-seed{seed}"), "seed": seed, "device": "auto",
         "teacher": {"model": LIT_NAME, "pretrained": str(heads)}, "student": {"model": STUDENT},
-        "distill": {"recipe": recipe, "teacher_cache": str(cache)},
+        "distill": {**distill, "teacher_cache": str(cache)},
         "data": {"format": "webdataset", "train": data["train"], "num_samples": size["train"],
                  "batch_size": size["batch"], "workers": 2, "crop_scale": list(CROP_SCALE), "shuffle_buffer": 500},
         "optim": {"lr": 1e-3, "warmup_steps": max(1, size["steps"] // 10), "steps": size["steps"]},
         "checkpoint": {"every_steps": size["steps"], "keep_last": 1},
         "logging": {"every_steps": 5, "tensorboard": False, "progress": True},
     }
+
+
+def recipe_text(weights: dict[str, float]) -> str:
+    """``{"task": 1, "crd": 1, "fd": 500}`` -> ``task + CRD + 500*FD``."""
+    names = {term: term if term == "task" else term.upper() for term in weights}
+    return " + ".join(names[t] if w == 1 else f"{w:g}*{names[t]}" for t, w in weights.items() if w > 0)
 
 
 def image_latency_ms(enc: ClipEncoder, repeats: int = 30) -> float:
@@ -170,12 +182,12 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
     data_dir = work / "data" / ("quick" if quick else "full")
     data = prepare_dataset(data_dir, source, train=size["train"], val=size["val"], test=size["test"], seed=0,
                            teacher=size["teacher"], test_zeroshot=size["test_zeroshot"])
-    own = size["teacher"] == 0
-    teacher_pairs = "the students'" if own else size["teacher"] or "every other training item's"
-    log(f"data: {size['train']} student train / {size['val']} val / {size['test']} test pairs, {teacher_pairs} "
-        f"teacher pairs, {size['test_zeroshot']} zero-shot test images in {data_dir}")
+    log(f"data: {size['train']} student train / {size['val']} val / {size['test']} test pairs, "
+        f"{size['test_zeroshot']} zero-shot test images in {data_dir}")
     teacher_dir = work / "teacher" / ("quick" if quick else "full")
-    teacher, heads = build_teacher(teacher_dir, data["train" if own else "teacher"], size["teacher_steps"])
+    teacher, heads, teacher_pairs = build_teacher(teacher_dir, data["train" if size["teacher"] == 0 else "teacher"],
+                                                  size["teacher_steps"], image_size=size["teacher_px"])
+    log(f"teacher: heads trained on {teacher_pairs} pairs at {size['teacher_px']} px")
     cache = teacher_dir / f"reinforced-k{size['views']}"
     base = student_config(out, "clipkd", data, heads, cache, size, 0)
     reinforce(validate_config(base), cache, size["views"])
@@ -194,7 +206,8 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
     report["deploy"] = deploy(cfg, out, benches[0], report, quick)
     log(f"clipkd student exported to {out / 'export'}; model card {out / 'card' / 'card.md'}")
     report["setup"] = {"mode": "quick" if quick else "full", "seed": seed, **size, "student": STUDENT,
-                       "teacher": LIT_NAME, "crop": list(CROP_SCALE), "seconds": round(time.perf_counter() - started, 1)}
+                       "teacher_pairs": teacher_pairs, "recipe": recipe_text(DISTILL["weights"]), "teacher": LIT_NAME,
+                       "crop": list(CROP_SCALE), "seconds": round(time.perf_counter() - started, 1)}
     from clipkd.demo.report import write_demo_report
 
     table = write_demo_report(report, out)

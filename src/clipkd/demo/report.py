@@ -12,13 +12,15 @@ COLUMNS = (("zeroshot_top1", "zero-shot top-1", "%"), ("zeroshot_top5", "top-5",
            ("t2i_r1", "text→image R@1", "%"), ("t2i_r5", "R@5", "%"), ("i2t_r1", "image→text R@1", "%"),
            ("i2t_r5", "R@5", "%"), ("params", "params (M)", "M"), ("image_latency_ms", "image ms", "ms"))
 
-NOTES = """Zero-shot: {test} single Fashion-MNIST test items, 10 classes, held-out prompt phrasings.
+NOTES = """Teacher: LiT heads (frozen pretrained EfficientNet-Lite0 and MiniLM towers, {teacher_px} px) trained on
+{teacher_pairs} pairs; the students learn from {train}: the "big teacher, small data" case distillation is for.
+Zero-shot: {test_zeroshot} single Fashion-MNIST test items, 10 classes, held-out prompt phrasings.
 Retrieval: {test} test pairs (30% two-item scenes), held-out caption phrasings; each caption's own image is
 the only correct answer, so identical caption texts of other images count as misses (duplicates are not merged).
 Students: the same tiny open_clip ViT ({student}), same seed, budget ({steps} steps x {batch}) and augmentation
-(random resized crops, scale {crop}); `clipkd` = task + CRD + ICL + 2000*FD against the teacher's stored embeddings
-of {views} augmented views per training pair (`clipkd reinforce`; view e mod {views} in epoch e), `baseline` =
-task loss alone on fresh random crops. Gap recovered = (clipkd - baseline)
+(random resized crops, scale {crop}); `clipkd` = {recipe} (chosen on the val split) against the teacher's stored
+embeddings of {views} augmented views per training pair (`clipkd reinforce`; view e mod {views} in epoch e),
+`baseline` = task loss alone on fresh random crops. Gap recovered = (clipkd - baseline)
 / (teacher - baseline) on zero-shot top-1."""
 
 

@@ -64,18 +64,20 @@ def fit_heads(enc: CompositeEncoder, img_f: torch.Tensor, txt_f: torch.Tensor, s
     return losses
 
 
-def build_teacher(out_dir: Path, train_shards: Sequence[str], steps: int, seed: int = 0):
-    """Train (or reuse) the teacher heads; return (encoder, heads path)."""
+def build_teacher(out_dir: Path, train_shards: Sequence[str], steps: int, seed: int = 0, image_size: int = 96):
+    """Train (or reuse) the teacher heads at ``image_size``; return (encoder, heads path, pairs learnt from)."""
     out_dir = Path(out_dir)
     heads, manifest = out_dir / "heads.safetensors", out_dir / "teacher.json"
-    params = {"shards": [str(s) for s in train_shards], "steps": steps, "seed": seed}
-    if manifest.is_file() and json.loads(manifest.read_text()).get("params") == params and heads.is_file():
+    params = {"shards": [str(s) for s in train_shards], "steps": steps, "seed": seed, "image_size": image_size}
+    saved = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if saved.get("params") == params and "pairs" in saved and heads.is_file():
         log.info("reusing the trained teacher in %s", out_dir)
-        return create_lit_encoder(heads=heads), heads
+        return create_lit_encoder(heads=heads), heads, saved["pairs"]
     torch.manual_seed(seed)
-    enc = create_lit_encoder()
+    enc = create_lit_encoder(image_size=image_size)
     img_f, txt_f = tower_features(enc, read_records(train_shards))
     losses = fit_heads(enc, img_f, txt_f, steps, seed=seed)
     save_heads(enc, heads)
-    manifest.write_text(json.dumps({"params": params, "loss_first": losses[0], "loss_last": losses[-1]}, indent=2))
-    return enc, heads
+    manifest.write_text(json.dumps({"params": params, "pairs": len(img_f), "loss_first": losses[0],
+                                    "loss_last": losses[-1]}, indent=2))
+    return enc, heads, len(img_f)

