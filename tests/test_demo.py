@@ -48,6 +48,21 @@ def test_heads_file_records_the_resolution_the_teacher_was_trained_at(tmp_path):
         create_lit_encoder(heads=tmp_path / "bad.safetensors")
 
 
+def test_the_teacher_is_reused_for_the_same_data_under_another_path_and_retrained_for_other_data(tmp_path,
+                                                                                                 monkeypatch):
+    """benchmarks/demo_seeds.py gives the cached data by an absolute path where `make demo` gave a relative one:
+    the same shards must reuse the trained teacher (it was trained again), and changed shards must not."""
+    from clipkd.demo.teacher import teacher_params
+
+    (tmp_path / "a.tar").write_bytes(b"shard one")
+    monkeypatch.chdir(tmp_path)
+    relative = teacher_params(["a.tar"], 10, 0, 64)
+    assert teacher_params([str(tmp_path / "a.tar")], 10, 0, 64) == relative
+    (tmp_path / "a.tar").write_bytes(b"shard two")
+    assert teacher_params(["a.tar"], 10, 0, 64) != relative
+    assert teacher_params(["a.tar"], 10, 0, 96) != teacher_params(["a.tar"], 10, 0, 64)
+
+
 @needs_fmnist
 def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch):
     from clipkd.cli import main

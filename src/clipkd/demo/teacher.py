@@ -18,6 +18,7 @@ from tqdm import tqdm
 from clipkd.data.decode import open_image
 from clipkd.data.sources import RawSample, ShardSource
 from clipkd.engine.optim import clamp_logit_scales
+from clipkd.identity import data_file_digest
 from clipkd.losses.functional import clip_loss
 from clipkd.models.composite import CompositeEncoder, create_lit_encoder, save_heads
 
@@ -64,11 +65,18 @@ def fit_heads(enc: CompositeEncoder, img_f: torch.Tensor, txt_f: torch.Tensor, s
     return losses
 
 
+def teacher_params(train_shards: Sequence[str], steps: int, seed: int, image_size: int) -> dict:
+    """What a trained teacher depends on: its data by content (the same shards under another path, e.g. relative
+    then absolute, are the same data), its steps, seed and resolution."""
+    return {"shards": [data_file_digest(s) for s in train_shards], "steps": steps, "seed": seed,
+            "image_size": image_size}
+
+
 def build_teacher(out_dir: Path, train_shards: Sequence[str], steps: int, seed: int = 0, image_size: int = 96):
     """Train (or reuse) the teacher heads at ``image_size``; return (encoder, heads path, pairs learnt from)."""
     out_dir = Path(out_dir)
     heads, manifest = out_dir / "heads.safetensors", out_dir / "teacher.json"
-    params = {"shards": [str(s) for s in train_shards], "steps": steps, "seed": seed, "image_size": image_size}
+    params = teacher_params(train_shards, steps, seed, image_size)
     saved = json.loads(manifest.read_text()) if manifest.is_file() else {}
     if saved.get("params") == params and "pairs" in saved and heads.is_file():
         log.info("reusing the trained teacher in %s", out_dir)
