@@ -63,6 +63,14 @@ def test_the_teacher_is_reused_for_the_same_data_under_another_path_and_retraine
     assert teacher_params(["a.tar"], 10, 0, 96) != teacher_params(["a.tar"], 10, 0, 64)
 
 
+def test_the_report_names_the_distilled_students_recipe_from_its_weights():
+    from clipkd.commands.demo import DISTILL, recipe_text
+
+    assert recipe_text({"task": 1.0, "crd": 1.0, "fd": 500.0}) == "task + CRD + 500*FD"
+    assert recipe_text({"task": 0.0, "icl": 2.0}) == "2*ICL"  # a zero weight is not a term
+    assert recipe_text(DISTILL["weights"]).startswith("task")
+
+
 @needs_fmnist
 def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch):
     from clipkd.cli import main
