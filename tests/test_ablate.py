@@ -144,6 +144,12 @@ def test_an_arm_that_names_a_recipe_trains_that_recipe_even_when_the_base_sets_w
     assert cfgs["crd"].distill.weights is None and cfgs["crd"].distill.recipe == "crd"
     assert cfgs["mine"].distill.weights == {"task": 1.0, "fd": 250.0}
     assert cfgs["seed-only"].distill.weights == {"task": 1.0, "fd": 500.0}  # no recipe named: the base's run
+    base["distill"]["mask_ratio"] = 0.25
+    study = StudyConfig.model_validate({"base": "b.yaml", "out": "o", "recipes": ["mfd"], "variants": {
+        "one-weight": {"distill.recipe": "fd", "distill.weights.fd": 250.0}}, "select": {"val": "v", "test": "t"}})
+    cfgs = {spec.arm.name: run_config(study, base, spec) for spec in plan(study)}
+    assert cfgs["mfd"].distill.mask_ratio is None and cfgs["mfd"].distill.weights is None  # mfd's own 0.75
+    assert cfgs["one-weight"].distill.weights == {"task": 1.0, "fd": 250.0}  # one weight set on the base's
 
 
 def test_paths_in_variants_and_sweeps_are_relative_to_the_study_file(tmp_path, monkeypatch):
@@ -194,7 +200,7 @@ def test_a_stopped_run_is_not_a_result_and_the_study_continues_from_it(study_dir
 
     def stopped_half_way(cfg):  # trains half of the steps, as a pre-empted run has, and reports the signal
         real(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"steps": 2})}))
-        return "SIGTERM"
+        return runs.Outcome("SIGTERM", complete=False)
 
     monkeypatch.setattr(runs, "train", stopped_half_way)
     assert main(["ablate", "-c", str(path)]) == 0
@@ -213,8 +219,9 @@ def test_a_stopped_run_is_not_a_result_and_the_study_continues_from_it(study_dir
 
 
 def test_a_signal_during_a_runs_final_evaluation_stops_the_study(study_dir, monkeypatch, capsys):
-    """SIGTERM while the first run's final evaluation runs: the trainer's handler heard it, so the run (complete)
-    must still report it, and the study stops instead of training the next run (it went on to it)."""
+    """SIGTERM while the first run's final evaluation runs: the trainer's handler heard it, so the run (complete:
+    its result is collected) must still report it, and the study stops instead of training the next run (it went
+    on to it)."""
     import os
     import signal
 
@@ -231,8 +238,30 @@ def test_a_signal_during_a_runs_final_evaluation_stops_the_study(study_dir, monk
     path = _study(study_dir, out="signalled", runs=str(study_dir / "signalled-runs"))
     assert main(["ablate", "-c", str(path)]) == 0
     assert "SIGTERM during baseline-seed0" in capsys.readouterr().out
-    assert (study_dir / "signalled-runs" / "baseline-seed0").is_dir()
+    assert (study_dir / "signalled-runs" / "baseline-seed0" / "result.json").is_file()  # complete: its result stands
     assert not (study_dir / "signalled-runs" / "fd-seed0").exists()
+
+
+def test_clipkd_train_says_done_when_the_signal_came_during_the_final_evaluation(study_dir, monkeypatch, capsys):
+    """The run is complete (its last checkpoint and evaluation written): `clipkd train` must not tell the user to
+    resume it."""
+    import os
+    import signal
+
+    from clipkd.engine.trainer import Trainer
+
+    real = Trainer._maybe_eval
+
+    def signalled(self, logger, final=False):
+        if final:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, logger, final=final)
+
+    monkeypatch.setattr(Trainer, "_maybe_eval", signalled)
+    run = study_dir / "train-signalled"
+    assert main(["train", "-c", str(study_dir / "base.yaml"), f"run_dir={run}"]) == 0
+    out = capsys.readouterr().out
+    assert "done: step 4" in out and "SIGTERM came during the final evaluation" in out and "--resume" not in out
 
 
 def test_a_run_trained_with_another_config_is_trained_again_and_studies_share_runs(study_dir, monkeypatch, capsys):

@@ -68,6 +68,8 @@ def test_the_report_names_the_distilled_students_recipe_from_its_weights():
 
     assert recipe_text({"task": 1.0, "crd": 1.0, "fd": 500.0}) == "task + CRD + 500*FD"
     assert recipe_text({"task": 0.0, "icl": 2.0}) == "2*ICL"  # a zero weight is not a term
+    assert recipe_text({"task": 1.0, "gd": 27343.75}) == "task + 27343.75*GD"  # no rounding of a calibrated weight
+    assert recipe_text({"task": 0.0}) == "nothing"
     assert recipe_text(DISTILL["weights"]).startswith("task")
 
 
@@ -95,6 +97,11 @@ def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch):
         assert (tmp_path / "export" / name).is_file()
     card = json.loads((tmp_path / "card" / "card.json").read_text())
     assert [m["role"] for m in card["models"]] == ["student", "teacher"]
+    from clipkd.commands.demo import DISTILL
+
+    assert card["weights"] == DISTILL["weights"]  # the distilled student trained the demo's chosen weights
+    setup = report["setup"]
+    assert setup["teacher_pairs"] == 2000 and setup["teacher_px"] == 64  # its own split, not the students' pairs
     assert card["models"][1]["model"] == "lit-effnetlite0-minilm" and card["models"][1]["latency_ms"]["onnxruntime"]
     md = (tmp_path / "report.md").read_text()
     assert "## Deployment" in md and "| GFLOPs per image |" in md

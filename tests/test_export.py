@@ -336,6 +336,15 @@ def test_untraceable_tower_is_named(tmp_path):
         export_onnx(student, tmp_path)
 
 
+def test_the_card_names_a_runs_own_loss_weights_beside_its_recipe():
+    """A run with ``distill.weights`` does not train its recipe's weights: the card must not read as the recipe."""
+    from clipkd.export.card_render import recipe_words
+
+    assert recipe_words({"recipe": "fd", "weights": None}) == "recipe `fd`"
+    assert recipe_words({"recipe": "clipkd", "weights": {"task": 1.0, "crd": 1.0, "icl": 0.0, "fd": 500.0}}) == (
+        "recipe `clipkd` with its own loss weights: task 1, crd 1, fd 500")
+
+
 def test_card_measures_student_beside_teacher(vit_run, vit_export, cnn_export, tmp_path, capsys):
     argv = ["card", str(vit_run), "--out", str(tmp_path), "--batch-sizes", "1", "2", "--repeats", "3", "--onnx"]
     err = _error([*argv, str(cnn_export[1] / "onnx")], capsys)  # another student's export

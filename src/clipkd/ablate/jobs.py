@@ -156,8 +156,8 @@ def _die_with_study() -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """One run of a study: ``<config.yaml> [--fresh]``; exit 0 when finished, :data:`EXIT_STOPPED` when a signal
-    stopped it."""
+    """One run of a study: ``<config.yaml> [--fresh]``; exit 0 when finished (also when a signal came during its
+    final evaluation), :data:`EXIT_STOPPED` when a signal stopped it before."""
     _die_with_study()
     from clipkd.runtime.threads import set_thread_environment
 
@@ -171,8 +171,8 @@ def main(argv: Sequence[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = validate_config(yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")))
-    stopped = train(cfg, fresh=True) if "--fresh" in argv[1:] else train(cfg)
-    return EXIT_STOPPED if stopped else 0
+    outcome = train(cfg, fresh=True) if "--fresh" in argv[1:] else train(cfg)
+    return 0 if outcome.complete else EXIT_STOPPED  # complete: the study collects it (a signal stops the study)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import yaml
 
@@ -44,11 +44,21 @@ def run_dir(study: StudyConfig, spec: RunSpec) -> Path:
     return Path(study.runs or Path(study.out) / "runs") / spec.name
 
 
+def _recipe_presets(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """An arm that names a recipe trains that recipe: the base's own loss weights and mask ratio are dropped unless
+    the arm sets them (whole, or one weight as ``distill.weights.<term>``)."""
+    distill = raw.get("distill")
+    if "distill.recipe" not in overrides or not isinstance(distill, dict):
+        return
+    for key in ("weights", "mask_ratio"):
+        if not any(k == f"distill.{key}" or k.startswith(f"distill.{key}.") for k in overrides):
+            distill.pop(key, None)
+
+
 def run_config(study: StudyConfig, base: dict[str, Any], spec: RunSpec) -> TrainConfig:
     """The base config with the arm's overrides, the seed, the run folder and evaluations along the run."""
     raw = copy.deepcopy(base)
-    if "distill.recipe" in spec.arm.overrides and "distill.weights" not in spec.arm.overrides:
-        raw.get("distill", {}).pop("weights", None)  # an arm that names a recipe trains its weights, not the base's
+    _recipe_presets(raw, spec.arm.overrides)
     steps = int(raw.get("optim", {}).get("steps", 1))
     items = {**spec.arm.overrides, "seed": spec.seed, "run_dir": str(run_dir(study, spec)),
              "eval.every_steps": max(1, steps // study.curve_points)}
@@ -158,20 +168,30 @@ def run_state(folder: Path, cfg: TrainConfig, memo: Optional[dict[str, Any]] = N
     return RunState(result=json.loads(path.read_text(encoding="utf-8")))
 
 
-def train(cfg: TrainConfig, fresh: bool = False) -> Optional[str]:
+class Outcome(NamedTuple):
+    """How a run ended: ``stopped_by`` the signal that asked it to stop (it wrote a checkpoint), or None;
+    ``complete``: trained to the end with its final evaluation (a signal during that evaluation stops the study,
+    but the run's result stands)."""
+
+    stopped_by: Optional[str]
+    complete: bool
+
+
+def train(cfg: TrainConfig, fresh: bool = False) -> Outcome:
     """Train, or finish an interrupted run of the same config; a run of another config (or any run, ``fresh``) is
-    moved aside. Returns what stopped it early (a signal: SIGTERM, SIGINT; it wrote a checkpoint), or None when
-    it ran to the end."""
+    moved aside."""
     from clipkd.build.hooks import eval_hooks
     from clipkd.engine.trainer import Trainer
 
     if fresh:
-        return Trainer(cfg, overwrite=True, eval_hooks=eval_hooks).fit().stopped_by
-    try:
-        trainer = Trainer(cfg, resume="latest", eval_hooks=eval_hooks)
-    except ConfigError:
         trainer = Trainer(cfg, overwrite=True, eval_hooks=eval_hooks)
-    return trainer.fit().stopped_by
+    else:
+        try:
+            trainer = Trainer(cfg, resume="latest", eval_hooks=eval_hooks)
+        except ConfigError:
+            trainer = Trainer(cfg, overwrite=True, eval_hooks=eval_hooks)
+    result = trainer.fit()
+    return Outcome(result.stopped_by, result.complete)
 
 
 def _samples_per_s(rows: list[dict]) -> Optional[float]:

@@ -188,11 +188,12 @@ def _train_in_turn(study, todo, states, done: dict, bar, jobs: int) -> Optional[
 
     for spec, cfg in todo:
         bar.set_postfix_str(spec.name)
-        stopped = train(cfg, fresh=True) if states[spec.name].changes else train(cfg)
-        if stopped:
-            return f"{stopped} during {spec.name}"
-        done[spec.name] = collect(study, spec, cfg)
-        bar.update()
+        outcome = train(cfg, fresh=True) if states[spec.name].changes else train(cfg)
+        if outcome.complete:  # also when a signal came during its final evaluation: the study stops after it
+            done[spec.name] = collect(study, spec, cfg)
+            bar.update()
+        if outcome.stopped_by:
+            return f"{outcome.stopped_by} during {spec.name}"
     return None
 
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
 from pathlib import Path
@@ -31,9 +32,9 @@ from clipkd.models.open_clip_adapter import create_open_clip_encoder
 from clipkd.offline import set_offline
 
 STUDENT = "clipkd-tiny-vit"
-SIZES = {  # teacher: the pairs its heads learn from: None every training item but val's (58,000 pairs), 0 the
-    # students' own, N a split of N other pairs; teacher_px: its towers' resolution; test_zeroshot: the zero-shot
-    # test's images (10,000: all of t10k)
+SIZES = {  # teacher: the pairs its heads learn from: None every training item but val's (58,000 pairs, the students'
+    # images among them, with other captions and scenes), 0 the students' own pairs, N a split of N such pairs;
+    # teacher_px: its towers' resolution; test_zeroshot: the zero-shot test's images (10,000: all of t10k)
     "quick": {"train": 512, "val": 128, "test": 256, "test_zeroshot": 256, "teacher": 2000, "teacher_px": 64,
               "steps": 40, "teacher_steps": 150, "batch": 64, "views": 2},
     "full": {"train": 2000, "val": 2000, "test": 1000, "test_zeroshot": 10000, "teacher": None, "teacher_px": 64,
@@ -49,7 +50,7 @@ METRICS = {"zeroshot_top1": "acc1", "zeroshot_top5": "acc5", "mean_per_class_rec
 
 def student_config(out: Path, recipe: str, data: dict, heads: Path, cache: Path, size: dict, seed: int) -> dict:
     """The config of a demo student: ``baseline`` (the task loss alone) or ``clipkd`` (:data:`DISTILL`)."""
-    distill = {"recipe": "baseline"} if recipe == "baseline" else dict(DISTILL)
+    distill = {"recipe": "baseline"} if recipe == "baseline" else copy.deepcopy(DISTILL)
     return {
         "run_dir": str(out / "runs" / f"{recipe}-seed{seed}"), "seed": seed, "device": "auto",
         "teacher": {"model": LIT_NAME, "pretrained": str(heads)}, "student": {"model": STUDENT},
@@ -65,7 +66,8 @@ def student_config(out: Path, recipe: str, data: dict, heads: Path, cache: Path,
 def recipe_text(weights: dict[str, float]) -> str:
     """``{"task": 1, "crd": 1, "fd": 500}`` -> ``task + CRD + 500*FD``."""
     names = {term: term if term == "task" else term.upper() for term in weights}
-    return " + ".join(names[t] if w == 1 else f"{w:g}*{names[t]}" for t, w in weights.items() if w > 0)
+    return " + ".join(names[t] if w == 1 else f"{w:.10g}*{names[t]}" for t, w in weights.items() if w > 0) \
+        or "nothing"
 
 
 def image_latency_ms(enc: ClipEncoder, repeats: int = 30) -> float:
@@ -144,10 +146,15 @@ def reinforce(cfg, out: Path, views: int) -> Path:
 
 def _train(cfg) -> None:
     """Train a student, or finish it when a previous demo left it (complete or interrupted) with this config;
-    a student of another config is moved aside and trained anew (the same rule as a study's runs)."""
+    a student of another config is moved aside and trained anew (the same rule as a study's runs). Stopped by a
+    signal before its end, the demo stops too (exit 0, as `clipkd train` does): nothing half-trained is reported."""
     from clipkd.ablate.runs import train
 
-    train(cfg)
+    outcome = train(cfg)
+    if outcome.stopped_by and not outcome.complete:
+        print(f"stopped by {outcome.stopped_by} while training {cfg.run_dir}; checkpoint written; run the same "
+              "command to continue")
+        raise SystemExit(0)
 
 
 def deploy(cfg, out: Path, zeroshot: Benchmark, report: dict, quick: bool) -> dict:

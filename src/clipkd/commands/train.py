@@ -53,13 +53,15 @@ def run_train(args: argparse.Namespace) -> int:
         shutdown()
     if not env.is_main:
         return 0
-    if result.stopped_by:
+    if result.stopped_by and not result.complete:
         print(f"stopped by {result.stopped_by} at step {result.step}; checkpoint written; continue with "
               "--resume latest")
         return 0
     last = result.history[-1] if result.history else {}
     summary = ", ".join(f"{k} {v:.4g}" for k, v in last.items())
-    print(f"done: step {result.step} in {result.run_dir}" + (f"; last {summary}" if summary else ""))
+    print(f"done: step {result.step} in {result.run_dir}" + (f"; last {summary}" if summary else "")
+          + (f" ({result.stopped_by} came during the final evaluation, after the last step)" if result.stopped_by
+             else ""))
     if result.skipped:
         print(f"skipped records: {result.skipped}")
     if result.nonfinite_steps:

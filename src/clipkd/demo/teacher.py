@@ -1,4 +1,4 @@
-"""The demo teacher: frozen pretrained towers, heads trained contrastively (LiT) on the demo's training split.
+"""The demo teacher: frozen pretrained towers, heads trained contrastively (LiT) on the demo's teacher split.
 
 The towers are frozen, so their features are computed once per training pair and the heads train on those
 features in seconds. The students then train from reinforced data (:mod:`clipkd.reinforce`): the teacher's

@@ -18,7 +18,8 @@ class TrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
     nonfinite_steps: int = 0
     fp16_overflow_steps: int = 0
-    stopped_by: Optional[str] = None  # the signal that pre-empted the run, if any
+    stopped_by: Optional[str] = None  # the signal that asked the run to stop, if any (this rank's, or another's)
+    complete: bool = False  # trained to the end with its final evaluation (a signal may still have come during it)
 
 
 @dataclass

@@ -334,6 +334,7 @@ class Trainer:
             logger.close()
         result.step, result.skipped = self.step, dict(self.rank_state.skipped)
         result.nonfinite_steps, result.stopped_by = self.nonfinite_total, self._stopped_by()
+        result.complete = not self.agreed.stop
         result.fp16_overflow_steps = self.fp16_overflows
         if self.rank_state.skipped:
             log.warning("skipped %d unusable records: %s", sum(self.rank_state.skipped.values()),
@@ -341,8 +342,8 @@ class Trainer:
         return result
 
     def _stopped_by(self) -> Optional[str]:
-        """The signal that asked this run to stop, also when it came during the final evaluation (the run is then
-        complete, but whoever runs it, e.g. a study, must stop too), or None."""
+        """The signal that asked this process's run to stop, also one that came during the final evaluation (the
+        run is then complete, but whoever runs it, e.g. a study, must stop too), or None."""
         if self.stop_request.requested:
             return self.stop_request.signal_name
         return "a signal to another process" if self.agreed.stop else None

@@ -106,7 +106,7 @@ def build_card(source, models: Sequence[tuple[str, ClipEncoder]], results: Seque
     return {
         "run": str(source.run_dir.resolve()) if source.run_dir else None,
         "checkpoint": str(source.checkpoint.resolve()),
-        "step": source.step, "recipe": cfg.distill.recipe,
+        "step": source.step, "recipe": cfg.distill.recipe, "weights": cfg.distill.weights,
         "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "batches": list(batches), "models": profiles, **export_variants(student_onnx),

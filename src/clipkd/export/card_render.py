@@ -96,6 +96,15 @@ def variants(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def recipe_words(card: dict[str, Any]) -> str:
+    """``recipe `fd``` or, when the run set its own loss weights, those too (the recipe's are then not used)."""
+    weights = card.get("weights")
+    if not weights:
+        return f"recipe `{card['recipe']}`"
+    terms = ", ".join(f"{term} {w:.10g}" for term, w in weights.items() if w > 0)
+    return f"recipe `{card['recipe']}` with its own loss weights: {terms}"
+
+
 def markdown(card: dict[str, Any]) -> str:
     """The whole ``card.md``."""
     student = card["models"][0]
@@ -103,7 +112,7 @@ def markdown(card: dict[str, Any]) -> str:
     m = card["machine"]
     where = f"{m['cpu']}, {m['threads']} threads" + (f"; GPU {m['gpu']}" if m["gpu"] else "")
     parts = [f"# Model card: {student['model']}, distilled from {teachers}", "",
-             f"Run `{card['run']}`, checkpoint step {card['step']}, recipe `{card['recipe']}`.", "",
+             f"Run `{card['run']}`, checkpoint step {card['step']}, {recipe_words(card)}.", "",
              f"Measured on {where}. Latency: median wall time per batch after warm-up; onnxruntime runs the exported "
              "float32 encoders (`clipkd export`); FLOPs from PyTorch's FLOP counter (batch of one).", "",
              table(card)]

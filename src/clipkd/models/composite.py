@@ -167,7 +167,7 @@ def heads_image_size(path: Union[str, Path]) -> int:
         value = (f.metadata() or {}).get("image_size")
     if value is None:
         return DEFAULT_IMAGE_SIZE
-    if not value.isdigit() or int(value) < 1:
+    if not value.isdecimal() or not value.isascii() or int(value) < 1:
         raise ValueError(f"{path}: image_size metadata must be a positive integer, got {value!r}")
     return int(value)
 
