@@ -63,6 +63,31 @@ def test_the_teacher_is_reused_for_the_same_data_under_another_path_and_retraine
     assert teacher_params(["a.tar"], 10, 0, 96) != teacher_params(["a.tar"], 10, 0, 64)
 
 
+def test_build_teacher_reuses_trains_again_and_reads_old_manifests(tmp_path, monkeypatch):
+    """The same shards under another path: reused; changed shards or a manifest of an older demo (no pair count):
+    trained again. The frozen towers' features and the heads' training are stubbed (their cost is not the point)."""
+    import clipkd.demo.teacher as teacher
+
+    trained = []
+    monkeypatch.setattr(teacher, "read_records", lambda shards: [None] * 3)
+    monkeypatch.setattr(teacher, "tower_features", lambda enc, records: (torch.zeros(len(records), 1280),
+                                                                         torch.zeros(len(records), 384)))
+    monkeypatch.setattr(teacher, "fit_heads", lambda enc, img, txt, steps, seed=0: trained.append(steps) or [1.0])
+    (tmp_path / "a.tar").write_bytes(b"one")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "t"
+    assert teacher.build_teacher(out, ["a.tar"], 5, image_size=64)[1:] == (out / "heads.safetensors", 3)
+    enc, _, pairs = teacher.build_teacher(out, [str(tmp_path / "a.tar")], 5, image_size=64)
+    assert trained == [5] and pairs == 3 and enc.image_size == (64, 64)  # reused, at its own resolution
+    manifest = json.loads((out / "teacher.json").read_text())
+    del manifest["pairs"]  # as an older demo wrote it
+    (out / "teacher.json").write_text(json.dumps(manifest))
+    teacher.build_teacher(out, ["a.tar"], 5, image_size=64)
+    (tmp_path / "a.tar").write_bytes(b"two")
+    teacher.build_teacher(out, ["a.tar"], 5, image_size=64)
+    assert trained == [5, 5, 5]
+
+
 def test_the_report_names_the_distilled_students_recipe_from_its_weights():
     from clipkd.commands.demo import DISTILL, recipe_text
 
