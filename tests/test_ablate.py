@@ -218,10 +218,8 @@ def test_a_stopped_run_is_not_a_result_and_the_study_continues_from_it(study_dir
     assert result["curve"][-1]["step"] == 4
 
 
-def test_a_signal_during_a_runs_final_evaluation_stops_the_study(study_dir, monkeypatch, capsys):
-    """SIGTERM while the first run's final evaluation runs: the trainer's handler heard it, so the run (complete:
-    its result is collected) must still report it, and the study stops instead of training the next run (it went
-    on to it)."""
+def _sigterm_during_final_evaluation(monkeypatch) -> None:
+    """Every run sends itself SIGTERM as its final evaluation starts (the trainer's handler hears it)."""
     import os
     import signal
 
@@ -235,6 +233,13 @@ def test_a_signal_during_a_runs_final_evaluation_stops_the_study(study_dir, monk
         return real(self, logger, final=final)
 
     monkeypatch.setattr(Trainer, "_maybe_eval", signalled)
+
+
+def test_a_signal_during_a_runs_final_evaluation_stops_the_study(study_dir, monkeypatch, capsys):
+    """SIGTERM while the first run's final evaluation runs: the trainer's handler heard it, so the run (complete:
+    its result is collected) must still report it, and the study stops instead of training the next run (it went
+    on to it)."""
+    _sigterm_during_final_evaluation(monkeypatch)
     path = _study(study_dir, out="signalled", runs=str(study_dir / "signalled-runs"))
     assert main(["ablate", "-c", str(path)]) == 0
     assert "SIGTERM during baseline-seed0" in capsys.readouterr().out
@@ -245,19 +250,7 @@ def test_a_signal_during_a_runs_final_evaluation_stops_the_study(study_dir, monk
 def test_clipkd_train_says_done_when_the_signal_came_during_the_final_evaluation(study_dir, monkeypatch, capsys):
     """The run is complete (its last checkpoint and evaluation written): `clipkd train` must not tell the user to
     resume it."""
-    import os
-    import signal
-
-    from clipkd.engine.trainer import Trainer
-
-    real = Trainer._maybe_eval
-
-    def signalled(self, logger, final=False):
-        if final:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(self, logger, final=final)
-
-    monkeypatch.setattr(Trainer, "_maybe_eval", signalled)
+    _sigterm_during_final_evaluation(monkeypatch)
     run = study_dir / "train-signalled"
     assert main(["train", "-c", str(study_dir / "base.yaml"), f"run_dir={run}"]) == 0
     out = capsys.readouterr().out
