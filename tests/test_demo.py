@@ -88,6 +88,24 @@ def test_build_teacher_reuses_trains_again_and_reads_old_manifests(tmp_path, mon
     assert trained == [5, 5, 5]
 
 
+def test_the_demo_stops_when_a_students_training_is_stopped(monkeypatch, capsys):
+    """Ctrl-C or SIGTERM during a student's training: the demo must not evaluate and report a half-trained student
+    (it did); it stops, exit 0 as `clipkd train`, and says how to continue. A run complete when the signal came
+    during its final evaluation is kept."""
+    import types
+
+    import clipkd.ablate.runs as runs
+    from clipkd.commands import demo
+
+    cfg = types.SimpleNamespace(run_dir="runs/demo/runs/baseline-seed0")
+    monkeypatch.setattr(runs, "train", lambda c: runs.Outcome("SIGINT", complete=False))
+    with pytest.raises(SystemExit) as stop:
+        demo._train(cfg)
+    assert stop.value.code == 0 and "stopped by SIGINT" in capsys.readouterr().out
+    monkeypatch.setattr(runs, "train", lambda c: runs.Outcome("SIGTERM", complete=True))
+    demo._train(cfg)
+
+
 def test_the_report_names_the_distilled_students_recipe_from_its_weights():
     from clipkd.commands.demo import DISTILL, recipe_text
 
