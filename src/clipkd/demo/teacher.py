@@ -20,7 +20,7 @@ from clipkd.data.sources import RawSample, ShardSource
 from clipkd.engine.optim import clamp_logit_scales
 from clipkd.identity import data_file_digest
 from clipkd.losses.functional import clip_loss
-from clipkd.models.composite import CompositeEncoder, create_lit_encoder, save_heads
+from clipkd.models.composite import DEFAULT_IMAGE_SIZE, CompositeEncoder, create_lit_encoder, save_heads
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def teacher_params(train_shards: Sequence[str], steps: int, seed: int, image_siz
             "image_size": image_size}
 
 
-def build_teacher(out_dir: Path, train_shards: Sequence[str], steps: int, seed: int = 0, image_size: int = 96):
+def build_teacher(out_dir: Path, train_shards: Sequence[str], steps: int, seed: int = 0,
+                  image_size: int = DEFAULT_IMAGE_SIZE):
     """Train (or reuse) the teacher heads at ``image_size``; return (encoder, heads path, pairs learnt from)."""
     out_dir = Path(out_dir)
     heads, manifest = out_dir / "heads.safetensors", out_dir / "teacher.json"
