@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +28,25 @@ def data_dir(tmp_path_factory):
     write_csv(root / "csv", 64, size=48)
     write_csv(root / "tsv", 40, size=48, separator="\t")
     return root
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """``tmp_path_factory.mktemp`` for a module's shared fixtures; the folders go when the module's tests all passed.
+
+    With ``tmp_path_retention_policy = "failed"`` (pyproject.toml) a passing test's ``tmp_path`` goes at once: kept,
+    the suite's checkpoints filled 22 GB of /tmp and CI's disk.
+    """
+    made, failed_before = [], request.session.testsfailed
+
+    def mktemp(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +108,6 @@ KERNEL_TESTS = (
 
 def pytest_sessionfinish(session, exitstatus):
     if _OWN_CACHE:
-        import shutil
-
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 

@@ -41,8 +41,8 @@ def write_base(root, teacher: dict, steps: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def study_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("study")
+def study_dir(module_tmp):
+    root = module_tmp("study")
     write_base(root, {"model": "clipkd-tiny-teacher"}, steps=4)
     return root
 

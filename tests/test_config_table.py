@@ -14,11 +14,11 @@ D = "{d}"  # stands for the folder of the fixture files below
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """A good CSV, checkpoints that do and do not fit the teacher, broken model configs and CSVs."""
     from clipkd.data.synthetic import write_csv
 
-    d = tmp_path_factory.mktemp("files")
+    d = module_tmp("files")
     write_csv(d / "csv", 4, size=32)
     teacher = make_encoder(TEACHER).model.state_dict()
     torch.save({"state_dict": {f"module.{k}": v for k, v in teacher.items()}}, d / "teacher.pt")

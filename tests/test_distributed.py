@@ -46,17 +46,17 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(data_dir, tmp_path_factory):
+def reference(data_dir, module_tmp):
     """One process, one batch of all GLOBAL samples, one step; plus the initial parameters."""
-    trainer = make_trainer(config(tmp_path_factory.mktemp("ref"), data_dir))
+    trainer = make_trainer(config(module_tmp("ref"), data_dir))
     init = {k: v.detach().clone() for k, v in trainer.student.state_dict().items()}
     return one_step(trainer, DistEnv()), init
 
 
 @pytest.fixture(scope="module")
-def sigmoid_reference(data_dir, tmp_path_factory):
+def sigmoid_reference(data_dir, module_tmp):
     """The same for a sigmoid student and teacher (SigLIP terms): one process, one batch of all GLOBAL samples."""
-    trainer = make_trainer(config(tmp_path_factory.mktemp("sigmoid-ref"), data_dir, **SIGMOID))
+    trainer = make_trainer(config(module_tmp("sigmoid-ref"), data_dir, **SIGMOID))
     init = {k: v.detach().clone() for k, v in trainer.student.state_dict().items()}
     return one_step(trainer, DistEnv()), init
 

@@ -15,12 +15,12 @@ ZS = f"folder:{D}/val"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(module_tmp):
     """An image folder, run folders (without checkpoints, invalid, with a missing teacher), broken files."""
     from clipkd.config import dump_config, load_config
     from clipkd.data.synthetic import write_csv
 
-    d = tmp_path_factory.mktemp("evalargs")
+    d = module_tmp("evalargs")
     for name, rgb in (("red", (230, 20, 20)), ("blue", (20, 20, 230))):
         (d / "val" / name).mkdir(parents=True)
         Image.new("RGB", (20, 20), rgb).save(d / "val" / name / "0.png")

@@ -40,9 +40,9 @@ def _one_error_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def student_weights(tmp_path_factory):
+def student_weights(module_tmp):
     """The tiny student's weights as a file: every `clipkd eval` call of a test gets the same model."""
-    path = tmp_path_factory.mktemp("weights") / "student.safetensors"
+    path = module_tmp("weights") / "student.safetensors"
     save_file({k: v.contiguous() for k, v in make_encoder(STUDENT, seed=3).model.state_dict().items()}, str(path))
     return str(path)
 

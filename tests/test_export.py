@@ -39,8 +39,8 @@ def _train(tmp, student, **extra):
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    root = tmp_path_factory.mktemp("colours")
+def colours(module_tmp):
+    root = module_tmp("colours")
     rng = np.random.default_rng(0)
     for name, rgb in COLOURS.items():
         (root / name).mkdir()
@@ -51,15 +51,15 @@ def colours(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vit_run(tmp_path_factory, colours):
+def vit_run(module_tmp, colours):
     bench = {"name": "colours", "task": "zeroshot", "format": "folder", "path": str(colours), "batch_size": 8}
-    return _train(tmp_path_factory.mktemp("vit"), "clipkd-tiny-vit", **{"eval.every_steps": 2,
+    return _train(module_tmp("vit"), "clipkd-tiny-vit", **{"eval.every_steps": 2,
                                                                         "eval.benchmarks": json.dumps([bench])})
 
 
 @pytest.fixture(scope="module")
-def vit_export(vit_run, colours, tmp_path_factory):
-    out = tmp_path_factory.mktemp("vit-export") / "out"
+def vit_export(vit_run, colours, module_tmp):
+    out = module_tmp("vit-export") / "out"
     # the bar's accuracy part off: on 9 images one changed prediction is 11 points, which a 2-step student's
     # near-tied logits can give on some CPU; the bar itself is tested with a deliberately damaged variant
     assert main(["export", str(vit_run), "--out", str(out), "--quantize", "int8", "--fp16",
@@ -68,8 +68,8 @@ def vit_export(vit_run, colours, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cnn_export(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cnn")
+def cnn_export(module_tmp):
+    tmp = module_tmp("cnn")
     run = _train(tmp, "clipkd-tiny-mobilenet")  # a timm MobileNetV3 image tower
     assert main(["export", str(run / "checkpoints" / "step_00000002"), "--out", str(tmp / "out")]) == 0
     return run, tmp / "out"

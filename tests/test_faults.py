@@ -49,8 +49,8 @@ def _outcome(run: Path) -> tuple[dict, list]:
 
 
 @pytest.fixture(scope="module")
-def unbroken(data_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("unbroken") / "run"
+def unbroken(data_dir, module_tmp):
+    run = module_tmp("unbroken") / "run"
     done = _harness("none", 0, run, data_dir)
     assert done.returncode == 0, done.stderr[-3000:]
     return _outcome(run)

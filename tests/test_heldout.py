@@ -20,18 +20,18 @@ DIAG_KEYS = ("image_cosine", "text_cosine", "image_cka", "text_cka", "similarity
 
 
 @pytest.fixture(scope="module")
-def bn_run(tmp_path_factory, data_dir):
+def bn_run(module_tmp, data_dir):
     """A 1-step clipkd run with a BatchNorm student (its checkpoint is what `clipkd eval --run` loads)."""
-    run = tmp_path_factory.mktemp("bn") / "run"
+    run = module_tmp("bn") / "run"
     extra = {"student.model": STUDENT_BN, "optim.steps": 1, "checkpoint.every_steps": 1, "optim.warmup_steps": 0}
     make_trainer(load_config(None, base_overrides(run, data_dir, "csv", **extra))).fit()
     return run
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
+def pairs(module_tmp):
     """Held-out CSVs of 100 and 20 pairs."""
-    root = tmp_path_factory.mktemp("heldout")
+    root = module_tmp("heldout")
     return {n: write_csv(root / f"p{n}", n, size=40, seed=7) for n in (100, 20)}
 
 

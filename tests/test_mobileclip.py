@@ -15,9 +15,9 @@ from test_reinforced_training import cache, run_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def mobileclip_run(cache, data, weights, tmp_path_factory):  # noqa: F811
+def mobileclip_run(cache, data, weights, module_tmp):  # noqa: F811
     """MobileCLIP2-S0 distilled for one step from the tiny teacher's reinforced data (stored views)."""
-    tmp = tmp_path_factory.mktemp("mobileclip")
+    tmp = module_tmp("mobileclip")
     cfg = run_config(data, weights[0], cache["csv", "fp32"], tmp, **{
         "student.model": "MobileCLIP2-S0", "distill.recipe": "clipkd", "data.batch_size": 4, "optim.steps": 1,
         "checkpoint.every_steps": 1})

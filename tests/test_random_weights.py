@@ -24,9 +24,9 @@ def _config(student=None, teacher=None, recipe="fd"):
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
+def checkpoints(module_tmp):
     """A student checkpoint (safetensors) and a teacher checkpoint (torch, DDP-style keys)."""
-    d = tmp_path_factory.mktemp("weights")
+    d = module_tmp("weights")
     student = make_encoder(STUDENT, seed=3).model.state_dict()
     save_file({k: v.contiguous() for k, v in student.items()}, str(d / "student.safetensors"))
     teacher = make_encoder(TEACHER, seed=4).model.state_dict()

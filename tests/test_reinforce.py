@@ -60,10 +60,10 @@ def _jpeg(seed: int, size=(56, 40)) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(module_tmp):
     """CSV (40 rows; row 3 a corrupt image, row 7 a missing file) and 3 shards (16 + 16 + 4 records; the
     last holds a corrupt image and a record without caption)."""
-    root = tmp_path_factory.mktemp("reinforce-data")
+    root = module_tmp("reinforce-data")
     csv_path = Path(write_csv(root / "csv", 40, size=48))
     (root / "csv" / "images" / "000003.jpg").write_bytes(b"not a jpeg at all")
     (root / "csv" / "images" / "000007.jpg").unlink()
@@ -81,9 +81,9 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory):
+def weights(module_tmp):
     """Two teacher weight files (different seeds)."""
-    root = tmp_path_factory.mktemp("weights")
+    root = module_tmp("weights")
     out = []
     for seed in (2, 5):
         enc = make_encoder(TEACHER, seed=seed)
@@ -118,20 +118,20 @@ def build(out, data, weights_file, fmt="csv", views=2, dtype="fp32", rows=16, **
 
 
 @pytest.fixture(scope="module")
-def csv_fp32(data, weights, tmp_path_factory):
-    out = tmp_path_factory.mktemp("csv-fp32") / "cache"
+def csv_fp32(data, weights, module_tmp):
+    out = module_tmp("csv-fp32") / "cache"
     return out, build(out, data, weights[0])
 
 
 @pytest.fixture(scope="module")
-def wds_fp32(data, weights, tmp_path_factory):
-    out = tmp_path_factory.mktemp("wds-fp32") / "cache"
+def wds_fp32(data, weights, module_tmp):
+    out = module_tmp("wds-fp32") / "cache"
     return out, build(out, data, weights[0], fmt="webdataset")
 
 
 @pytest.fixture(scope="module")
-def csv_bf16(data, weights, tmp_path_factory):
-    out = tmp_path_factory.mktemp("csv-bf16") / "cache"
+def csv_bf16(data, weights, module_tmp):
+    out = module_tmp("csv-bf16") / "cache"
     return out, build(out, data, weights[0], dtype="bf16")
 
 

@@ -31,9 +31,9 @@ ROWS, ROWS_PER_SIDECAR = 240, 8  # 30 sidecars: the build goes on for seconds af
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(module_tmp):
     """(run overrides, options, the manifest of an unbroken build in this process)."""
-    root = tmp_path_factory.mktemp("reinforce-stop")
+    root = module_tmp("reinforce-stop")
     csv_path = write_csv(root / "csv", ROWS, size=48)
     enc = make_encoder(TEACHER, seed=2)
     save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, str(root / "teacher.safetensors"))

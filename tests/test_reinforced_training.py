@@ -35,9 +35,9 @@ ALL_TERMS = {"task": 1.0, "crd": 1.0, "fd": 50.0, "icl": 1.0, "gd": 1.0, "afd": 
 
 
 @pytest.fixture(scope="module")
-def cache(data, weights, tmp_path_factory):
+def cache(data, weights, module_tmp):
     """K=2 views, fp32 and bf16, for the CSV (rows of 16) and the shards."""
-    root = tmp_path_factory.mktemp("caches")
+    root = module_tmp("caches")
     out = {}
     for fmt, dtype in (("csv", "fp32"), ("csv", "bf16"), ("webdataset", "fp32")):
         out[fmt, dtype] = root / f"{fmt}-{dtype}"

@@ -94,12 +94,12 @@ BIAS, SCALE_LOG = -7.5, math.log(12.0)
 
 
 @pytest.fixture(scope="module")
-def sigmoid_cache(data, tmp_path_factory):  # noqa: F811
+def sigmoid_cache(data, module_tmp):  # noqa: F811
     """A reinforced build of a sigmoid teacher whose bias and scale are not the initial ones (from its weights)."""
     from clipkd.build.reinforce import run_build
     from clipkd.reinforce.settings import BuildOptions
 
-    root = tmp_path_factory.mktemp("sigmoid-cache")
+    root = module_tmp("sigmoid-cache")
     enc = make_encoder(SIGLIP, seed=4)
     with torch.no_grad():
         enc.model.logit_bias.fill_(BIAS)

@@ -16,16 +16,16 @@ SIGLIP = "clipkd-tiny-siglip"
 
 
 @pytest.fixture(scope="module")
-def siglip_run(tmp_path_factory, colours):  # noqa: F811
+def siglip_run(module_tmp, colours):  # noqa: F811
     bench = {"name": "colours", "task": "zeroshot", "format": "folder", "path": str(colours), "batch_size": 8}
-    return _train(tmp_path_factory.mktemp("siglip"), SIGLIP, **{
+    return _train(module_tmp("siglip"), SIGLIP, **{
         "distill.recipe": "siglip-clipkd", "teacher.model": SIGLIP, "eval.every_steps": 2,
         "eval.benchmarks": json.dumps([bench])})
 
 
 @pytest.fixture(scope="module")
-def siglip_export(siglip_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("siglip-export") / "out"
+def siglip_export(siglip_run, module_tmp):
+    out = module_tmp("siglip-export") / "out"
     assert main(["export", str(siglip_run), "--out", str(out)]) == 0
     return out
 

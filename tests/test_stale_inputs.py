@@ -35,8 +35,8 @@ def _build(out: Path, cfg, views: int = 1, **kw):
 
 
 @pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    return write_csv(tmp_path_factory.mktemp("pairs") / "csv", 20, size=40)
+def pairs(module_tmp):
+    return write_csv(module_tmp("pairs") / "csv", 20, size=40)
 
 
 def test_a_replaced_local_dir_teacher_is_not_taken_for_the_old_one(tmp_path, pairs, caplog):
