@@ -342,7 +342,7 @@ def test_the_card_names_a_runs_own_loss_weights_beside_its_recipe():
 
     assert recipe_words({"recipe": "fd", "weights": None}) == "recipe `fd`"
     assert recipe_words({"recipe": "clipkd", "weights": {"task": 1.0, "crd": 1.0, "icl": 0.0, "fd": 500.0}}) == (
-        "recipe `clipkd` with its own loss weights: task 1, crd 1, fd 500")
+        "recipe `clipkd` with its own loss weights: task + crd + 500*fd")
 
 
 def test_card_measures_student_beside_teacher(vit_run, vit_export, cnn_export, tmp_path, capsys):

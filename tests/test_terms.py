@@ -197,3 +197,14 @@ def test_config_recipe_gd_weight_uses_global_batch(world_size, expected):
     assert d.loss.weights == {"task": 1.0, "gd": pytest.approx(expected, rel=1e-12)}
     cfg.distill.weights = {"task": 1.0, "gd": 7.0}
     assert build_distiller_from_config(cfg, world_size=world_size).loss.weights == {"task": 1.0, "gd": 7.0}
+
+
+def test_weights_print_as_one_weighted_sum():
+    """One text for a set of loss weights: `clipkd losses`, the demo's report and the model card all use it."""
+    from clipkd.losses.recipes import weights_text
+
+    assert weights_text({"task": 1.0, "crd": 1.0, "fd": 500.0}) == "task + crd + 500*fd"
+    assert weights_text({"task": 0.0, "icl": 2.0}) == "2*icl"  # a zero weight is not a term
+    assert weights_text({"task": 1.0, "gd": 27343.75}) == "task + 27343.75*gd"  # a calibrated weight is not rounded
+    assert weights_text({"task": 1.0, "gd": 0.0}, named={"gd": "lambda_GD"}) == "task + lambda_GD*gd"
+    assert weights_text({"task": 0.0}) == "nothing"

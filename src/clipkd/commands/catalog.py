@@ -8,14 +8,14 @@ import argparse
 def run_losses(args: argparse.Namespace) -> int:
     """Every loss term's equation, every recipe's weights and the GD weight rule."""
     from clipkd.losses.catalog import EQUATIONS
-    from clipkd.losses.recipes import GD_WEIGHT, RECIPES
+    from clipkd.losses.recipes import GD_WEIGHT, RECIPES, weights_text
 
     print("Loss terms (embeddings L2-normalised, y = arange(N), P(.) = projection to the teacher's size):")
     for name, equation in EQUATIONS.items():
         print(f"  {name:<11} {equation}")
     print("\nRecipes (total = sum of weight x term):")
     for r in RECIPES.values():
-        weights = " + ".join(f"{'lambda_GD' if k == 'gd' else format(w, 'g')}*{k}" for k, w in r.weights.items())
+        weights = weights_text(r.weights, named={"gd": "lambda_GD"})
         mask = f", mask_ratio {r.mask_ratio:g}" if r.mask_ratio else ""
         print(f"  {r.name:<13} {weights}{mask}  - {r.summary}")
     print(f"\nlambda_GD = gd_weight_for(N, D) = {GD_WEIGHT:g} * (N/1024)^2 * (D/512) * ln(N)/ln(1024)  "

@@ -26,6 +26,7 @@ from clipkd.demo.fmnist import prepare_dataset
 from clipkd.demo.teacher import build_teacher
 from clipkd.engine.checkpoint import list_checkpoints
 from clipkd.eval.runner import Benchmark
+from clipkd.losses.recipes import weights_text
 from clipkd.models.composite import LIT_NAME
 from clipkd.models.encoders import ClipEncoder
 from clipkd.models.open_clip_adapter import create_open_clip_encoder
@@ -61,13 +62,6 @@ def student_config(out: Path, recipe: str, data: dict, heads: Path, cache: Path,
         "checkpoint": {"every_steps": size["steps"], "keep_last": 1},
         "logging": {"every_steps": 5, "tensorboard": False, "progress": True},
     }
-
-
-def recipe_text(weights: dict[str, float]) -> str:
-    """``{"task": 1, "crd": 1, "fd": 500}`` -> ``task + CRD + 500*FD``."""
-    names = {term: term if term == "task" else term.upper() for term in weights}
-    return " + ".join(names[t] if w == 1 else f"{w:.10g}*{names[t]}" for t, w in weights.items() if w > 0) \
-        or "nothing"
 
 
 def image_latency_ms(enc: ClipEncoder, repeats: int = 30) -> float:
@@ -213,7 +207,7 @@ def run_demo(out: Path, quick: bool = False, source: Optional[Path] = None, seed
     report["deploy"] = deploy(cfg, out, benches[0], report, quick)
     log(f"clipkd student exported to {out / 'export'}; model card {out / 'card' / 'card.md'}")
     report["setup"] = {"mode": "quick" if quick else "full", "seed": seed, **size, "student": STUDENT,
-                       "teacher_pairs": teacher_pairs, "recipe": recipe_text(DISTILL["weights"]), "teacher": LIT_NAME,
+                       "teacher_pairs": teacher_pairs, "recipe": weights_text(DISTILL["weights"]), "teacher": LIT_NAME,
                        "crop": list(CROP_SCALE), "seconds": round(time.perf_counter() - started, 1)}
     from clipkd.demo.report import write_demo_report
 

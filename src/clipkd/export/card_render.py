@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Optional
 
+from clipkd.losses.recipes import weights_text
+
 Row = tuple[str, Callable[[dict], Optional[float]], str]
 
 
@@ -101,8 +103,7 @@ def recipe_words(card: dict[str, Any]) -> str:
     weights = card.get("weights")
     if not weights:
         return f"recipe `{card['recipe']}`"
-    terms = ", ".join(f"{term} {w:.10g}" for term, w in weights.items() if w > 0)
-    return f"recipe `{card['recipe']}` with its own loss weights: {terms}"
+    return f"recipe `{card['recipe']}` with its own loss weights: {weights_text(weights)}"
 
 
 def markdown(card: dict[str, Any]) -> str:

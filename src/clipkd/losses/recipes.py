@@ -77,6 +77,18 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
+def weights_text(weights: Mapping[str, float], named: Optional[Mapping[str, str]] = None) -> str:
+    """A weighted sum as text: ``{"task": 1, "crd": 1, "icl": 0, "fd": 500}`` -> ``task + crd + 500*fd``.
+
+    Terms with weight 0 are left out, a weight of 1 is not written, the others print in full (``%.10g``: a
+    calibrated weight is not rounded); ``named`` writes a term's weight as a symbol (``{"gd": "lambda_GD"}``).
+    No term at all is ``nothing``."""
+    named = named or {}
+    parts = [f"{named[t]}*{t}" if t in named else t if w == 1 else f"{w:.10g}*{t}" for t, w in weights.items()
+             if t in named or w > 0]
+    return " + ".join(parts) or "nothing"
+
+
 def unknown_recipe_message(name: str) -> str:
     """``unknown recipe 'x' (did you mean `y`? known: ...)``."""
     hint = did_you_mean(name, RECIPES)
