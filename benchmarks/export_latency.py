@@ -3,7 +3,7 @@
 1. onnxruntime ÷ PyTorch eager latency of the student's image encoder at batch 1 (goal <= 1.0), and the same for
    every model, side and batch measured.
 2. Student ÷ teacher latency at batch 1 and 32, image and text, in PyTorch and in onnxruntime, for
-   - the demo pair: clipkd-tiny-vit (32 px) ← lit-effnetlite0-minilm (96 px),
+   - the demo pair: clipkd-tiny-vit (32 px) ← lit-effnetlite0-minilm at the demo teacher's resolution (64 px),
    - the paper's pair: ViT-T-16 ← ViT-B-16 (224 px; random weights: latency does not depend on them).
 
 Each model is exported with ``clipkd.export.onnx_export.export_onnx`` (checked against PyTorch first); latency is
@@ -27,7 +27,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
-
 from _common import OtherLoad  # noqa: E402
 
 PAIRS = {"demo": ("clipkd-tiny-vit", "lit-effnetlite0-minilm"), "paper": ("ViT-T-16", "ViT-B-16")}
@@ -37,17 +36,23 @@ BATCHES = (1, 32)
 def measure(name: str, folder: Path, repeats: int) -> dict:
     """Latency per engine, side and batch of model ``name`` (random open_clip weights; the LiT teacher's pretrained
     towers with untrained heads)."""
+    from clipkd.commands.demo import SIZES
     from clipkd.export.measure import encoder_latency
     from clipkd.export.onnx_encoder import OnnxEncoder
     from clipkd.export.onnx_export import IMAGE_FILE, TEXT_FILE, check_onnx, export_onnx
+    from clipkd.models.composite import LIT_NAME, create_lit_encoder
     from clipkd.models.factory import create_encoder
 
     torch.manual_seed(0)
-    encoder = create_encoder(name, None, role="model").eval()
+    if name == LIT_NAME:  # as `clipkd demo` builds it
+        encoder = create_lit_encoder(image_size=SIZES["full"]["teacher_px"]).eval()
+    else:
+        encoder = create_encoder(name, None, role="model").eval()
     export_onnx(encoder, folder)
     check_onnx(encoder, folder)
     onnx = OnnxEncoder(folder / IMAGE_FILE, folder / TEXT_FILE, encoder)
-    found: dict = {"pytorch": {"image": {}, "text": {}}, "onnxruntime": {"image": {}, "text": {}}}
+    found: dict = {"pytorch": {"image": {}, "text": {}}, "onnxruntime": {"image": {}, "text": {}},
+                   "px": encoder.image_size[0]}
     for b in BATCHES:  # engines alternate per batch size, so drift of the machine hits both alike
         for engine, model in (("pytorch", encoder), ("onnxruntime", onnx)):
             got = encoder_latency(model, [b], repeats=repeats, budget_s=60.0)
@@ -71,7 +76,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             lat = {role: measure(name, Path(tmp) / role, args.repeats)
                    for role, name in (("student", student), ("teacher", teacher))}
-        print(f"\n## {pair} pair: {student} <- {teacher}")
+        print(f"\n## {pair} pair: {student} ({lat['student']['px']} px) <- {teacher} ({lat['teacher']['px']} px)")
         print("| model | side | batch | PyTorch ms | onnxruntime ms | onnxruntime ÷ PyTorch |")
         print("|---|---|---|---|---|---|")
         for role, name in (("student", student), ("teacher", teacher)):
