@@ -261,6 +261,27 @@ def test_csv_build_stores_the_teachers_embeddings_of_the_replayed_views(csv_fp32
     assert stored[0]["teacher0.scale"].item() == pytest.approx(teacher.scale().item(), rel=1e-6)
 
 
+def test_the_teacher_sees_a_batch_of_records_worth_of_views_per_pass(teacher_encoder, monkeypatch):
+    """K views of b records go through the image tower b at a time (one pass of all b x K ran at half the speed
+    per image on a CPU); each row's embeddings are those of its own views."""
+    from clipkd.reinforce.encode import encode_rows
+    from clipkd.reinforce.rows import PreparedRow
+
+    teacher, views = teacher_encoder.eval(), 4
+    rows = [PreparedRow(bytes(16), images=[torch.randn(views, 3, *teacher.image_size)],
+                        tokens=[teacher.tokenize([f"caption {i}"])[0]]) for i in range(3)]
+    rows.insert(1, PreparedRow(bytes(16), reason="bad_image"))
+    own, passes = teacher.encode_image, []
+    monkeypatch.setattr(teacher, "encode_image", lambda x, normalize=True: passes.append(len(x)) or own(x, normalize))
+    [(img, txt)] = encode_rows(rows, [teacher], torch.device("cpu"))
+    assert passes == [4, 4, 4]  # 12 views of the 3 usable rows, 4 rows in the batch
+    with torch.no_grad():
+        expected = torch.stack([own(r.images[0], True) for r in rows if r.reason is None])  # a pass per row
+        expected_text = torch.cat([teacher.encode_text(r.tokens[0][None], normalize=True) for r in rows if r.images])
+    torch.testing.assert_close(img, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(txt, expected_text, rtol=0, atol=1e-5)
+
+
 def test_webdataset_build_one_sidecar_per_shard_in_file_order(wds_fp32, data, teacher):
     out, result = wds_fp32
     per_shard = shard_records(data["webdataset"])

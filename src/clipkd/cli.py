@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the sidecars and manifest.json (re-run to resume; train "
                    "from it with distill.teacher_cache=OUT)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="embedding storage type")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="records per teacher forward pass")
+    p.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="records per batch; the teacher sees as many images (views) per forward pass")
     p.add_argument("--rows-per-shard", type=_positive_int, default=10000, help="CSV rows per sidecar")
     p.add_argument("--nproc", type=_positive_int, default=1,
                    help="processes on this machine (starts torchrun; for several nodes run torchrun yourself)")

