@@ -54,6 +54,7 @@ bench: setup
 	$(PY) benchmarks/data_throughput.py --reinforced 4
 	$(PY) -m pip install -q pandas  # open_clip_train's CSV reader, for reinforce_speed.py's comparison
 	$(PY) benchmarks/reinforce_speed.py
+	$(PY) benchmarks/teacher_forward.py
 	$(PY) benchmarks/export_latency.py
 
 clean:

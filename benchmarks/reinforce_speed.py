@@ -7,7 +7,8 @@ CPU time other processes used is printed per part and for the whole run (``_comm
    temporary folder, ``--dtype`` bf16 and fp32) / a bare teacher loop over the same records: read the tar
    shards with :mod:`tarfile`, decode each JPEG, draw K random-resized crops (torchvision's
    ``RandomResizedCrop.get_params``, the same scale and ratio), the teacher's ``preprocess_val``, then the
-   teacher's image and text forward (no grad) in batches of the same number of records, outputs discarded.
+   teacher's image and text forward (no grad) in batches of the same number of records (on a CPU the images in
+   passes of that many, as the build does since issue 27), outputs discarded.
    The headline uses the samples/s ``clipkd reinforce`` reports (its record loop: reading, fingerprints, crops,
    forward, sidecar writes and receipts; not the teacher's construction nor the manifest); the whole
    ``run_build`` call (plus teacher construction, folder checks, shard counting, manifest) is printed too.
@@ -168,7 +169,8 @@ def bare_teacher_loop(teacher, shards: list[str], views: int, batch_records: int
 
     def forward(images: list[torch.Tensor], captions: list[str]) -> None:
         with torch.no_grad():
-            teacher.encode_image(torch.stack(images), normalize=True)
+            for chunk in torch.stack(images).split(batch_records):  # as the build: a batch of records' worth a pass
+                teacher.encode_image(chunk, normalize=True)
             teacher.encode_text(teacher.tokenizer(captions), normalize=True)
 
     images, captions = [], []
@@ -249,7 +251,8 @@ def part_build(args: argparse.Namespace, root: Path, want_bytes: bool) -> dict[s
     teacher = create_open_clip_encoder(args.teacher).eval().requires_grad_(False)
     dtypes = list(dict.fromkeys(args.dtypes))
     print(f"== 1. reinforce build vs. bare teacher loop: {args.samples} records ({len(shards)} shards, "
-          f"{args.image_size} px JPEG), K={args.views} views, {args.build_batch} records per forward, teacher "
+          f"{args.image_size} px JPEG), K={args.views} views, {args.build_batch} records per batch (and images per "
+          "forward), teacher "
           f"{args.teacher} ({teacher.image_size[0]} px, dim {teacher.embed_dim}), crop scale {tuple(args.crop_scale)}")
 
     def bare() -> float:

@@ -32,7 +32,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def module_tmp(request, tmp_path_factory):
-    """``tmp_path_factory.mktemp`` for a module's shared fixtures; the folders go when the module's tests all passed.
+    """``tmp_path_factory.mktemp`` for a module's shared fixtures; the folders go at the module's end unless a test
+    failed after the first of them was made (its evidence stays).
 
     With ``tmp_path_retention_policy = "failed"`` (pyproject.toml) a passing test's ``tmp_path`` goes at once: kept,
     the suite's checkpoints filled 22 GB of /tmp and CI's disk.

@@ -28,6 +28,26 @@ def test_lit_teacher_is_heterogeneous_and_frozen():
     assert out.img.shape == (2, 256) and torch.allclose(out.txt.norm(dim=1), torch.ones(2), atol=1e-5)
 
 
+def test_channels_last_image_tower_computes_what_the_plain_one_does_and_exports(tmp_path):
+    """The tower runs NHWC for speed: its features are those of the same weights in the default layout (within
+    float32 reordering noise), and its ONNX export matches PyTorch."""
+    import copy
+
+    from clipkd.export.onnx_export import check_onnx, export_onnx
+    from clipkd.models.composite import create_lit_encoder
+
+    enc = create_lit_encoder(image_size=32).eval()
+    assert enc.image_tower.net._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    plain = copy.deepcopy(enc.image_tower.net).to(memory_format=torch.contiguous_format)
+    images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = plain.extract_features(images).mean(dim=(2, 3)).double()
+        got = enc.image_tower(images).double()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    export_onnx(enc, tmp_path)
+    assert max(check_onnx(enc, tmp_path)["image"].values()) < 1e-3
+
+
 def test_heads_file_records_the_resolution_the_teacher_was_trained_at(tmp_path):
     """Heads trained at 64 px load at 64 px (the file's metadata), not at the default 96: the reinforced views and
     the evaluation must see the teacher as it was trained. Files without it are the 96 px heads of earlier demos."""

@@ -24,8 +24,9 @@ def encode_rows(rows: Sequence[PreparedRow], teachers: Sequence[ClipEncoder], de
     """Per teacher: normalised image embeddings [b, K, D] and text embeddings [b, D] (fp32, CPU) of the usable
     ``rows`` in order (b of them). Teachers must be in eval mode.
 
-    The b x K views go through the image tower ``len(rows)`` at a time: on a CPU one pass of all of them runs at
-    half the speed per image (the demo teacher at K=16, ``benchmarks/teacher_forward.py``)."""
+    On a CPU the b x K views go through the image tower ``len(rows)`` at a time: one pass of all of them ran at
+    half the speed per image (the demo teacher at K=16, ``benchmarks/teacher_forward.py``); other devices take
+    them in one pass."""
     usable = [r for r in rows if r.reason is None]
     out = []
     for t, teacher in enumerate(teachers):
@@ -33,8 +34,9 @@ def encode_rows(rows: Sequence[PreparedRow], teachers: Sequence[ClipEncoder], de
             out.append((torch.zeros(0), torch.zeros(0)))
             continue
         views = torch.cat([r.images[t] for r in usable])
-        img = torch.cat([teacher.encode_image(chunk.to(device), normalize=True).float().cpu()
-                         for chunk in views.split(len(rows))])
+        per_pass = len(rows) if device.type == "cpu" else len(views)
+        img = torch.cat([teacher.encode_image(chunk.to(device), normalize=True) for chunk in views.split(per_pass)])
+        img = img.float().cpu()
         txt = teacher.encode_text(_to(collate_text([r.tokens[t] for r in usable]), device), normalize=True)
         out.append((img.view(len(usable), -1, img.shape[-1]), txt.float().cpu()))
     return out
