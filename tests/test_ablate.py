@@ -330,6 +330,25 @@ def test_report_only_summarises_the_finished_runs_and_trains_nothing(study_dir, 
     assert not (out / "runs" / "fd-seed0").exists()
 
 
+def test_a_log_axis_sweep_is_labelled_at_its_values(tmp_path):
+    """FD weights 250..8000 on a log axis: the ticks are the swept values (a log grid's minor labels, 3x10^2 and
+    4x10^2, overlapped each other)."""
+    from matplotlib.figure import Figure
+
+    from clipkd.ablate.report import _sweep_plot
+
+    values = [250.0, 500.0, 8000.0, 2000.0]  # the arm's own value last, as sweep_points adds it
+    points = [{"value": v, "val": 0.8, "test": 0.79} for v in values]
+    summary = {"teacher": {"test": 0.85}, "baseline": "baseline", "arms": {"baseline": {"test": 0.78}},
+               "sweeps": {"fd-weight": {"key": "distill.weights.fd", "arm": "fd", "points": points}}}
+    figures = []
+    _sweep_plot(summary, tmp_path / "sweeps.png", lambda **kw: figures.append(Figure(**kw)) or figures[-1])
+    ax = figures[0].axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["250", "500", "8000", "2000"]
+    assert not [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+
+
 def test_a_sweep_over_paths_is_tabled_and_plotted_by_folder_name(tmp_path):
     """A sweep over teacher caches (values are folders) has no numeric axis: the table and the plot name each
     folder by its last part (the %g format and a log axis of the numeric sweeps raised on them)."""
