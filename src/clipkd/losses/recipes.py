@@ -84,9 +84,14 @@ def weights_text(weights: Mapping[str, float], named: Optional[Mapping[str, str]
     calibrated weight is not rounded); ``named`` writes a term's weight as a symbol (``{"gd": "lambda_GD"}``).
     No term at all is ``nothing``."""
     named = named or {}
-    parts = [f"{named[t]}*{t}" if t in named else t if w == 1 else f"{w:.10g}*{t}" for t, w in weights.items()
-             if t in named or w > 0]
+    parts = [_weighted_term(t, w, named) for t, w in weights.items() if t in named or w > 0]
     return " + ".join(parts) or "nothing"
+
+
+def _weighted_term(term: str, weight: float, named: Mapping[str, str]) -> str:
+    if term in named:
+        return f"{named[term]}*{term}"
+    return term if weight == 1 else f"{weight:.10g}*{term}"
 
 
 def unknown_recipe_message(name: str) -> str:
